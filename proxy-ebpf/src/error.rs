@@ -1,0 +1,60 @@
+//! Why a packet did not get relayed, and which XDP action and counter that means.
+
+use aya_ebpf::bindings::xdp_action;
+use proxy_common::Counter;
+
+/// A packet the program does not relay. `Copy` and formatting-free, so the kernel can handle
+/// it without allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    NotIp,
+    Vlan,
+    NotUdp,
+    Fragment,
+    /// The frame ended inside a header we needed.
+    Truncated,
+    NoFlow,
+    /// A flow's packet whose lengths contradict each other, or IPv6 UDP without a checksum.
+    Malformed,
+    /// Wrong source on a flow whose policy is to drop.
+    Mismatch,
+    /// No AF_XDP socket for this rx queue.
+    NoSocket,
+    /// The DEVMAP redirect failed after the rewrite (the interface left the map meanwhile).
+    RedirectFailed,
+}
+
+impl Error {
+    /// The stated rule: traffic that may not be ours goes to the kernel untouched; traffic
+    /// addressed to a flow that we cannot relay is dropped and counted.
+    #[inline(always)]
+    pub const fn action(self) -> u32 {
+        match self {
+            Error::NotIp
+            | Error::Vlan
+            | Error::NotUdp
+            | Error::Fragment
+            | Error::Truncated
+            | Error::NoFlow => xdp_action::XDP_PASS,
+            Error::Malformed | Error::Mismatch | Error::NoSocket | Error::RedirectFailed => {
+                xdp_action::XDP_DROP
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub const fn counter(self) -> Counter {
+        match self {
+            Error::NotIp => Counter::PassNotIp,
+            Error::Vlan => Counter::PassVlan,
+            Error::NotUdp => Counter::PassNotUdp,
+            Error::Fragment => Counter::PassFragment,
+            Error::Truncated => Counter::PassTruncated,
+            Error::NoFlow => Counter::PassNoFlow,
+            Error::Malformed => Counter::DropMalformed,
+            Error::Mismatch => Counter::DropMismatch,
+            Error::NoSocket => Counter::DropNoSocket,
+            Error::RedirectFailed => Counter::DropRedirect,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The per-packet decision: pass, punt to userspace, or forward.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use proxy_common::{Counter, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags};
+
+use crate::{
+    error::Error,
+    forward,
+    maps::{self, XSKS},
+    parse::{self, Parsed},
+};
+
+/// A packet the program took care of: the XDP action and the counter that records it.
+pub struct Verdict {
+    pub action: u32,
+    pub counter: Counter,
+}
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> Result<Verdict, Error> {
+    let pkt = parse::parse(ctx)?;
+
+    let probe_port = maps::probe_port();
+    if probe_port != [0, 0] && *pkt.dst.port_be() == probe_port {
+        return punt(ctx, Counter::PuntProbe);
+    }
+
+    let entry = maps::flow(&FlowKey::new(pkt.dst)).ok_or(Error::NoFlow)?;
+    if !pkt.lengths_ok {
+        return Err(Error::Malformed);
+    }
+    let counters = maps::flow_counters(entry.counter_slot);
+    let payload = u64::from(pkt.udp_len) - 8;
+    if let Some(c) = counters {
+        // SAFETY: the slot is a valid array element for the life of the program run.
+        unsafe { (*c).last_seen_ns = bpf_ktime_get_ns() };
+    }
+
+    if entry.state() == FlowState::Hold {
+        return punt_counted(ctx, counters, payload, Counter::PuntHold);
+    }
+    if entry.has_flag(flow_flags::REQUIRE_PEER) && pkt.src != entry.peer {
+        add(counters, |c| &mut c.mismatch_packets, 1);
+        if entry.has_flag(flow_flags::MISMATCH_DROP) {
+            return Err(Error::Mismatch);
+        }
+        return punt_counted(ctx, counters, payload, Counter::PuntMismatch);
+    }
+    forward_flow(ctx, &pkt, entry, counters, payload)
+}
+
+#[inline(always)]
+fn forward_flow(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    entry: &FlowEntry,
+    counters: Option<*mut FlowCounters>,
+    payload: u64,
+) -> Result<Verdict, Error> {
+    match forward::forward(ctx, pkt, entry)? {
+        forward::Sent::Tx => {
+            add(counters, |c| &mut c.fwd_packets, 1);
+            add(counters, |c| &mut c.fwd_bytes, payload);
+            Ok(Verdict {
+                action: xdp_action::XDP_TX,
+                counter: Counter::FwdTx,
+            })
+        }
+        forward::Sent::Redirect(action) => {
+            add(counters, |c| &mut c.fwd_packets, 1);
+            add(counters, |c| &mut c.fwd_bytes, payload);
+            Ok(Verdict {
+                action,
+                counter: Counter::FwdRedirect,
+            })
+        }
+        // The packet is untouched: userspace hands it to the kernel's stack.
+        forward::Sent::NotYet(why) => punt_counted(ctx, counters, payload, why),
+    }
+}
+
+#[inline(always)]
+fn punt_counted(
+    ctx: &XdpContext,
+    counters: Option<*mut FlowCounters>,
+    payload: u64,
+    why: Counter,
+) -> Result<Verdict, Error> {
+    let verdict = punt(ctx, why)?;
+    add(counters, |c| &mut c.punt_packets, 1);
+    add(counters, |c| &mut c.punt_bytes, payload);
+    Ok(verdict)
+}
+
+/// Hands the frame to the AF_XDP socket of the queue it arrived on.
+#[inline(always)]
+fn punt(ctx: &XdpContext, why: Counter) -> Result<Verdict, Error> {
+    match XSKS.redirect(ctx.rx_queue_index(), 0) {
+        Ok(action) => Ok(Verdict {
+            action,
+            counter: why,
+        }),
+        Err(_) => Err(Error::NoSocket),
+    }
+}
+
+/// Adds to one per-flow counter. Flows share no slot, but a flow's packets can arrive on
+/// several CPUs at once, hence the atomic add.
+#[inline(always)]
+fn add(counters: Option<*mut FlowCounters>, field: impl FnOnce(&mut FlowCounters) -> &mut u64, n: u64) {
+    if let Some(c) = counters {
+        // SAFETY: a valid array element (see above); the field is 8-byte aligned inside it.
+        let field = unsafe { field(&mut *c) };
+        // SAFETY: as above. The BPF target has no stable atomic read-modify-write; this
+        // intrinsic lowers to BPF_ATOMIC_ADD.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                field, n,
+            )
+        };
+    }
+}

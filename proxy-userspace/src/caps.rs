@@ -1,0 +1,154 @@
+//! What the host must provide, checked up front, and errors that say what is missing.
+
+use std::{ffi::CString, path::Path};
+
+use anyhow::{anyhow, bail};
+use aya::{EbpfError, programs::{ProgramError, XdpMode}};
+
+/// Kernel 5.9 brought bpf_link for XDP (aa8d3a716b59, "bpf, xdp: Add bpf_link-based XDP
+/// attachment API"), which we rely on to detach when the daemon exits; 5.11 charges BPF
+/// memory to the cgroup instead of RLIMIT_MEMLOCK (97306be45fbe). We require 5.11.
+pub const MIN_KERNEL: (u32, u32) = (5, 11);
+
+/// One missing capability.
+#[derive(Debug)]
+pub struct Missing(pub String);
+
+/// Checks everything the relay needs before it loads anything, so that an operator sees
+/// every problem at once.
+pub fn check() -> Vec<Missing> {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push(Missing(
+            "not running as root: loading XDP programs and AF_XDP sockets need CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW".into(),
+        ));
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        missing.push(Missing(
+            "no kernel BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y is required)".into(),
+        ));
+    }
+    match kernel_version() {
+        Some(v) if v < MIN_KERNEL => missing.push(Missing(format!(
+            "kernel {}.{} is older than the {}.{} minimum",
+            v.0, v.1, MIN_KERNEL.0, MIN_KERNEL.1
+        ))),
+        None => missing.push(Missing("cannot read the kernel version from uname".into())),
+        Some(_) => {}
+    }
+    // SAFETY: plain socket(2) call; the fd is closed right away.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        missing.push(Missing(format!("cannot create an AF_XDP socket: {err} (CONFIG_XDP_SOCKETS=y is required)")));
+    } else {
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    }
+    missing
+}
+
+/// Fails with every missing capability listed.
+pub fn require() -> anyhow::Result<()> {
+    let missing = check();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.into_iter().map(|m| format!("  - {}", m.0)).collect();
+    bail!("this host cannot run the relay:\n{}", list.join("\n"))
+}
+
+#[must_use]
+pub fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: uname NUL-terminates release.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raise it as far as we may; on
+/// later kernels a failure here is harmless (root may lack CAP_SYS_RESOURCE in a container).
+pub fn raise_memlock() {
+    let inf = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &inf) } == 0 {
+        return;
+    }
+    // SAFETY: valid rlimit pointers.
+    unsafe {
+        let mut cur: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
+            cur.rlim_cur = cur.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
+        }
+    }
+}
+
+pub fn ifindex(ifname: &str) -> anyhow::Result<u32> {
+    let c = CString::new(ifname).map_err(|_| anyhow!("bad interface name {ifname:?}"))?;
+    // SAFETY: c is NUL-terminated.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface named {ifname:?} in this network namespace");
+    }
+    Ok(idx)
+}
+
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname NUL-terminates on success.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+fn not_root_hint() -> &'static str {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 { "" } else { " (not running as root)" }
+}
+
+pub fn explain_load_error(e: &EbpfError) -> anyhow::Error {
+    let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        ""
+    } else {
+        " (no kernel BTF at /sys/kernel/btf/vmlinux)"
+    };
+    anyhow!("loading the XDP object failed{}{btf}: {e}", not_root_hint())
+}
+
+pub fn explain_program_error(e: &ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+            "the kernel refused the XDP program{}: {io_error}\nverifier log:\n{verifier_log}",
+            not_root_hint()
+        ),
+        other => anyhow!("loading the XDP program failed{}: {other}", not_root_hint()),
+    }
+}
+
+pub fn explain_attach_error(e: &ProgramError, ifname: &str, mode: XdpMode) -> anyhow::Error {
+    let mode_hint = match mode {
+        XdpMode::Driver => "; the driver may lack native XDP: try --xdp-mode skb",
+        XdpMode::Hardware => "; hardware offload is rarely supported: try --xdp-mode native",
+        _ => "",
+    };
+    anyhow!(
+        "attaching XDP to {ifname} ({mode:?} mode) was refused{}{mode_hint}: {e}",
+        not_root_hint()
+    )
+}

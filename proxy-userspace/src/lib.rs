@@ -1,0 +1,8 @@
+//! mediaproxy's userspace: the loader and typed map API ([`dataplane`]), AF_XDP sockets
+//! ([`xsk`]) and the I/O thread ([`io`]), and the control logic.
+
+pub mod caps;
+pub mod dataplane;
+pub mod frame;
+pub mod xsk;
+pub mod testbed;
