@@ -4,6 +4,11 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// Interfaces the program can be attached to at once.
+pub const MAX_INTERFACES: u32 = 64;
+/// Rx queues per interface with an AF_XDP socket.
+pub const MAX_QUEUES_PER_INTERFACE: u32 = 64;
+
 /// Address family tag stored in an [`Endpoint`].
 pub mod family {
     pub const UNSET: u8 = 0;

@@ -6,7 +6,8 @@
 //! | `FLOW_COUNTERS` | counter slot         | kernel (atomic adds); userspace zeroes a slot before reuse |
 //! | `COUNTERS`      | `Counter` index      | kernel, per CPU; userspace reads             |
 //! | `CONFIG`        | 0                    | userspace at start-up                        |
-//! | `XSKS`          | rx queue index       | userspace, one AF_XDP socket per queue       |
+//! | `XSK_BASE`      | ifindex              | userspace: where the interface's sockets start in `XSKS` |
+//! | `XSKS`          | base + rx queue      | userspace, one AF_XDP socket per queue       |
 //! | `EGRESS`        | ifindex              | userspace, each attached interface           |
 //!
 //! Userspace may resize `FLOWS` and `FLOW_COUNTERS` at load time (`--max-flows`).
@@ -18,9 +19,9 @@ use aya_ebpf::{
 use proxy_common::{Counter, FlowCounters, FlowEntry, FlowKey, RelayConfig};
 
 const MAX_FLOWS: u32 = 65_536;
-/// Upper bound on rx queues per interface that can punt to userspace.
-const MAX_QUEUES: u32 = 256;
-const MAX_INTERFACES: u32 = 256;
+/// Rx queues per interface that can punt to userspace; shared with userspace.
+pub use proxy_common::flow::MAX_QUEUES_PER_INTERFACE;
+const MAX_INTERFACES: u32 = proxy_common::flow::MAX_INTERFACES;
 
 #[map]
 pub static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(MAX_FLOWS, 0);
@@ -35,7 +36,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 static CONFIG: Array<RelayConfig> = Array::with_max_entries(1, 0);
 
 #[map]
-pub static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+static XSK_BASE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+
+#[map]
+pub static XSKS: XskMap = XskMap::with_max_entries(MAX_INTERFACES * MAX_QUEUES_PER_INTERFACE, 0);
 
 #[map]
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
@@ -67,4 +71,16 @@ pub fn flow(key: &FlowKey) -> Option<&'static FlowEntry> {
 #[inline(always)]
 pub fn flow_counters(slot: u32) -> Option<*mut FlowCounters> {
     FLOW_COUNTERS.get_ptr_mut(slot)
+}
+
+/// The XSKS index of the socket for this interface's rx queue. XSKMAP keys are plain
+/// indices, and every interface has a queue 0, so each interface gets its own range.
+#[inline(always)]
+pub fn xsk_index(ifindex: u32, queue: u32) -> Option<u32> {
+    if queue >= MAX_QUEUES_PER_INTERFACE {
+        return None;
+    }
+    // SAFETY: u32 values, copied out at once.
+    let base = unsafe { XSK_BASE.get(ifindex) }.copied()?;
+    Some(base + queue)
 }

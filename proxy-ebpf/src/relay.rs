@@ -95,7 +95,8 @@ fn punt_counted(
 /// Hands the frame to the AF_XDP socket of the queue it arrived on.
 #[inline(always)]
 fn punt(ctx: &XdpContext, why: Counter) -> Result<Verdict, Error> {
-    match XSKS.redirect(ctx.rx_queue_index(), 0) {
+    let index = maps::xsk_index(ctx.ingress_ifindex() as u32, ctx.rx_queue_index()).ok_or(Error::NoSocket)?;
+    match XSKS.redirect(index, 0) {
         Ok(action) => Ok(Verdict {
             action,
             counter: why,

@@ -13,7 +13,8 @@ use aya::{
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use proxy_common::{
-    Counter, Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, RelayConfig, flow::flow_flags,
+    Counter, Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, RelayConfig,
+    flow::{MAX_INTERFACES, MAX_QUEUES_PER_INTERFACE, flow_flags},
 };
 
 /// The compiled XDP program, built by build.rs.
@@ -129,6 +130,9 @@ pub struct Dataplane {
     flow_counters: Array<MapData, FlowCounters>,
     counters: PerCpuArray<MapData, u64>,
     xsks: XskMap<MapData>,
+    xsk_base: BpfHashMap<MapData, u32, u32>,
+    /// Interfaces with sockets, in the order of their XSKS ranges.
+    xsk_bases: Vec<u32>,
     egress: DevMapHash<MapData>,
     attachments: Vec<Attachment>,
     /// Userspace's copy of every entry in `FLOWS`.
@@ -157,6 +161,7 @@ impl Dataplane {
         let flow_counters = Array::try_from(take(&mut ebpf, "FLOW_COUNTERS")?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
         let xsks = XskMap::try_from(take(&mut ebpf, "XSKS")?)?;
+        let xsk_base = BpfHashMap::try_from(take(&mut ebpf, "XSK_BASE")?)?;
         let egress = DevMapHash::try_from(take(&mut ebpf, "EGRESS")?)?;
         let mut config: Array<MapData, RelayConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)?;
         config
@@ -168,6 +173,8 @@ impl Dataplane {
             flow_counters,
             counters,
             xsks,
+            xsk_base,
+            xsk_bases: Vec::new(),
             egress,
             attachments: Vec::new(),
             mirror: HashMap::new(),
@@ -228,12 +235,29 @@ impl Dataplane {
             .map(|a| (a.ifname.as_str(), a.ifindex, a.mode))
     }
 
-    /// Routes punted packets of rx queue `queue` to this AF_XDP socket. The socket must be
-    /// bound to that queue of the interface the packets arrive on.
-    pub fn register_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> anyhow::Result<()> {
+    /// Routes punted packets of rx queue `queue` of `ifindex` to this AF_XDP socket, which
+    /// must be bound to that interface and queue.
+    pub fn register_socket(&mut self, ifindex: u32, queue: u32, socket: &impl AsRawFd) -> anyhow::Result<()> {
+        if queue >= MAX_QUEUES_PER_INTERFACE {
+            bail!("rx queue {queue} of ifindex {ifindex}: only {MAX_QUEUES_PER_INTERFACE} queues per interface can punt");
+        }
+        let base = match self.xsk_bases.iter().position(|&i| i == ifindex) {
+            Some(slot) => slot as u32 * MAX_QUEUES_PER_INTERFACE,
+            None => {
+                if self.xsk_bases.len() as u32 >= MAX_INTERFACES {
+                    bail!("more than {MAX_INTERFACES} interfaces with AF_XDP sockets");
+                }
+                let base = self.xsk_bases.len() as u32 * MAX_QUEUES_PER_INTERFACE;
+                self.xsk_base
+                    .insert(ifindex, base, 0)
+                    .with_context(|| format!("registering ifindex {ifindex} in XSK_BASE"))?;
+                self.xsk_bases.push(ifindex);
+                base
+            }
+        };
         self.xsks
-            .set(queue, socket.as_raw_fd(), 0)
-            .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))
+            .set(base + queue, socket.as_raw_fd(), 0)
+            .with_context(|| format!("registering the AF_XDP socket of ifindex {ifindex} queue {queue}"))
     }
 
     /// Creates a flow. Fails if it exists or the table is full; nothing changes then.

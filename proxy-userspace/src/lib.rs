@@ -6,3 +6,6 @@ pub mod dataplane;
 pub mod frame;
 pub mod xsk;
 pub mod testbed;
+pub mod io;
+pub mod nexthop;
+pub mod rtp;

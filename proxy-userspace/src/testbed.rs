@@ -77,7 +77,11 @@ impl Netns {
 
     /// Sets a sysctl inside the namespace (`net.ipv4.conf.x.forwarding=1` style).
     pub fn sysctl(&self, kv: &str) -> anyhow::Result<()> {
-        self.exec(&["sysctl", "-q", "-w", kv]).map(|_| ())
+        let (key, value) = kv.split_once('=').with_context(|| format!("bad sysctl {kv:?}"))?;
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        // /proc/sys/net belongs to the network namespace of the thread that opens it.
+        self.enter(move || std::fs::write(&path, value).with_context(|| format!("writing {path}")))?
     }
 
     /// Runs `f` on a thread that has entered the namespace. Sockets and BPF objects created
@@ -161,4 +165,36 @@ impl Drop for Guarded {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Joins two namespaces with a veth pair and gives each end an address (`10.0.1.1/24`
+/// style); IPv6 addresses (`fd00::1/64`) go on without duplicate address detection.
+pub fn link(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) -> anyhow::Result<()> {
+    veth(a, a_if, b, b_if)?;
+    for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        for addr in addrs {
+            if addr.contains(':') {
+                ns.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"])?;
+            } else {
+                ns.ip(&["addr", "add", addr, "dev", ifname])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one counter of the namespace's UDP MIB (`/proc/net/snmp`), e.g. `InCsumErrors`.
+pub fn udp_mib(ns: &Netns, field: &str) -> anyhow::Result<u64> {
+    let out = ns.exec(&["cat", "/proc/net/snmp"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no Udp {field} in /proc/net/snmp"))
 }

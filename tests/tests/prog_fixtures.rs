@@ -95,7 +95,7 @@ fn run_table(env: &Env, cases: Vec<Case>) {
         ring_size: 32,
     })
     .expect("AF_XDP socket on relay0");
-    dp.register_socket(0, &xsk).unwrap();
+    dp.register_socket(relay0, 0, &xsk).unwrap();
 
     let mut failures = Vec::new();
     for case in cases {
