@@ -31,21 +31,21 @@ pub fn handle(ctx: &XdpContext) -> Result<Verdict, Error> {
     }
     let counters = maps::flow_counters(entry.counter_slot);
     let payload = u64::from(pkt.udp_len) - 8;
-    if let Some(c) = counters {
-        // SAFETY: the slot is a valid array element for the life of the program run.
-        unsafe { (*c).last_seen_ns = bpf_ktime_get_ns() };
-    }
 
     if entry.state() == FlowState::Hold {
+        touch(counters);
         return punt_counted(ctx, counters, payload, Counter::PuntHold);
     }
     if entry.has_flag(flow_flags::REQUIRE_PEER) && pkt.src != entry.peer {
+        // Not the peer: does not count as the flow's activity (a spoofer must not keep a
+        // silent flow alive or block a re-latch).
         add(counters, |c| &mut c.mismatch_packets, 1);
         if entry.has_flag(flow_flags::MISMATCH_DROP) {
             return Err(Error::Mismatch);
         }
         return punt_counted(ctx, counters, payload, Counter::PuntMismatch);
     }
+    touch(counters);
     forward_flow(ctx, &pkt, entry, counters, payload)
 }
 
@@ -102,6 +102,16 @@ fn punt(ctx: &XdpContext, why: Counter) -> Result<Verdict, Error> {
             counter: why,
         }),
         Err(_) => Err(Error::NoSocket),
+    }
+}
+
+/// Records the time of the flow's latest accepted packet.
+#[inline(always)]
+fn touch(counters: Option<*mut FlowCounters>) {
+    if let Some(c) = counters {
+        // SAFETY: the slot is a valid array element for the life of the program run; a plain
+        // store (the latest writer wins, any of them is right).
+        unsafe { (*c).last_seen_ns = bpf_ktime_get_ns() };
     }
 }
 

@@ -9,3 +9,5 @@ pub mod testbed;
 pub mod io;
 pub mod nexthop;
 pub mod rtp;
+pub mod probe_auth;
+pub mod session;

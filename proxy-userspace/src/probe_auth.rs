@@ -1,0 +1,164 @@
+//! Signing and checking probe messages (`proxy_common::probe`): HMAC-SHA-256 with the
+//! deployment secret, a freshness window and a replay cache. Sans-IO: the caller passes the
+//! current Unix time in milliseconds.
+
+use std::collections::{HashSet, VecDeque};
+
+use hmac::{Hmac, Mac};
+use proxy_common::probe::{MAC_LEN, MESSAGE_LEN, ProbeError, ProbeMessage, SIGNED_LEN};
+use sha2::Sha256;
+
+/// How far a message's timestamp may be from ours, either way.
+pub const FRESHNESS_MS: u64 = 30_000;
+/// Authentic messages remembered for replay detection; beyond this the oldest are forgotten
+/// early (only authentic messages get here, so only a peer with the secret can fill it).
+const REPLAY_CAPACITY: usize = 200_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    Malformed(ProbeError),
+    BadMac,
+    Stale,
+    Replayed,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Malformed(e) => write!(f, "malformed ({e:?})"),
+            Rejected::BadMac => f.write_str("bad MAC"),
+            Rejected::Stale => f.write_str("timestamp outside the freshness window"),
+            Rejected::Replayed => f.write_str("replayed"),
+        }
+    }
+}
+
+pub struct ProbeAuth {
+    key: Vec<u8>,
+    seen: HashSet<(u8, u64)>,
+    order: VecDeque<(u64, (u8, u64))>,
+}
+
+impl ProbeAuth {
+    #[must_use]
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            key: secret.to_vec(),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length.
+        Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length")
+    }
+
+    #[must_use]
+    pub fn sign(&self, msg: &ProbeMessage) -> [u8; MESSAGE_LEN] {
+        let mut m = self.mac();
+        m.update(&msg.signed_bytes());
+        let full = m.finalize().into_bytes();
+        let mut tag = [0u8; MAC_LEN];
+        tag.copy_from_slice(&full[..MAC_LEN]);
+        msg.emit(&tag)
+    }
+
+    /// Parses and authenticates a message, and remembers it so that a replay is refused.
+    pub fn verify(&mut self, bytes: &[u8], now_ms: u64) -> Result<ProbeMessage, Rejected> {
+        let msg = ProbeMessage::parse(bytes).map_err(Rejected::Malformed)?;
+        let tag = ProbeMessage::mac_of(bytes).ok_or(Rejected::Malformed(ProbeError::Length))?;
+        let mut m = self.mac();
+        m.update(&bytes[..SIGNED_LEN]);
+        m.verify_truncated_left(tag).map_err(|_| Rejected::BadMac)?;
+        if msg.timestamp_ms.abs_diff(now_ms) > FRESHNESS_MS {
+            return Err(Rejected::Stale);
+        }
+        self.expire(now_ms);
+        let id = (msg.kind as u8, msg.nonce);
+        if !self.seen.insert(id) {
+            return Err(Rejected::Replayed);
+        }
+        // Remember it until it could no longer pass the freshness check.
+        self.order.push_back((msg.timestamp_ms + FRESHNESS_MS, id));
+        if self.order.len() > REPLAY_CAPACITY
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        Ok(msg)
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(&(until, id)) = self.order.front() {
+            if until >= now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&id);
+        }
+    }
+}
+
+/// The current Unix time in milliseconds.
+#[must_use]
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_common::{Endpoint, probe::Kind};
+
+    fn probe(nonce: u64, ts: u64) -> ProbeMessage {
+        ProbeMessage {
+            kind: Kind::Probe,
+            nonce,
+            timestamp_ms: ts,
+            session: 1,
+            target: Endpoint::v4([10, 0, 0, 2], 40000),
+            sender: Endpoint::v4([10, 0, 0, 1], 30002),
+        }
+    }
+
+    #[test]
+    fn accepts_once_then_refuses_the_replay() {
+        let mut auth = ProbeAuth::new(b"deployment secret");
+        let b = auth.sign(&probe(7, 1_000_000));
+        assert_eq!(auth.verify(&b, 1_000_500), Ok(probe(7, 1_000_000)));
+        assert_eq!(auth.verify(&b, 1_000_600), Err(Rejected::Replayed));
+        // The ACK for the same nonce is a different message.
+        let ack = auth.sign(&probe(7, 1_000_000).ack(1_000_700));
+        assert!(auth.verify(&ack, 1_000_800).is_ok());
+    }
+
+    #[test]
+    fn refuses_wrong_secret_tampering_and_staleness() {
+        let mut auth = ProbeAuth::new(b"ours");
+        let theirs = ProbeAuth::new(b"theirs");
+        assert_eq!(auth.verify(&theirs.sign(&probe(1, 5_000_000)), 5_000_000), Err(Rejected::BadMac));
+        let mut b = auth.sign(&probe(2, 5_000_000));
+        b[33] ^= 1; // redirect the target
+        assert_eq!(auth.verify(&b, 5_000_000), Err(Rejected::BadMac));
+        let old = auth.sign(&probe(3, 5_000_000 - FRESHNESS_MS - 1));
+        assert_eq!(auth.verify(&old, 5_000_000), Err(Rejected::Stale));
+        assert!(matches!(auth.verify(b"short", 0), Err(Rejected::Malformed(_))));
+    }
+
+    #[test]
+    fn forgets_nonces_once_they_would_be_stale_anyway() {
+        let mut auth = ProbeAuth::new(b"k");
+        for n in 0..100 {
+            let b = auth.sign(&probe(n, 1_000_000 + n));
+            auth.verify(&b, 1_000_000 + n).unwrap();
+        }
+        let later = 1_000_000 + 100 + FRESHNESS_MS + 1;
+        let b = auth.sign(&probe(1000, later));
+        auth.verify(&b, later).unwrap();
+        assert_eq!(auth.seen.len(), 1);
+    }
+}

@@ -1,0 +1,826 @@
+//! The relay's media logic as a sans-IO state machine: latching, blocking detection, and the
+//! probe/ACK exchange that breaks the deadlock of two relays in series.
+//!
+//! Events go in ([`Engine::handle`], [`Engine::handle_timeout`] and the stream commands);
+//! commands come out of [`Engine::poll_output`]: install or replace a kernel flow, send a media
+//! packet from userspace, send a probe or an ACK, report an event. Nothing here touches a
+//! socket, a map or a clock: the caller passes `now`. That is what lets the tests below walk
+//! every path on the host, without root.
+//!
+//! # The model
+//! A stream (one m= line's RTP, or its RTCP) has two sides, A and B. On each side the relay
+//! owns a local endpoint: the peer on that side sends to it, and the relay sends to the peer
+//! from it. Packets arriving at `local[X]` go out of `local[Y]` (Y the other side).
+//!
+//! With symmetric latching (RFC 4961), the relay learns side X's real address from the first
+//! packet X sends, accepts X's packets only from there, and sends toward X only there. The
+//! direction X→Y is forwarded once X is latched and Y's destination is known: Y latched, or
+//! Y *unblocked*. Y is unblocked when the next relay on Y's side acknowledged our probe, or
+//! probed us itself, or the call server said so: then the signalled address (SDP) is trusted
+//! until Y's first packet latches it.
+//!
+//! # Blocking
+//! X's first packet starts the blocking timer. If Y has said nothing when it fires, blocking
+//! is suspected (and recorded). If the call server told us a next relay on Y's side, we probe
+//! it at the deployment's probe port; on its ACK we send X's held packets to Y's signalled
+//! media address and flip X→Y to FORWARD, before anything came from Y. When Y's first packet
+//! arrives, Y is latched and Y→X goes to FORWARD too; from then on the kernel forwards both
+//! directions and userspace sees nothing of the stream.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use proxy_common::{
+    Endpoint, FlowState,
+    probe::{Kind, ProbeMessage},
+};
+
+use crate::dataplane::{FlowSpec, MismatchPolicy};
+
+pub type StreamId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    A = 0,
+    B = 1,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::A, Side::B];
+
+    #[must_use]
+    pub const fn other(self) -> Self {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    const fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Latching {
+    /// Learn each side's address from its first packet (RFC 4961). rtpengine: `symmetric`.
+    #[default]
+    Symmetric,
+    /// Send to the signalled address, accept from anywhere. rtpengine: `asymmetric`.
+    Asymmetric,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// The relay's endpoints facing side A and side B.
+    pub local: [Endpoint; 2],
+    /// The signalled media address of each side, if known.
+    pub remote: [Option<Endpoint>; 2],
+    /// The next relay's probe address on each side (its IP and the deployment's probe port),
+    /// if the call server told us there is one.
+    pub next_relay: [Option<SocketAddr>; 2],
+    pub latching: Latching,
+    /// Packets from a source other than the latched one are dropped in the kernel instead of
+    /// being shown to userspace (rtpengine: `strict source`). No re-latching then.
+    pub strict_source: bool,
+    /// A tag of the call for probe messages (hash of the Call-ID), 0 if none.
+    pub session_tag: u64,
+}
+
+impl StreamConfig {
+    #[must_use]
+    pub fn new(local_a: Endpoint, local_b: Endpoint) -> Self {
+        Self {
+            local: [local_a, local_b],
+            remote: [None, None],
+            next_relay: [None, None],
+            latching: Latching::Symmetric,
+            strict_source: false,
+            session_tag: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// How long after a side's first packet the other side may stay silent before blocking
+    /// is suspected. 200 ms is ten packets at 20 ms packetisation: far beyond the skew of two
+    /// phones starting at once plus a few round trips, short enough that a blocked call's
+    /// users hear little of it.
+    pub blocking_timeout: Duration,
+    /// Whether suspected blocking starts a probe toward a known next relay.
+    pub probing: bool,
+    /// First probe retransmission timeout; doubled on each retry.
+    pub probe_rto: Duration,
+    /// Probes sent before giving up.
+    pub probe_attempts: u32,
+    /// Packets held per side while its destination is unknown; older ones are dropped and
+    /// counted.
+    pub held_capacity: usize,
+    /// A new source may take over a latched side after the latched peer has been silent this
+    /// long (a NAT rebinding, a re-INVITE to a new phone). `None`: never.
+    pub relatch_after: Option<Duration>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            blocking_timeout: Duration::from_millis(200),
+            probing: true,
+            probe_rto: Duration::from_millis(100),
+            probe_attempts: 6,
+            held_capacity: 16,
+            relatch_after: Some(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// Why a side's signalled address is trusted before it latched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unblocked {
+    /// The next relay acknowledged our probe.
+    Ack,
+    /// The next relay probed us.
+    Probe,
+    /// The call server said so.
+    Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbePhase {
+    Idle,
+    Probing { attempts: u32 },
+    Acked { rtt: Duration },
+    /// Gave up after the last attempt.
+    Failed { attempts: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Latched { side: Side, peer: Endpoint },
+    Relatched { side: Side, old: Endpoint, new: Endpoint },
+    BlockingSuspected { near: Side, after: Duration },
+    ProbeSent { toward: Side, attempt: u32, to: SocketAddr },
+    ProbeAcked { toward: Side, rtt: Duration },
+    ProbeFailed { toward: Side, attempts: u32 },
+    Unblocked { side: Side, by: Unblocked },
+    /// Packets from `near` now go to `to` (userspace sent the held ones; XDP does the rest).
+    Forwarding { from: Side, to: Endpoint },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Install or replace the kernel flow keyed by the relay endpoint `key`.
+    Flow { key: Endpoint, spec: FlowSpec },
+    RemoveFlow { key: Endpoint },
+    /// Send a UDP payload from a relay endpoint (userspace path).
+    SendMedia { from: Endpoint, to: Endpoint, payload: Vec<u8> },
+    /// Sign and send from the probe port.
+    SendProbe { to: SocketAddr, msg: ProbeMessage },
+    SendAck { to: SocketAddr, msg: ProbeMessage },
+    Event { stream: StreamId, event: Event },
+}
+
+/// Per-side counters of the userspace path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SideCounters {
+    /// Packets from this side that userspace saw and accepted.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Of those, sent on by userspace (held packets on unblock, slow path).
+    pub sent: u64,
+    /// From a source other than the latched one, not forwarded.
+    pub rejected: u64,
+    /// Held packets dropped because the buffer was full or the stream ended.
+    pub held_dropped: u64,
+}
+
+/// What `query` reports of one side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideStatus {
+    pub local: Endpoint,
+    pub remote: Option<Endpoint>,
+    pub latched: Option<Endpoint>,
+    pub next_relay: Option<SocketAddr>,
+    /// State of the kernel flow for packets *from* this side.
+    pub state: FlowState,
+    /// Forwarding target for packets *to* this side.
+    pub destination: Option<Endpoint>,
+    pub unblocked: Option<Unblocked>,
+    pub blocking_suspected: Option<Duration>,
+    pub probe: ProbePhase,
+    pub held: usize,
+    pub counters: SideCounters,
+}
+
+#[derive(Debug)]
+struct SideState {
+    local: Endpoint,
+    remote: Option<Endpoint>,
+    next_relay: Option<SocketAddr>,
+    latched: Option<Endpoint>,
+    /// Last accepted packet from this side (through userspace).
+    last_packet: Option<Instant>,
+    first_packet: Option<Instant>,
+    held: VecDeque<Vec<u8>>,
+    blocking_deadline: Option<Instant>,
+    blocking_suspected: Option<Duration>,
+    unblocked: Option<Unblocked>,
+    probe: ProbePhase,
+    /// Nonces of this probing episode and when each was sent.
+    probe_nonces: Vec<(u64, Instant)>,
+    probe_next: Option<Instant>,
+    counters: SideCounters,
+}
+
+impl SideState {
+    fn new(local: Endpoint, remote: Option<Endpoint>, next_relay: Option<SocketAddr>) -> Self {
+        Self {
+            local,
+            remote,
+            next_relay,
+            latched: None,
+            last_packet: None,
+            first_packet: None,
+            held: VecDeque::new(),
+            blocking_deadline: None,
+            blocking_suspected: None,
+            unblocked: None,
+            probe: ProbePhase::Idle,
+            probe_nonces: Vec::new(),
+            probe_next: None,
+            counters: SideCounters::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    cfg: StreamConfig,
+    sides: [SideState; 2],
+    /// The flow specs last emitted, keyed by side: only changes are emitted.
+    installed: [Option<FlowSpec>; 2],
+}
+
+impl Stream {
+    fn side(&self, s: Side) -> &SideState {
+        &self.sides[s.idx()]
+    }
+
+    fn side_mut(&mut self, s: Side) -> &mut SideState {
+        &mut self.sides[s.idx()]
+    }
+
+    /// Where packets toward side `to` go, if anywhere yet.
+    fn destination(&self, to: Side) -> Option<Endpoint> {
+        let s = self.side(to);
+        if let Some(l) = s.latched {
+            return Some(l);
+        }
+        if self.cfg.latching == Latching::Asymmetric || s.unblocked.is_some() {
+            return s.remote;
+        }
+        None
+    }
+
+    /// The kernel flow for packets arriving from `from`.
+    fn flow_spec(&self, from: Side) -> FlowSpec {
+        let to = from.other();
+        let peer = match self.cfg.latching {
+            Latching::Symmetric => self.side(from).latched,
+            Latching::Asymmetric => None,
+        };
+        let ready = match self.cfg.latching {
+            Latching::Symmetric => peer.is_some(),
+            Latching::Asymmetric => true,
+        };
+        let mut spec = FlowSpec::hold();
+        spec.mismatch = if self.cfg.strict_source {
+            MismatchPolicy::Drop
+        } else {
+            MismatchPolicy::Punt
+        };
+        if let (true, Some(dst)) = (ready, self.destination(to)) {
+            spec.state = FlowState::Forward;
+            spec.peer = peer;
+            spec.out_src = self.side(to).local;
+            spec.out_dst = dst;
+        } else {
+            // HOLD still remembers the latched peer, so the kernel's mismatch counter means
+            // something before the flip too.
+            spec.peer = peer;
+        }
+        spec
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Blocking,
+    Probe,
+}
+
+/// Engine-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub probes_received: u64,
+    pub probes_unknown_session: u64,
+    pub acks_received: u64,
+    /// ACKs that match no outstanding probe (late, duplicated, or for an ended stream).
+    pub acks_unmatched: u64,
+    pub media_unknown_flow: u64,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    streams: HashMap<StreamId, Stream>,
+    by_local: HashMap<Endpoint, (StreamId, Side)>,
+    by_nonce: HashMap<u64, (StreamId, Side)>,
+    timers: BinaryHeap<Reverse<(Instant, StreamId, Side, TimerKind)>>,
+    out: VecDeque<Output>,
+    next_id: StreamId,
+    counters: EngineCounters,
+    /// Source of probe nonces; the caller seeds it (from the OS) so tests stay deterministic.
+    rng: rand::rngs::StdRng,
+}
+
+/// Why a stream command failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// One of the local endpoints is already used by another stream.
+    LocalInUse(Endpoint),
+    UnknownStream(StreamId),
+    /// A and B must be different endpoints.
+    SameEndpoints,
+    /// Probing needs the next relay's media address (the probe's target).
+    NoRemote(Side),
+    /// Probing needs to know where the next relay is.
+    NoNextRelay(Side),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::LocalInUse(e) => write!(f, "local endpoint {e} is in use"),
+            StreamError::UnknownStream(id) => write!(f, "no stream {id}"),
+            StreamError::SameEndpoints => f.write_str("the two sides need different local endpoints"),
+            StreamError::NoRemote(s) => write!(f, "side {s:?} has no media address to probe for"),
+            StreamError::NoNextRelay(s) => write!(f, "side {s:?} has no next relay to probe"),
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+impl Engine {
+    #[must_use]
+    pub fn new(cfg: EngineConfig, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            cfg,
+            streams: HashMap::new(),
+            by_local: HashMap::new(),
+            by_nonce: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            next_id: 1,
+            counters: EngineCounters::default(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    #[must_use]
+    pub fn counters(&self) -> EngineCounters {
+        self.counters
+    }
+
+    /// Creates a stream; its two flows start in HOLD.
+    pub fn add_stream(&mut self, cfg: StreamConfig) -> Result<StreamId, StreamError> {
+        if cfg.local[0] == cfg.local[1] {
+            return Err(StreamError::SameEndpoints);
+        }
+        for l in cfg.local {
+            if self.by_local.contains_key(&l) {
+                return Err(StreamError::LocalInUse(l));
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let stream = Stream {
+            sides: [
+                SideState::new(cfg.local[0], cfg.remote[0], cfg.next_relay[0]),
+                SideState::new(cfg.local[1], cfg.remote[1], cfg.next_relay[1]),
+            ],
+            cfg,
+            installed: [None, None],
+        };
+        for s in Side::BOTH {
+            self.by_local.insert(cfg.local[s.idx()], (id, s));
+        }
+        self.streams.insert(id, stream);
+        self.sync_flows(id);
+        Ok(id)
+    }
+
+    /// Applies new signalling (a re-INVITE) to a stream without breaking what forwards:
+    /// latches stay, and a side's destination only changes if its signalled address did and
+    /// it has not latched.
+    pub fn update_stream(&mut self, id: StreamId, remote: [Option<Endpoint>; 2], next_relay: [Option<SocketAddr>; 2], now: Instant) -> Result<(), StreamError> {
+        let stream = self.streams.get_mut(&id).ok_or(StreamError::UnknownStream(id))?;
+        for s in Side::BOTH {
+            let side = stream.side_mut(s);
+            if remote[s.idx()].is_some() {
+                side.remote = remote[s.idx()];
+            }
+            if next_relay[s.idx()].is_some() {
+                side.next_relay = next_relay[s.idx()];
+            }
+        }
+        stream.cfg.remote = [stream.sides[0].remote, stream.sides[1].remote];
+        stream.cfg.next_relay = [stream.sides[0].next_relay, stream.sides[1].next_relay];
+        for s in Side::BOTH {
+            self.flush_held(id, s.other(), now);
+        }
+        self.sync_flows(id);
+        Ok(())
+    }
+
+    /// Ends a stream: its flows are removed and held packets dropped (and counted).
+    pub fn remove_stream(&mut self, id: StreamId) -> Result<[SideStatus; 2], StreamError> {
+        let status = self.status(id).ok_or(StreamError::UnknownStream(id))?;
+        let stream = self.streams.remove(&id).ok_or(StreamError::UnknownStream(id))?;
+        for side in &stream.sides {
+            self.by_local.remove(&side.local);
+            for (n, _) in &side.probe_nonces {
+                self.by_nonce.remove(n);
+            }
+            self.out.push_back(Output::RemoveFlow { key: side.local });
+        }
+        Ok(status)
+    }
+
+    /// The call server says side `side`'s next relay is there and reachable, or asks us to
+    /// probe it now: with `probe`, a probe goes out at once (and the held packets follow its
+    /// ACK); without, the side is trusted at its signalled address immediately.
+    pub fn unblock(&mut self, id: StreamId, side: Side, probe: bool, now: Instant) -> Result<(), StreamError> {
+        let stream = self.streams.get(&id).ok_or(StreamError::UnknownStream(id))?;
+        if probe {
+            if stream.side(side).next_relay.is_none() {
+                return Err(StreamError::NoNextRelay(side));
+            }
+            if stream.side(side).remote.is_none() {
+                return Err(StreamError::NoRemote(side));
+            }
+            self.start_probe(id, side, now, true);
+        } else {
+            self.mark_unblocked(id, side, Unblocked::Command, now);
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn stream_of(&self, local: &Endpoint) -> Option<(StreamId, Side)> {
+        self.by_local.get(local).copied()
+    }
+
+    pub fn stream_ids(&self) -> impl Iterator<Item = StreamId> + '_ {
+        self.streams.keys().copied()
+    }
+
+    #[must_use]
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    #[must_use]
+    pub fn status(&self, id: StreamId) -> Option<[SideStatus; 2]> {
+        let st = self.streams.get(&id)?;
+        Some(Side::BOTH.map(|s| {
+            let side = st.side(s);
+            SideStatus {
+                local: side.local,
+                remote: side.remote,
+                latched: side.latched,
+                next_relay: side.next_relay,
+                state: st.installed[s.idx()].map_or(FlowState::Hold, |f| f.state),
+                destination: st.destination(s),
+                unblocked: side.unblocked,
+                blocking_suspected: side.blocking_suspected,
+                probe: side.probe,
+                held: side.held.len(),
+                counters: side.counters,
+            }
+        }))
+    }
+
+    /// A media packet punted by the kernel, addressed to the relay endpoint `local`.
+    /// `kernel_last_seen` is when the kernel last accepted a packet on that flow (it forwards
+    /// without telling us), so that a busy latched peer is never mistaken for a silent one.
+    pub fn handle_media(&mut self, local: Endpoint, from: Endpoint, payload: &[u8], kernel_last_seen: Option<Instant>, now: Instant) {
+        let Some(&(id, x)) = self.by_local.get(&local) else {
+            self.counters.media_unknown_flow += 1;
+            return;
+        };
+        let relatch_after = self.cfg.relatch_after;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let y = x.other();
+        let symmetric = stream.cfg.latching == Latching::Symmetric;
+        let strict = stream.cfg.strict_source;
+        let side = stream.side_mut(x);
+        let mut latched_now = false;
+        if symmetric {
+            match side.latched {
+                None => {
+                    side.latched = Some(from);
+                    latched_now = true;
+                    self.out.push_back(Output::Event { stream: id, event: Event::Latched { side: x, peer: from } });
+                }
+                Some(l) if l == from => {}
+                Some(old) => {
+                    let last = side.last_packet.max(kernel_last_seen);
+                    let silent = last.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+                    let may = !strict && relatch_after.is_some_and(|after| silent >= after);
+                    if !may {
+                        side.counters.rejected += 1;
+                        return;
+                    }
+                    side.latched = Some(from);
+                    latched_now = true;
+                    self.out.push_back(Output::Event { stream: id, event: Event::Relatched { side: x, old, new: from } });
+                }
+            }
+        }
+        side.counters.packets += 1;
+        side.counters.bytes += payload.len() as u64;
+        side.last_packet = Some(now);
+        if side.first_packet.is_none() {
+            side.first_packet = Some(now);
+        }
+        if latched_now {
+            // X spoke: nobody needs to probe toward it any more.
+            self.cancel_probe(id, x);
+            // Whatever Y was holding for X can go now.
+            self.flush_held(id, y, now);
+        }
+
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if let Some(dst) = stream.destination(y) {
+            let from_ep = stream.side(y).local;
+            stream.side_mut(x).counters.sent += 1;
+            self.out.push_back(Output::SendMedia { from: from_ep, to: dst, payload: payload.to_vec() });
+        } else {
+            let cap = self.cfg.held_capacity;
+            let side = stream.side_mut(x);
+            if side.held.len() >= cap {
+                side.held.pop_front();
+                side.counters.held_dropped += 1;
+            }
+            side.held.push_back(payload.to_vec());
+            let other_silent = stream.side(y).latched.is_none();
+            let side = stream.side_mut(x);
+            if other_silent && side.blocking_deadline.is_none() && side.blocking_suspected.is_none() {
+                let at = now + self.cfg.blocking_timeout;
+                side.blocking_deadline = Some(at);
+                self.timers.push(Reverse((at, id, x, TimerKind::Blocking)));
+            }
+        }
+        self.sync_flows(id);
+    }
+
+    /// An authenticated, fresh PROBE from `from`.
+    pub fn handle_probe(&mut self, from: SocketAddr, msg: &ProbeMessage, now_ms: u64, now: Instant) {
+        self.counters.probes_received += 1;
+        let Some(&(id, s)) = self.by_local.get(&msg.target) else {
+            // Not one of ours (yet): no ACK, so the prober retries until the call server has
+            // set the session up here, and nothing changes.
+            self.counters.probes_unknown_session += 1;
+            return;
+        };
+        self.out.push_back(Output::SendAck { to: from, msg: msg.ack(now_ms) });
+        self.mark_unblocked(id, s, Unblocked::Probe, now);
+    }
+
+    /// An authenticated, fresh ACK.
+    pub fn handle_ack(&mut self, msg: &ProbeMessage, now: Instant) {
+        self.counters.acks_received += 1;
+        let Some((id, y)) = self.by_nonce.remove(&msg.nonce) else {
+            self.counters.acks_unmatched += 1;
+            return;
+        };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(y);
+        let sent_at = side.probe_nonces.iter().find(|(n, _)| *n == msg.nonce).map(|(_, t)| *t);
+        // The ACK must answer what we asked: same target and sender.
+        if side.remote != Some(msg.target) || side.local != msg.sender || !matches!(side.probe, ProbePhase::Probing { .. }) {
+            self.counters.acks_unmatched += 1;
+            return;
+        }
+        let rtt = sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        side.probe = ProbePhase::Acked { rtt };
+        side.probe_next = None;
+        for (n, _) in side.probe_nonces.drain(..) {
+            self.by_nonce.remove(&n);
+        }
+        self.out.push_back(Output::Event { stream: id, event: Event::ProbeAcked { toward: y, rtt } });
+        self.mark_unblocked(id, y, Unblocked::Ack, now);
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, ..))| *t)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id, side, kind))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match kind {
+                TimerKind::Blocking => self.on_blocking_timer(id, side, at, now),
+                TimerKind::Probe => self.on_probe_timer(id, side, at, now),
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// `x` has waited for `y` since its first packet.
+    fn on_blocking_timer(&mut self, id: StreamId, x: Side, at: Instant, now: Instant) {
+        let probing = self.cfg.probing;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let y = x.other();
+        if stream.side(x).blocking_deadline != Some(at) {
+            return; // stale timer
+        }
+        stream.side_mut(x).blocking_deadline = None;
+        if stream.destination(y).is_some() {
+            return; // resolved meanwhile
+        }
+        let after = stream.side(x).first_packet.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        stream.side_mut(x).blocking_suspected = Some(after);
+        self.out.push_back(Output::Event { stream: id, event: Event::BlockingSuspected { near: x, after } });
+        let can_probe = stream.side(y).next_relay.is_some() && stream.side(y).remote.is_some();
+        if probing && can_probe && stream.side(y).probe == ProbePhase::Idle {
+            self.start_probe(id, y, now, false);
+        }
+    }
+
+    fn on_probe_timer(&mut self, id: StreamId, y: Side, at: Instant, now: Instant) {
+        let attempts_max = self.cfg.probe_attempts;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(y);
+        if side.probe_next != Some(at) {
+            return;
+        }
+        side.probe_next = None;
+        let ProbePhase::Probing { attempts } = side.probe else {
+            return;
+        };
+        if attempts >= attempts_max {
+            side.probe = ProbePhase::Failed { attempts };
+            for (n, _) in side.probe_nonces.drain(..) {
+                self.by_nonce.remove(&n);
+            }
+            self.out.push_back(Output::Event { stream: id, event: Event::ProbeFailed { toward: y, attempts } });
+            return;
+        }
+        self.send_probe(id, y, attempts + 1, now);
+    }
+
+    fn start_probe(&mut self, id: StreamId, y: Side, now: Instant, forced: bool) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(y);
+        if side.next_relay.is_none() || side.remote.is_none() {
+            return;
+        }
+        if !forced && matches!(side.probe, ProbePhase::Probing { .. } | ProbePhase::Acked { .. }) {
+            return;
+        }
+        for (n, _) in side.probe_nonces.drain(..) {
+            self.by_nonce.remove(&n);
+        }
+        self.send_probe(id, y, 1, now);
+    }
+
+    fn send_probe(&mut self, id: StreamId, y: Side, attempt: u32, now: Instant) {
+        use rand::Rng;
+        let nonce: u64 = self.rng.random();
+        let rto = self.cfg.probe_rto * 2u32.saturating_pow(attempt - 1).min(64);
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let tag = stream.cfg.session_tag;
+        let side = stream.side_mut(y);
+        let (Some(to), Some(target)) = (side.next_relay, side.remote) else {
+            return;
+        };
+        side.probe = ProbePhase::Probing { attempts: attempt };
+        side.probe_nonces.push((nonce, now));
+        let next = now + rto;
+        side.probe_next = Some(next);
+        let msg = ProbeMessage {
+            kind: Kind::Probe,
+            nonce,
+            timestamp_ms: 0, // the I/O side stamps the wall clock when it signs
+            session: tag,
+            target,
+            sender: side.local,
+        };
+        self.by_nonce.insert(nonce, (id, y));
+        self.timers.push(Reverse((next, id, y, TimerKind::Probe)));
+        self.out.push_back(Output::SendProbe { to, msg });
+        self.out.push_back(Output::Event { stream: id, event: Event::ProbeSent { toward: y, attempt, to } });
+    }
+
+    fn cancel_probe(&mut self, id: StreamId, y: Side) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(y);
+        if let ProbePhase::Probing { attempts } = side.probe {
+            // The far side spoke before the next relay answered: record it as given up
+            // quietly, without a failure event.
+            side.probe = ProbePhase::Failed { attempts };
+        }
+        side.probe_next = None;
+        for (n, _) in side.probe_nonces.drain(..) {
+            self.by_nonce.remove(&n);
+        }
+    }
+
+    fn mark_unblocked(&mut self, id: StreamId, y: Side, by: Unblocked, now: Instant) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(y);
+        if side.unblocked.is_none() {
+            side.unblocked = Some(by);
+            self.out.push_back(Output::Event { stream: id, event: Event::Unblocked { side: y, by } });
+        }
+        self.flush_held(id, y.other(), now);
+        self.sync_flows(id);
+    }
+
+    /// Sends what `x` held toward `x.other()`, if its destination is known now.
+    fn flush_held(&mut self, id: StreamId, x: Side, _now: Instant) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let y = x.other();
+        let Some(dst) = stream.destination(y) else {
+            return;
+        };
+        let from = stream.side(y).local;
+        let held: Vec<Vec<u8>> = stream.side_mut(x).held.drain(..).collect();
+        if held.is_empty() {
+            return;
+        }
+        stream.side_mut(x).counters.sent += held.len() as u64;
+        stream.side_mut(x).blocking_deadline = None;
+        for payload in held {
+            self.out.push_back(Output::SendMedia { from, to: dst, payload });
+        }
+        self.out.push_back(Output::Event { stream: id, event: Event::Forwarding { from: x, to: dst } });
+    }
+
+    /// Emits the kernel flows that changed.
+    fn sync_flows(&mut self, id: StreamId) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        for s in Side::BOTH {
+            let spec = stream.flow_spec(s);
+            if stream.installed[s.idx()] != Some(spec) {
+                stream.installed[s.idx()] = Some(spec);
+                self.out.push_back(Output::Flow { key: stream.side(s).local, spec });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
