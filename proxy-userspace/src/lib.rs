@@ -11,3 +11,4 @@ pub mod nexthop;
 pub mod rtp;
 pub mod probe_auth;
 pub mod session;
+pub mod ng;

@@ -83,7 +83,8 @@ pub struct StreamConfig {
     /// The next relay's probe address on each side (its IP and the deployment's probe port),
     /// if the call server told us there is one.
     pub next_relay: [Option<SocketAddr>; 2],
-    pub latching: Latching,
+    /// Per side: learn its address from its first packet, or trust the signalled one.
+    pub latching: [Latching; 2],
     /// Packets from a source other than the latched one are dropped in the kernel instead of
     /// being shown to userspace (rtpengine: `strict source`). No re-latching then.
     pub strict_source: bool,
@@ -98,11 +99,20 @@ impl StreamConfig {
             local: [local_a, local_b],
             remote: [None, None],
             next_relay: [None, None],
-            latching: Latching::Symmetric,
+            latching: [Latching::Symmetric; 2],
             strict_source: false,
             session_tag: 0,
         }
     }
+}
+
+/// New signalling for an existing stream; see [`Engine::update_stream`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamUpdate {
+    pub remote: [Option<Endpoint>; 2],
+    pub next_relay: [Option<SocketAddr>; 2],
+    pub latching: [Option<Latching>; 2],
+    pub strict_source: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -181,7 +191,8 @@ pub enum Output {
     SendMedia { from: Endpoint, to: Endpoint, payload: Vec<u8> },
     /// Sign and send from the probe port.
     SendProbe { to: SocketAddr, msg: ProbeMessage },
-    SendAck { to: SocketAddr, msg: ProbeMessage },
+    /// Sign and send from `from` (the probe endpoint the PROBE arrived at).
+    SendAck { from: Endpoint, to: SocketAddr, msg: ProbeMessage },
     Event { stream: StreamId, event: Event },
 }
 
@@ -281,7 +292,7 @@ impl Stream {
         if let Some(l) = s.latched {
             return Some(l);
         }
-        if self.cfg.latching == Latching::Asymmetric || s.unblocked.is_some() {
+        if self.cfg.latching[to.idx()] == Latching::Asymmetric || s.unblocked.is_some() {
             return s.remote;
         }
         None
@@ -290,11 +301,11 @@ impl Stream {
     /// The kernel flow for packets arriving from `from`.
     fn flow_spec(&self, from: Side) -> FlowSpec {
         let to = from.other();
-        let peer = match self.cfg.latching {
+        let peer = match self.cfg.latching[from.idx()] {
             Latching::Symmetric => self.side(from).latched,
             Latching::Asymmetric => None,
         };
-        let ready = match self.cfg.latching {
+        let ready = match self.cfg.latching[from.idx()] {
             Latching::Symmetric => peer.is_some(),
             Latching::Asymmetric => true,
         };
@@ -433,17 +444,24 @@ impl Engine {
 
     /// Applies new signalling (a re-INVITE) to a stream without breaking what forwards:
     /// latches stay, and a side's destination only changes if its signalled address did and
-    /// it has not latched.
-    pub fn update_stream(&mut self, id: StreamId, remote: [Option<Endpoint>; 2], next_relay: [Option<SocketAddr>; 2], now: Instant) -> Result<(), StreamError> {
+    /// it has not latched. `None` fields leave things as they are.
+    pub fn update_stream(&mut self, id: StreamId, upd: &StreamUpdate, now: Instant) -> Result<(), StreamError> {
         let stream = self.streams.get_mut(&id).ok_or(StreamError::UnknownStream(id))?;
         for s in Side::BOTH {
+            let i = s.idx();
+            if let Some(l) = upd.latching[i] {
+                stream.cfg.latching[i] = l;
+            }
             let side = stream.side_mut(s);
-            if remote[s.idx()].is_some() {
-                side.remote = remote[s.idx()];
+            if upd.remote[i].is_some() {
+                side.remote = upd.remote[i];
             }
-            if next_relay[s.idx()].is_some() {
-                side.next_relay = next_relay[s.idx()];
+            if upd.next_relay[i].is_some() {
+                side.next_relay = upd.next_relay[i];
             }
+        }
+        if let Some(strict) = upd.strict_source {
+            stream.cfg.strict_source = strict;
         }
         stream.cfg.remote = [stream.sides[0].remote, stream.sides[1].remote];
         stream.cfg.next_relay = [stream.sides[0].next_relay, stream.sides[1].next_relay];
@@ -535,7 +553,7 @@ impl Engine {
             return;
         };
         let y = x.other();
-        let symmetric = stream.cfg.latching == Latching::Symmetric;
+        let symmetric = stream.cfg.latching[x.idx()] == Latching::Symmetric;
         let strict = stream.cfg.strict_source;
         let side = stream.side_mut(x);
         let mut latched_now = false;
@@ -600,8 +618,8 @@ impl Engine {
         self.sync_flows(id);
     }
 
-    /// An authenticated, fresh PROBE from `from`.
-    pub fn handle_probe(&mut self, from: SocketAddr, msg: &ProbeMessage, now_ms: u64, now: Instant) {
+    /// An authenticated, fresh PROBE from `from`, received at our probe endpoint `local`.
+    pub fn handle_probe(&mut self, local: Endpoint, from: SocketAddr, msg: &ProbeMessage, now_ms: u64, now: Instant) {
         self.counters.probes_received += 1;
         let Some(&(id, s)) = self.by_local.get(&msg.target) else {
             // Not one of ours (yet): no ACK, so the prober retries until the call server has
@@ -609,7 +627,7 @@ impl Engine {
             self.counters.probes_unknown_session += 1;
             return;
         };
-        self.out.push_back(Output::SendAck { to: from, msg: msg.ack(now_ms) });
+        self.out.push_back(Output::SendAck { from: local, to: from, msg: msg.ack(now_ms) });
         self.mark_unblocked(id, s, Unblocked::Probe, now);
     }
 

@@ -181,7 +181,7 @@ fn asymmetric_streams_forward_to_the_signalled_address_at_once() {
     let mut e = Engine::new(EngineConfig::default(), 1);
     let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
     sc.remote = [Some(PHONE_A), Some(PHONE_B)];
-    sc.latching = Latching::Asymmetric;
+    sc.latching = [Latching::Asymmetric; 2];
     e.add_stream(sc).unwrap();
     let f = flows(&drain(&mut e));
     assert!(f.iter().all(|(_, s)| s.state == FlowState::Forward && s.peer.is_none()));
@@ -306,9 +306,10 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
     drain(&mut e);
     let from: SocketAddr = "198.51.100.7:7999".parse().unwrap();
     let probe = ProbeMessage { kind: Kind::Probe, nonce: 99, timestamp_ms: 5, session: 0, target: LOCAL_A, sender: mp1_media };
-    e.handle_probe(from, &probe, 6, t0 + Duration::from_millis(250));
+    let here = ep([192, 0, 2, 10], 7999);
+    e.handle_probe(here, from, &probe, 6, t0 + Duration::from_millis(250));
     let out = drain(&mut e);
-    let acks: Vec<_> = out.iter().filter_map(|o| match o { Output::SendAck { to, msg } => Some((*to, *msg)), _ => None }).collect();
+    let acks: Vec<_> = out.iter().filter_map(|o| match o { Output::SendAck { from: f, to, msg } => { assert_eq!(*f, here); Some((*to, *msg)) } _ => None }).collect();
     assert_eq!(acks, vec![(from, probe.ack(6))], "the ACK goes back to the probe's source");
     assert!(events(&out).contains(&Event::Unblocked { side: Side::A, by: Unblocked::Probe }));
     assert_eq!(sends(&out), vec![(LOCAL_A, mp1_media, b"b1".to_vec())]);
@@ -321,7 +322,7 @@ fn a_probe_for_an_unknown_endpoint_changes_nothing() {
     drain(&mut e);
     let before = e.status(id);
     let probe = ProbeMessage { kind: Kind::Probe, nonce: 1, timestamp_ms: 0, session: 0, target: ep([10, 9, 9, 9], 1), sender: ep([10, 9, 9, 8], 1) };
-    e.handle_probe("10.9.9.8:7999".parse().unwrap(), &probe, 0, Instant::now());
+    e.handle_probe(ep([10, 0, 1, 1], 7999), "10.9.9.8:7999".parse().unwrap(), &probe, 0, Instant::now());
     assert!(drain(&mut e).is_empty());
     assert_eq!(e.status(id), before);
     assert_eq!(e.counters().probes_unknown_session, 1);
@@ -376,7 +377,8 @@ fn a_reinvite_keeps_forwarding_flows_and_latches() {
     e.handle_media(LOCAL_B, PHONE_B, b"b", None, t0);
     drain(&mut e);
     let new_b = ep([10, 0, 2, 9], 6000);
-    e.update_stream(id, [None, Some(new_b)], [None, None], t0 + Duration::from_secs(1)).unwrap();
+    let upd = StreamUpdate { remote: [None, Some(new_b)], ..StreamUpdate::default() };
+    e.update_stream(id, &upd, t0 + Duration::from_secs(1)).unwrap();
     // Latched B stays the destination; no flow changes for a mere SDP update.
     assert!(flows(&drain(&mut e)).is_empty());
     assert_eq!(e.status(id).unwrap()[1].remote, Some(new_b));
@@ -487,8 +489,7 @@ impl Net {
                     bytes.extend_from_slice(&ProbeMessage { timestamp_ms: 1, ..msg }.emit(&[0; 16]));
                     self.send(now, src, Endpoint::from(to), bytes);
                 }
-                Output::SendAck { to, msg } => {
-                    let src = if which == 1 { MP1_PROBE } else { MP2_PROBE };
+                Output::SendAck { from: src, to, msg } => {
                     let mut bytes = vec![2];
                     bytes.extend_from_slice(&msg.emit(&[0; 16]));
                     self.send(now, src, Endpoint::from(to), bytes);
@@ -506,7 +507,7 @@ impl Net {
             let msg = ProbeMessage::parse(&payload[1..]).unwrap();
             let e = if which == 1 { &mut self.mp1 } else { &mut self.mp2 };
             match msg.kind {
-                Kind::Probe => e.handle_probe(from.socket_addr().unwrap(), &msg, 2, now),
+                Kind::Probe => e.handle_probe(to, from.socket_addr().unwrap(), &msg, 2, now),
                 Kind::Ack => e.handle_ack(&msg, now),
             }
             self.apply(which, now);

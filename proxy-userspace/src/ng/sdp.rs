@@ -1,0 +1,593 @@
+//! SDP (RFC 4566/8866) as a media relay needs it: read the media lines and their addresses,
+//! and rewrite only what points at media, keeping every other line byte for byte, in order,
+//! with its own line ending.
+//!
+//! Rewritten: `c=` (session and media level) to the relay's address, the `m=` port to the
+//! relay's port, `a=rtcp` to the relay's RTCP port (and address, in its long form). On request:
+//! the `o=` address (`replace origin`), ICE attributes removed (`ICE=remove`), `a=rtcp-mux`
+//! added or removed. Nothing else is touched: codecs, `a=rtpmap`, unknown attributes, order.
+//!
+//! The parser takes bytes (SDP may carry any octets in `s=` or `i=`) and never panics; it is
+//! fuzzed together with the rewriter (`fuzz/fuzz_targets/sdp.rs`).
+
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SdpError {
+    /// Not `v=0` first.
+    NoVersion,
+    /// A line that is not `<letter>=<value>`.
+    BadLine(usize),
+    BadMediaLine(usize),
+    BadConnectionLine(usize),
+    /// A media section without a connection address at either level.
+    NoConnection(usize),
+}
+
+impl std::fmt::Display for SdpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SdpError::NoVersion => f.write_str("SDP does not start with v=0"),
+            SdpError::BadLine(n) => write!(f, "SDP line {n} is not <type>=<value>"),
+            SdpError::BadMediaLine(n) => write!(f, "SDP line {n}: malformed m= line"),
+            SdpError::BadConnectionLine(n) => write!(f, "SDP line {n}: malformed c= line"),
+            SdpError::NoConnection(i) => write!(f, "media {} has no c= address", i + 1),
+        }
+    }
+}
+
+impl std::error::Error for SdpError {}
+
+/// One line: its bytes without the ending, and the ending (`\r\n`, `\n` or none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Line<'a> {
+    text: &'a [u8],
+    ending: &'a [u8],
+}
+
+impl Line<'_> {
+    fn kind(&self) -> u8 {
+        self.text[0]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.text[2..]
+    }
+}
+
+/// The RTCP attribute of a media section (RFC 3605).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtcpAttr {
+    pub port: u16,
+    pub addr: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Media {
+    /// `audio`, `video`, ...
+    pub kind: String,
+    pub port: u16,
+    pub proto: String,
+    /// The media-level `c=` address, or else the session's.
+    pub addr: IpAddr,
+    pub rtcp: Option<RtcpAttr>,
+    pub rtcp_mux: bool,
+    pub ice: bool,
+    /// `a=sendrecv` and friends, if present.
+    pub direction: Option<String>,
+    /// First payload type's name from `a=rtpmap`, or the static name (for `query`).
+    pub codec: Option<String>,
+    first: usize,
+    end: usize,
+}
+
+impl Media {
+    /// The address and port RTP comes from, per this SDP.
+    #[must_use]
+    pub fn rtp_endpoint(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.addr, self.port)
+    }
+
+    /// Where RTCP comes from: `a=rtcp` or RTP port + 1 (RFC 3550 section 11); RTP's with mux.
+    #[must_use]
+    pub fn rtcp_endpoint(&self) -> std::net::SocketAddr {
+        if self.rtcp_mux {
+            return self.rtp_endpoint();
+        }
+        match self.rtcp {
+            Some(r) => std::net::SocketAddr::new(r.addr.unwrap_or(self.addr), r.port),
+            None => std::net::SocketAddr::new(self.addr, self.port.wrapping_add(1)),
+        }
+    }
+
+    /// Port 0: the stream is rejected or disabled.
+    #[must_use]
+    pub fn is_disabled(&self) -> bool {
+        self.port == 0
+    }
+
+    /// `c=` is the unspecified address: on hold (RFC 3264 section 8.4, old style).
+    #[must_use]
+    pub fn is_held(&self) -> bool {
+        self.addr.is_unspecified()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Sdp<'a> {
+    lines: Vec<Line<'a>>,
+    pub media: Vec<Media>,
+    pub origin_addr: Option<IpAddr>,
+}
+
+fn split_lines(b: &[u8]) -> Vec<Line<'_>> {
+    let mut out = Vec::new();
+    let mut rest = b;
+    while !rest.is_empty() {
+        match rest.iter().position(|&c| c == b'\n') {
+            Some(i) => {
+                let (line, ending) = if i > 0 && rest[i - 1] == b'\r' {
+                    (&rest[..i - 1], &rest[i - 1..=i])
+                } else {
+                    (&rest[..i], &rest[i..=i])
+                };
+                out.push(Line { text: line, ending });
+                rest = &rest[i + 1..];
+            }
+            None => {
+                out.push(Line { text: rest, ending: &[] });
+                rest = &[];
+            }
+        }
+    }
+    out
+}
+
+fn words(b: &[u8]) -> impl Iterator<Item = &[u8]> {
+    b.split(|&c| c == b' ').filter(|w| !w.is_empty())
+}
+
+fn ascii(b: &[u8]) -> Option<&str> {
+    std::str::from_utf8(b).ok()
+}
+
+/// `IN IP4 192.0.2.1` (also with a `/ttl` multicast suffix, which we keep but ignore).
+fn parse_connection(v: &[u8]) -> Option<IpAddr> {
+    let mut w = words(v);
+    if w.next()? != b"IN" {
+        return None;
+    }
+    let family = w.next()?;
+    let addr = ascii(w.next()?)?;
+    let addr = addr.split('/').next()?;
+    let ip: IpAddr = addr.parse().ok()?;
+    match (family, ip) {
+        (b"IP4", IpAddr::V4(_)) | (b"IP6", IpAddr::V6(_)) => Some(ip),
+        _ => None,
+    }
+}
+
+fn static_codec(pt: &str) -> Option<&'static str> {
+    Some(match pt {
+        "0" => "PCMU/8000",
+        "3" => "GSM/8000",
+        "4" => "G723/8000",
+        "8" => "PCMA/8000",
+        "9" => "G722/8000",
+        "18" => "G729/8000",
+        _ => return None,
+    })
+}
+
+/// Parses an SDP body. Parsing stops at the first empty line, as rtpengine does.
+pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
+    let mut lines = split_lines(body);
+    if let Some(blank) = lines.iter().position(|l| l.text.is_empty()) {
+        lines.truncate(blank);
+    }
+    if lines.first().map(|l| l.text) != Some(b"v=0") {
+        return Err(SdpError::NoVersion);
+    }
+    for (i, l) in lines.iter().enumerate() {
+        if l.text.len() < 2 || l.text[1] != b'=' || !l.text[0].is_ascii_lowercase() {
+            return Err(SdpError::BadLine(i + 1));
+        }
+    }
+    let mut session_addr = None;
+    let mut origin_addr = None;
+    let mut media: Vec<Media> = Vec::new();
+    let mut media_addr: Vec<Option<IpAddr>> = Vec::new();
+    let mut first_first_pt: Vec<Option<String>> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let in_media = !media.is_empty();
+        match l.kind() {
+            b'o' if !in_media => {
+                let w: Vec<&[u8]> = words(l.value()).collect();
+                if w.len() >= 6 {
+                    origin_addr = ascii(w[5]).and_then(|a| a.parse().ok());
+                }
+            }
+            b'c' => {
+                let addr = parse_connection(l.value()).ok_or(SdpError::BadConnectionLine(i + 1))?;
+                if in_media {
+                    *media_addr.last_mut().expect("in media") = Some(addr);
+                } else {
+                    session_addr = Some(addr);
+                }
+            }
+            b'm' => {
+                let w: Vec<&[u8]> = words(l.value()).collect();
+                if w.len() < 3 {
+                    return Err(SdpError::BadMediaLine(i + 1));
+                }
+                let kind = ascii(w[0]).ok_or(SdpError::BadMediaLine(i + 1))?.to_owned();
+                let port_s = ascii(w[1]).ok_or(SdpError::BadMediaLine(i + 1))?;
+                let port: u16 = port_s.split('/').next().and_then(|p| p.parse().ok()).ok_or(SdpError::BadMediaLine(i + 1))?;
+                let proto = ascii(w[2]).ok_or(SdpError::BadMediaLine(i + 1))?.to_owned();
+                if let Some(m) = media.last_mut() {
+                    m.end = i;
+                }
+                first_first_pt.push(w.get(3).and_then(|p| ascii(p)).map(str::to_owned));
+                media.push(Media {
+                    kind,
+                    port,
+                    proto,
+                    addr: IpAddr::from([0, 0, 0, 0]),
+                    rtcp: None,
+                    rtcp_mux: false,
+                    ice: false,
+                    direction: None,
+                    codec: None,
+                    first: i,
+                    end: lines.len(),
+                });
+                media_addr.push(None);
+            }
+            b'a' if in_media => {
+                let m = media.last_mut().expect("in media");
+                let v = l.value();
+                if let Some(r) = v.strip_prefix(b"rtcp:") {
+                    let mut w = words(r);
+                    let port = w.next().and_then(ascii).and_then(|p| p.parse().ok());
+                    let rest: Vec<u8> = w.flat_map(|x| x.iter().copied().chain(std::iter::once(b' '))).collect();
+                    if let Some(port) = port {
+                        m.rtcp = Some(RtcpAttr { port, addr: parse_connection(&rest) });
+                    }
+                } else if v == b"rtcp-mux" {
+                    m.rtcp_mux = true;
+                } else if v.starts_with(b"ice-") || v.starts_with(b"candidate:") {
+                    m.ice = true;
+                } else if matches!(v, b"sendrecv" | b"sendonly" | b"recvonly" | b"inactive") {
+                    m.direction = ascii(v).map(str::to_owned);
+                } else if let Some(r) = v.strip_prefix(b"rtpmap:") {
+                    let mut w = words(r);
+                    let pt = w.next().and_then(ascii);
+                    if m.codec.is_none() && pt.is_some() && pt.map(str::to_owned) == *first_first_pt.last().expect("in media") {
+                        m.codec = w.next().and_then(ascii).map(str::to_owned);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, (m, addr)) in media.iter_mut().zip(media_addr).enumerate() {
+        m.addr = addr.or(session_addr).ok_or(SdpError::NoConnection(i))?;
+        if m.codec.is_none() {
+            m.codec = first_first_pt[i].as_deref().and_then(static_codec).map(str::to_owned);
+        }
+    }
+    Ok(Sdp { lines, media, origin_addr })
+}
+
+/// What to write for `a=rtcp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RtcpAttrMode {
+    /// Rewrite an existing attribute in its own form; add none.
+    #[default]
+    Keep,
+    /// Remove it (`no rtcp attribute`).
+    Omit,
+    /// Always write `a=rtcp:PORT IN IP4 addr` (`full rtcp attribute`).
+    Full,
+}
+
+/// The relay's side of one media section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaRewrite {
+    pub rtp_port: u16,
+    pub rtcp_port: u16,
+    /// Whether the rewritten section carries `a=rtcp-mux`.
+    pub rtcp_mux: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The relay's address as written into `c=` (and `o=`, `a=rtcp`).
+    pub addr: IpAddr,
+    /// One per media section, in order.
+    pub media: Vec<MediaRewrite>,
+    pub replace_origin: bool,
+    /// Rewrite a session-level `c=` even if every media section has its own.
+    pub replace_session_connection: bool,
+    /// Replace `0.0.0.0`/`::` too, instead of keeping the hold.
+    pub replace_zero_address: bool,
+    pub remove_ice: bool,
+    pub rtcp_attr: RtcpAttrMode,
+}
+
+fn family_word(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IP4" } else { "IP6" }
+}
+
+fn connection_value(ip: IpAddr) -> String {
+    format!("IN {} {ip}", family_word(ip))
+}
+
+fn is_ice_attr(v: &[u8]) -> bool {
+    v.starts_with(b"ice-") || v.starts_with(b"candidate:") || v == b"end-of-candidates" || v.starts_with(b"remote-candidates:")
+}
+
+/// Rewrites `sdp` for the relay. `rw.media` must have one entry per media section.
+#[must_use]
+pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sdp.lines.iter().map(|l| l.text.len() + 2).sum::<usize>() + 64);
+    // The ending used for lines we add: the body's own.
+    let eol: &[u8] = sdp.lines.iter().find(|l| !l.ending.is_empty()).map_or(b"\r\n", |l| l.ending);
+    let media_at = |line: usize| sdp.media.iter().rposition(|m| m.first <= line);
+    let mut push = |text: &[u8], ending: &[u8]| {
+        out.extend_from_slice(text);
+        out.extend_from_slice(ending);
+    };
+    let keep_zero = |ip: IpAddr| ip.is_unspecified() && !rw.replace_zero_address;
+    let all_media_have_c = sdp.media.iter().all(|m| {
+        sdp.lines[m.first..m.end].iter().any(|l| l.kind() == b'c')
+    });
+    for (i, line) in sdp.lines.iter().enumerate() {
+        let mi = media_at(i);
+        let section = mi.map(|k| (&sdp.media[k], rw.media.get(k).copied()));
+        let v = line.value();
+        match (line.kind(), section) {
+            (b'o', None) if rw.replace_origin => {
+                let w: Vec<&[u8]> = words(v).collect();
+                if w.len() >= 6 {
+                    let mut text = b"o=".to_vec();
+                    for part in &w[..3] {
+                        text.extend_from_slice(part);
+                        text.push(b' ');
+                    }
+                    text.extend_from_slice(format!("IN {} {}", family_word(rw.addr), rw.addr).as_bytes());
+                    push(&text, line.ending);
+                } else {
+                    push(line.text, line.ending);
+                }
+            }
+            (b'c', None) => {
+                let ip = parse_connection(v);
+                let rewrite_it = (rw.replace_session_connection || !all_media_have_c) && !ip.is_some_and(keep_zero);
+                if rewrite_it {
+                    push(format!("c={}", connection_value(rw.addr)).as_bytes(), line.ending);
+                } else {
+                    push(line.text, line.ending);
+                }
+            }
+            (b'c', Some((m, Some(_)))) => {
+                if keep_zero(m.addr) || m.is_disabled() {
+                    push(line.text, line.ending);
+                } else {
+                    push(format!("c={}", connection_value(rw.addr)).as_bytes(), line.ending);
+                }
+            }
+            (b'm', Some((m, Some(r)))) if i == m.first => {
+                let w: Vec<&[u8]> = words(v).collect();
+                let mut text = b"m=".to_vec();
+                text.extend_from_slice(w[0]);
+                text.push(b' ');
+                if m.is_disabled() {
+                    text.extend_from_slice(w[1]);
+                } else {
+                    text.extend_from_slice(r.rtp_port.to_string().as_bytes());
+                    // A `/count` suffix (RFC 4566 hierarchical ports) is kept.
+                    if let Some(slash) = w[1].iter().position(|&c| c == b'/') {
+                        text.extend_from_slice(&w[1][slash..]);
+                    }
+                }
+                for part in &w[2..] {
+                    text.push(b' ');
+                    text.extend_from_slice(part);
+                }
+                push(&text, line.ending);
+            }
+            (b'a', Some((m, Some(r)))) if !m.is_disabled() => {
+                if v.starts_with(b"rtcp:") {
+                    match rw.rtcp_attr {
+                        RtcpAttrMode::Omit => {}
+                        RtcpAttrMode::Full => push(format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr)).as_bytes(), line.ending),
+                        RtcpAttrMode::Keep => {
+                            if m.rtcp.is_some_and(|a| a.addr.is_some()) {
+                                push(format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr)).as_bytes(), line.ending);
+                            } else {
+                                push(format!("a=rtcp:{}", rtcp_port(r)).as_bytes(), line.ending);
+                            }
+                        }
+                    }
+                } else if v == b"rtcp-mux" {
+                    if r.rtcp_mux {
+                        push(line.text, line.ending);
+                    }
+                } else if !(rw.remove_ice && is_ice_attr(v)) {
+                    push(line.text, line.ending);
+                }
+            }
+            (b'a', None) if rw.remove_ice && is_ice_attr(v) => {}
+            _ => push(line.text, line.ending),
+        }
+        if let Some((m, Some(r))) = section
+            && i + 1 == m.end
+            && !m.is_disabled()
+        {
+            add_generated(&mut push, m, r, rw, eol, line.ending.is_empty());
+        }
+    }
+    out
+}
+
+fn rtcp_port(r: MediaRewrite) -> u16 {
+    if r.rtcp_mux { r.rtp_port } else { r.rtcp_port }
+}
+
+/// Lines added at the end of a media section: `a=rtcp-mux` when it is to be offered and was
+/// not there, and the long `a=rtcp` when asked for and absent.
+fn add_generated(push: &mut impl FnMut(&[u8], &[u8]), m: &Media, r: MediaRewrite, rw: &Rewrite, eol: &[u8], last_line_unterminated: bool) {
+    let mut lines = Vec::new();
+    if rw.rtcp_attr == RtcpAttrMode::Full && m.rtcp.is_none() {
+        lines.push(format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr)));
+    }
+    if r.rtcp_mux && !m.rtcp_mux {
+        lines.push("a=rtcp-mux".to_owned());
+    }
+    if lines.is_empty() {
+        return;
+    }
+    if last_line_unterminated {
+        push(b"", eol);
+    }
+    let n = lines.len();
+    for (k, l) in lines.into_iter().enumerate() {
+        push(l.as_bytes(), if k + 1 == n && last_line_unterminated { b"" } else { eol });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\n\
+o=- 1545997027 1 IN IP4 198.51.101.40\r\n\
+s=tester\r\n\
+c=IN IP4 198.51.100.1\r\n\
+t=0 0\r\n\
+m=audio 3000 RTP/AVP 0 8 101\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\n\
+a=x-unknown:keep me\r\n\
+a=ptime:20\r\n\
+a=sendrecv\r\n\
+m=video 3002 RTP/AVP 96\r\n\
+c=IN IP4 198.51.100.2\r\n\
+a=rtpmap:96 H264/90000\r\n\
+a=rtcp:4000 IN IP4 198.51.100.3\r\n";
+
+    fn rw(addr: &str) -> Rewrite {
+        Rewrite {
+            addr: addr.parse().unwrap(),
+            media: vec![
+                MediaRewrite { rtp_port: 30000, rtcp_port: 30001, rtcp_mux: false },
+                MediaRewrite { rtp_port: 30002, rtcp_port: 30003, rtcp_mux: false },
+            ],
+            replace_origin: false,
+            replace_session_connection: false,
+            replace_zero_address: false,
+            remove_ice: false,
+            rtcp_attr: RtcpAttrMode::Keep,
+        }
+    }
+
+    #[test]
+    fn reads_media_and_addresses() {
+        let s = parse(OFFER.as_bytes()).unwrap();
+        assert_eq!(s.media.len(), 2);
+        let a = &s.media[0];
+        assert_eq!((a.kind.as_str(), a.port, a.proto.as_str()), ("audio", 3000, "RTP/AVP"));
+        assert_eq!(a.addr.to_string(), "198.51.100.1");
+        assert_eq!(a.rtcp_endpoint().to_string(), "198.51.100.1:3001");
+        assert_eq!(a.codec.as_deref(), Some("PCMU/8000"));
+        assert_eq!(a.direction.as_deref(), Some("sendrecv"));
+        let v = &s.media[1];
+        assert_eq!(v.addr.to_string(), "198.51.100.2");
+        assert_eq!(v.rtcp_endpoint().to_string(), "198.51.100.3:4000");
+        assert_eq!(v.codec.as_deref(), Some("H264/90000"));
+        assert_eq!(s.origin_addr, Some("198.51.101.40".parse().unwrap()));
+    }
+
+    #[test]
+    fn rewrites_only_what_points_at_media() {
+        let s = parse(OFFER.as_bytes()).unwrap();
+        let out = String::from_utf8(rewrite(&s, &rw("203.0.113.1"))).unwrap();
+        let expected = OFFER
+            .replace("c=IN IP4 198.51.100.1", "c=IN IP4 203.0.113.1")
+            .replace("m=audio 3000", "m=audio 30000")
+            .replace("m=video 3002", "m=video 30002")
+            .replace("c=IN IP4 198.51.100.2", "c=IN IP4 203.0.113.1")
+            .replace("a=rtcp:4000 IN IP4 198.51.100.3", "a=rtcp:30003 IN IP4 203.0.113.1");
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn origin_ice_rtcp_mux_and_v6() {
+        let body = "v=0\no=alice 1 2 IN IP4 10.0.0.1\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\na=ice-lite\nm=audio 5004 RTP/AVP 8\na=ice-ufrag:abc\na=candidate:1 1 UDP 1 10.0.0.1 5004 typ host\na=rtcp:5005\na=end-of-candidates\n";
+        let s = parse(body.as_bytes()).unwrap();
+        assert!(s.media[0].ice);
+        let mut r = rw("2001:db8::1");
+        r.media.truncate(1);
+        r.media[0].rtcp_mux = true;
+        r.replace_origin = true;
+        r.remove_ice = true;
+        let out = String::from_utf8(rewrite(&s, &r)).unwrap();
+        assert_eq!(
+            out,
+            "v=0\no=alice 1 2 IN IP6 2001:db8::1\ns=-\nc=IN IP6 2001:db8::1\nt=0 0\nm=audio 30000 RTP/AVP 8\na=rtcp:30000\na=rtcp-mux\n"
+        );
+    }
+
+    #[test]
+    fn hold_and_disabled_streams_are_left_alone() {
+        let body = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\n";
+        let s = parse(body.as_bytes()).unwrap();
+        assert!(s.media[0].is_held());
+        assert!(s.media[1].is_disabled());
+        let out = String::from_utf8(rewrite(&s, &rw("203.0.113.1"))).unwrap();
+        assert_eq!(out, body.replace("m=audio 4000", "m=audio 30000"));
+    }
+
+    #[test]
+    fn full_and_omitted_rtcp_attributes() {
+        let body = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:4001\r\n";
+        let s = parse(body.as_bytes()).unwrap();
+        let mut r = rw("203.0.113.1");
+        r.media.truncate(1);
+        r.rtcp_attr = RtcpAttrMode::Full;
+        let out = String::from_utf8(rewrite(&s, &r)).unwrap();
+        assert!(out.ends_with("a=rtcp:30001 IN IP4 203.0.113.1\r\n"), "{out}");
+        r.rtcp_attr = RtcpAttrMode::Omit;
+        let out = String::from_utf8(rewrite(&s, &r)).unwrap();
+        assert!(!out.contains("a=rtcp"), "{out}");
+        // Full on a section without a=rtcp adds one, keeping the body's unterminated end.
+        let s2 = parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0").unwrap();
+        r.rtcp_attr = RtcpAttrMode::Full;
+        let out = String::from_utf8(rewrite(&s2, &r)).unwrap();
+        assert_eq!(out, "v=0\r\nc=IN IP4 203.0.113.1\r\nm=audio 30000 RTP/AVP 0\r\na=rtcp:30001 IN IP4 203.0.113.1");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        assert_eq!(parse(b"").unwrap_err(), SdpError::NoVersion);
+        assert_eq!(parse(b"v=1\r\n").unwrap_err(), SdpError::NoVersion);
+        assert_eq!(parse(b"v=0\r\nnonsense\r\n").unwrap_err(), SdpError::BadLine(2));
+        assert_eq!(parse(b"v=0\r\nm=audio x RTP/AVP 0\r\n").unwrap_err(), SdpError::BadMediaLine(2));
+        assert_eq!(parse(b"v=0\r\nc=IN IP4 999.1.1.1\r\n").unwrap_err(), SdpError::BadConnectionLine(2));
+        assert_eq!(parse(b"v=0\r\nc=IN IP6 1.2.3.4\r\n").unwrap_err(), SdpError::BadConnectionLine(2));
+        assert_eq!(parse(b"v=0\r\nm=audio 4 RTP/AVP 0\r\n").unwrap_err(), SdpError::NoConnection(0));
+    }
+
+    #[test]
+    fn non_utf8_lines_survive() {
+        let mut body = b"v=0\r\ns=".to_vec();
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(b"\r\nc=IN IP4 1.1.1.1\r\nm=audio 5 RTP/AVP 0\r\n");
+        let s = parse(&body).unwrap();
+        let mut r = rw("2.2.2.2");
+        r.media.truncate(1);
+        let out = rewrite(&s, &r);
+        assert!(out.windows(2).any(|w| w == [0xff, 0xfe]));
+    }
+}
