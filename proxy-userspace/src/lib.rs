@@ -1,14 +1,18 @@
 //! mediaproxy's userspace: the loader and typed map API ([`dataplane`]), AF_XDP sockets
-//! ([`xsk`]) and the I/O thread ([`io`]), and the control logic.
+//! ([`xsk`]) and the I/O thread ([`io`]), the sans-IO media logic ([`session`]) and call
+//! model ([`ng`]), and the daemon that wires them ([`daemon`]).
 
 pub mod caps;
+pub mod daemon;
 pub mod dataplane;
+pub mod demo;
 pub mod frame;
-pub mod xsk;
-pub mod testbed;
 pub mod io;
 pub mod nexthop;
-pub mod rtp;
-pub mod probe_auth;
-pub mod session;
 pub mod ng;
+pub mod probe_auth;
+pub mod rtp;
+pub mod scenario;
+pub mod session;
+pub mod testbed;
+pub mod xsk;

@@ -1,6 +1,210 @@
+//! `mediaproxy`: the relay daemon and its tools.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use aya::programs::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use proxy_userspace::{
+    daemon::{self, DaemonConfig},
+    ng::{
+        bencode::{Dict, Value},
+        calls::{CallsConfig, Interface},
+        client::NgClient,
+    },
+    session::EngineConfig,
+};
+
+#[derive(Parser)]
+#[command(name = "mediaproxy", version, about = "An XDP media relay for VoIP, driven by rtpengine's ng protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic XDP in the network stack: slower, works on any interface.
+    Skb,
+    /// Let the kernel choose.
+    Auto,
+}
+
+impl From<Mode> for XdpMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Native => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+            Mode::Auto => XdpMode::Default,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the relay.
+    Run(RunArgs),
+    /// Check that this host can run the relay, and say what is missing.
+    Check,
+    /// Send one ng command to a running relay and print the reply.
+    Ctl(CtlArgs),
+    /// Build a namespace topology and show media flowing through one relay, and through two
+    /// relays in series behind a NAT (the deadlock, and its resolution by probing).
+    Demo(proxy_userspace::demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A media address, as rtpengine's: NAME/ADDR[!ADVERTISED] or ADDR. Repeatable; the
+    /// first is the default. XDP is attached to the interfaces that carry these addresses.
+    #[arg(long = "interface", required = true)]
+    interfaces: Vec<String>,
+    /// Also attach XDP to this interface (media arriving on an interface without a media
+    /// address). Repeatable.
+    #[arg(long = "xdp-iface")]
+    xdp_ifaces: Vec<String>,
+    #[arg(long, value_enum, default_value = "native")]
+    xdp_mode: Mode,
+    /// Where the ng protocol listens (Kamailio's `rtpengine_sock`).
+    #[arg(long, default_value = "127.0.0.1:22222")]
+    listen_ng: SocketAddr,
+    #[arg(long, default_value_t = 30000)]
+    port_min: u16,
+    #[arg(long, default_value_t = 40000)]
+    port_max: u16,
+    /// The deployment's probe port, the same on every relay.
+    #[arg(long, default_value_t = 7999)]
+    probe_port: u16,
+    /// File holding the deployment's probe secret. Without a secret, probing is off.
+    #[arg(long)]
+    probe_secret_file: Option<PathBuf>,
+    /// Never probe, even with a secret (probes from others are still answered).
+    #[arg(long)]
+    no_probing: bool,
+    /// Silence from the far side after the near side's first packet before blocking is
+    /// suspected.
+    #[arg(long, default_value_t = 200)]
+    blocking_timeout_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    probe_rto_ms: u64,
+    #[arg(long, default_value_t = 6)]
+    probe_attempts: u32,
+    /// A new source may take over a latched peer silent this long (0: never).
+    #[arg(long, default_value_t = 2)]
+    relatch_after_secs: u64,
+    /// Media idle this long is torn down.
+    #[arg(long, default_value_t = 60)]
+    media_timeout_secs: u64,
+    /// Default for `delete` without `delete-delay`.
+    #[arg(long, default_value_t = 30)]
+    delete_delay_secs: u64,
+    /// Flow table capacity (two flows per RTP or RTCP stream).
+    #[arg(long, default_value_t = 65536)]
+    max_flows: u32,
+    /// Do not turn on forwarding on attached interfaces (bpf_fib_lookup needs it; without it
+    /// FORWARD traffic goes through userspace).
+    #[arg(long)]
+    keep_sysctls: bool,
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The relay's ng address.
+    #[arg(long, default_value = "127.0.0.1:22222")]
+    ng: SocketAddr,
+    /// The command: ping, offer, answer, delete, query, list, statistics, probe.
+    command: String,
+    /// Request keys as key=value. Values for flags, replace, direction, rtcp-mux and
+    /// received-from are comma-separated lists; sdp=@FILE reads a file; an integer value
+    /// for delete-delay or limit is sent as an integer.
+    pairs: Vec<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    proxy_userspace::caps::require()?;
-    let dp = proxy_userspace::dataplane::Dataplane::load(&Default::default())?;
-    println!("loaded; {} flows", dp.flow_count());
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Cmd::Run(a) => run(a),
+        Cmd::Check => {
+            let missing = proxy_userspace::caps::check();
+            if missing.is_empty() {
+                println!("ok: root, kernel BTF, AF_XDP, kernel {:?}", proxy_userspace::caps::kernel_version().unwrap_or_default());
+                return Ok(());
+            }
+            for m in &missing {
+                println!("missing: {}", m.0);
+            }
+            bail!("{} requirement(s) missing", missing.len())
+        }
+        Cmd::Ctl(a) => ctl(&a),
+        Cmd::Demo(a) => proxy_userspace::demo::run(&a),
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let interfaces = a.interfaces.iter().map(|s| Interface::parse(s).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    if a.port_min >= a.port_max || a.port_max - a.port_min < 4 {
+        bail!("--port-min must be below --port-max, with room for at least two port pairs");
+    }
+    let probe_secret = a
+        .probe_secret_file
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?
+        .map(|s| s.trim_ascii().to_vec());
+    if probe_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        bail!("the probe secret must be at least 16 bytes");
+    }
+    daemon::run(DaemonConfig {
+        calls: CallsConfig {
+            interfaces,
+            port_min: a.port_min,
+            port_max: a.port_max,
+            probe_port: a.probe_port,
+            delete_delay: Duration::from_secs(a.delete_delay_secs),
+            media_timeout: Duration::from_secs(a.media_timeout_secs),
+            ..CallsConfig::default()
+        },
+        engine: EngineConfig {
+            blocking_timeout: Duration::from_millis(a.blocking_timeout_ms),
+            probing: !a.no_probing && probe_secret.is_some(),
+            probe_rto: Duration::from_millis(a.probe_rto_ms),
+            probe_attempts: a.probe_attempts,
+            relatch_after: (a.relatch_after_secs > 0).then(|| Duration::from_secs(a.relatch_after_secs)),
+            ..EngineConfig::default()
+        },
+        xdp_ifaces: a.xdp_ifaces,
+        xdp_mode: a.xdp_mode.into(),
+        listen_ng: a.listen_ng,
+        probe_secret,
+        max_flows: a.max_flows,
+        set_forwarding: !a.keep_sysctls,
+    })
+}
+
+fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
+    let mut d = Dict::new();
+    d.push("command", Value::str(&a.command));
+    for p in &a.pairs {
+        let (k, v) = p.split_once('=').with_context(|| format!("{p:?} is not key=value"))?;
+        let value = match k {
+            "flags" | "replace" | "direction" | "rtcp-mux" | "received-from" => Value::List(v.split(',').map(Value::str).collect()),
+            "delete-delay" | "limit" => v.parse::<i64>().map_or_else(|_| Value::str(v), Value::Int),
+            _ => match v.strip_prefix('@') {
+                Some(path) => Value::Bytes(std::fs::read(path).with_context(|| format!("reading {path}"))?),
+                None => Value::str(v),
+            },
+        };
+        d.push(k, value);
+    }
+    let reply = NgClient::new(a.ng)?.request(&d)?;
+    if let Some(sdp) = reply.get("sdp").and_then(Value::as_bytes) {
+        println!("{}", String::from_utf8_lossy(sdp));
+    }
+    println!("{reply:#?}");
+    if reply.get_str("result") == Some("error") {
+        bail!("{}", reply.get_str("error-reason").unwrap_or("error"));
+    }
     Ok(())
 }

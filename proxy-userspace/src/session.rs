@@ -167,6 +167,8 @@ pub enum ProbePhase {
     Acked { rtt: Duration },
     /// Gave up after the last attempt.
     Failed { attempts: u32 },
+    /// Stopped because the far side spoke first.
+    Cancelled { attempts: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +180,9 @@ pub enum Event {
     ProbeAcked { toward: Side, rtt: Duration },
     ProbeFailed { toward: Side, attempts: u32 },
     Unblocked { side: Side, by: Unblocked },
+    /// The next relay on `side` probed us from an address other than its signalled one (a NAT
+    /// is between us): we answered, and wait for its media to latch.
+    ProbedFromElsewhere { side: Side, from: SocketAddr },
     /// Packets from `near` now go to `to` (userspace sent the held ones; XDP does the rest).
     Forwarding { from: Side, to: Endpoint },
 }
@@ -628,7 +633,15 @@ impl Engine {
             return;
         };
         self.out.push_back(Output::SendAck { from: local, to: from, msg: msg.ack(now_ms) });
-        self.mark_unblocked(id, s, Unblocked::Probe, now);
+        // The prober is alive and its media follows our ACK within a round trip. Its
+        // signalled address is worth sending to now only if the probe came from there: behind
+        // a NAT it did not, and packets sent there would be lost, so we wait for the media.
+        let trusted = self.streams.get(&id).is_some_and(|st| st.side(s).remote.and_then(|r| r.ip()) == Some(from.ip()));
+        if trusted {
+            self.mark_unblocked(id, s, Unblocked::Probe, now);
+        } else {
+            self.out.push_back(Output::Event { stream: id, event: Event::ProbedFromElsewhere { side: s, from } });
+        }
     }
 
     /// An authenticated, fresh ACK.
@@ -780,9 +793,7 @@ impl Engine {
         };
         let side = stream.side_mut(y);
         if let ProbePhase::Probing { attempts } = side.probe {
-            // The far side spoke before the next relay answered: record it as given up
-            // quietly, without a failure event.
-            side.probe = ProbePhase::Failed { attempts };
+            side.probe = ProbePhase::Cancelled { attempts };
         }
         side.probe_next = None;
         for (n, _) in side.probe_nonces.drain(..) {

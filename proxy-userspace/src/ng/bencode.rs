@@ -326,6 +326,7 @@ impl fmt::Debug for Dict {
 #[macro_export]
 macro_rules! ng_dict {
     ($($k:expr => $v:expr),* $(,)?) => {{
+        #[allow(unused_mut, reason = "an empty dict! has nothing to push")]
         let mut d = $crate::ng::bencode::Dict::new();
         $( d.push($k, $crate::ng::bencode::Value::from($v)); )*
         d

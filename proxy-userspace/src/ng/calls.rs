@@ -908,6 +908,7 @@ fn stream_dict(s: &SideStatus, kind: &str, k: &FlowCounters, last_seen: Option<I
         ProbePhase::Probing { attempts } => ng_dict! { "state" => "probing", "attempts" => u64::from(attempts) },
         ProbePhase::Acked { rtt } => ng_dict! { "state" => "acked", "rtt ms" => rtt.as_millis() as u64 },
         ProbePhase::Failed { attempts } => ng_dict! { "state" => "failed", "attempts" => u64::from(attempts) },
+        ProbePhase::Cancelled { attempts } => ng_dict! { "state" => "cancelled: the far side spoke first", "attempts" => u64::from(attempts) },
     };
     let mut mp = ng_dict! {
         "state" => if s.state == FlowState::Forward { "FORWARD" } else { "HOLD" },

@@ -304,7 +304,8 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
     let t0 = Instant::now();
     e.handle_media(LOCAL_B, PHONE_B, b"b1", None, t0);
     drain(&mut e);
-    let from: SocketAddr = "198.51.100.7:7999".parse().unwrap();
+    // No NAT in between: the probe comes from the signalled address.
+    let from: SocketAddr = "10.1.0.2:7999".parse().unwrap();
     let probe = ProbeMessage { kind: Kind::Probe, nonce: 99, timestamp_ms: 5, session: 0, target: LOCAL_A, sender: mp1_media };
     let here = ep([192, 0, 2, 10], 7999);
     e.handle_probe(here, from, &probe, 6, t0 + Duration::from_millis(250));
@@ -314,6 +315,27 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
     assert!(events(&out).contains(&Event::Unblocked { side: Side::A, by: Unblocked::Probe }));
     assert_eq!(sends(&out), vec![(LOCAL_A, mp1_media, b"b1".to_vec())]);
     assert_eq!(e.status(id).unwrap()[0].unblocked, Some(Unblocked::Probe));
+}
+
+#[test]
+fn a_probe_through_a_nat_is_acked_but_the_signalled_address_is_not_trusted() {
+    let mut e = Engine::new(EngineConfig::default(), 3);
+    let mp1_media = ep([10, 1, 0, 2], 30002);
+    let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
+    sc.remote = [Some(mp1_media), Some(PHONE_B)];
+    let id = e.add_stream(sc).unwrap();
+    let t0 = Instant::now();
+    e.handle_media(LOCAL_B, PHONE_B, b"b1", None, t0);
+    drain(&mut e);
+    let from: SocketAddr = "198.51.100.7:61000".parse().unwrap();
+    let probe = ProbeMessage { kind: Kind::Probe, nonce: 5, timestamp_ms: 5, session: 0, target: LOCAL_A, sender: mp1_media };
+    e.handle_probe(ep([192, 0, 2, 10], 7999), from, &probe, 6, t0);
+    let out = drain(&mut e);
+    assert!(out.iter().any(|o| matches!(o, Output::SendAck { to, .. } if *to == from)));
+    assert!(sends(&out).is_empty(), "held media is not sent to an address behind the NAT");
+    assert!(events(&out).contains(&Event::ProbedFromElsewhere { side: Side::A, from }));
+    assert_eq!(e.status(id).unwrap()[0].unblocked, None);
+    assert_eq!(e.status(id).unwrap()[1].held, 1);
 }
 
 #[test]
