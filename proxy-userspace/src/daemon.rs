@@ -229,7 +229,10 @@ impl Control {
                 },
                 recv(commands) -> c => match c {
                     Ok(Command::Ng(req)) => {
-                        let reply = self.calls.handle(&req.dict, Instant::now(), SystemTime::now(), &Kernel(&self.dp));
+                        let mut reply = self.calls.handle(&req.dict, Instant::now(), SystemTime::now(), &Kernel(&self.dp));
+                        if req.dict.get_str("command") == Some("statistics") {
+                            self.add_statistics(&mut reply);
+                        }
                         let _ = req.reply.send(reply);
                     }
                     Ok(Command::Stop) | Err(_) => break,
@@ -251,6 +254,52 @@ impl Control {
         info!("stopping: removing flows and detaching XDP");
         if let Err(e) = self.dp.detach_all() {
             warn!("detaching: {e:#}");
+        }
+    }
+
+    /// The daemon's own figures, under `statistics.mediaproxy`.
+    fn add_statistics(&self, reply: &mut Dict) {
+        let mut xdp = Dict::new();
+        if let Ok(g) = self.dp.global_counters() {
+            for c in proxy_common::Counter::ALL {
+                xdp.push(c.name(), Value::from(g.get(c)));
+            }
+        }
+        let io = self.io.stats();
+        let e = self.calls.engine_ref().counters();
+        let c = &self.counters;
+        let mut rejected = Dict::new();
+        for k in ["malformed", "bad MAC", "stale", "replayed"] {
+            rejected.push(k, Value::from(c.probes_rejected.get(k).copied().unwrap_or(0)));
+        }
+        let mp = crate::ng_dict! {
+            "xdp" => xdp,
+            "af_xdp" => crate::ng_dict! {
+                "rx frames" => io.rx_frames,
+                "rx backlog drops" => io.rx_backlog_drops,
+                "tx frames" => io.tx_frames,
+                "tx ring full" => io.tx_ring_full,
+                "tx errors" => io.tx_errors,
+            },
+            "probes" => crate::ng_dict! {
+                "received" => e.probes_received,
+                "unknown session" => e.probes_unknown_session,
+                "rejected" => rejected,
+                "acks received" => e.acks_received,
+                "acks unmatched" => e.acks_unmatched,
+                "acked" => c.probes_acked,
+                "failed" => c.probes_failed,
+            },
+            "blocking suspected" => c.blocking_suspected,
+            "sent over af_xdp" => c.sent_af_xdp,
+            "sent via kernel" => c.sent_kernel,
+            "send errors" => c.send_errors,
+            "flow errors" => c.flow_errors,
+            "unparsable frames" => c.frames_unparsable,
+            "flows" => self.dp.flow_count(),
+        };
+        if let Some((_, Value::Dict(st))) = reply.0.iter_mut().find(|(k, _)| k == b"statistics") {
+            st.push("mediaproxy", Value::Dict(mp));
         }
     }
 

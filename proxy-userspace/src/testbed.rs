@@ -198,3 +198,84 @@ pub fn udp_mib(ns: &Netns, field: &str) -> anyhow::Result<u64> {
         .and_then(|(_, v)| v.parse().ok())
         .with_context(|| format!("no Udp {field} in /proc/net/snmp"))
 }
+
+/// A point-to-point "VPN" between two namespaces: a TAP device in each, and a thread that
+/// copies frames between them. There is no tunnel driver in the test kernels, and this is
+/// what a userspace VPN does anyway. Torn down on drop.
+pub struct TapTunnel {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    // SAFETY: plain open(2) of the TUN/TAP clone device.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd we own.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+    // SAFETY: TUNSETIFF with a valid ifreq.
+    if unsafe { libc::ioctl(fd, TUNSETIFF, &mut ifr) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(owned)
+}
+
+impl TapTunnel {
+    /// Creates `ifname` in both namespaces, with these addresses, up, and joins them.
+    pub fn new(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str, ifname: &str) -> anyhow::Result<Self> {
+        let name = ifname.to_owned();
+        let fa = a.enter({
+            let n = name.clone();
+            move || open_tap(&n)
+        })??;
+        let fb = b.enter(move || open_tap(&name))??;
+        for (ns, addr) in [(a, a_addr), (b, b_addr)] {
+            ns.ip(&["addr", "add", addr, "dev", ifname])?;
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let fds = [fa, fb];
+            let mut pfds: Vec<libc::pollfd> = fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                // SAFETY: valid pollfd array.
+                unsafe { libc::poll(pfds.as_mut_ptr(), 2, 50) };
+                for i in 0..2 {
+                    loop {
+                        // SAFETY: reads into our buffer.
+                        let n = unsafe { libc::read(fds[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                        if n <= 0 {
+                            break;
+                        }
+                        // SAFETY: writes what was read to the other side.
+                        unsafe { libc::write(fds[1 - i].as_raw_fd(), buf.as_ptr().cast(), n as usize) };
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for TapTunnel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
