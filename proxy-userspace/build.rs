@@ -8,6 +8,9 @@ use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=MEDIAPROXY_EBPF_TOOLCHAIN");
+    if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
+        return Ok(());
+    }
     let toolchain =
         std::env::var("MEDIAPROXY_EBPF_TOOLCHAIN").unwrap_or_else(|_| "deb-rustc".to_owned());
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

@@ -54,7 +54,9 @@ pub fn pseudo_header_v4(src: &[u8; 4], dst: &[u8; 4], udp_len: u16) -> u64 {
 #[must_use]
 pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], udp_len: u32) -> u64 {
     let sum = add_bytes(add_bytes(0, src), dst);
-    sum + u64::from(crate::wire::ip_proto::UDP) + u64::from(udp_len >> 16) + u64::from(udp_len & 0xffff)
+    sum + u64::from(crate::wire::ip_proto::UDP)
+        + u64::from(udp_len >> 16)
+        + u64::from(udp_len & 0xffff)
 }
 
 /// Checksum over a whole header or message: `!fold(sum)`.

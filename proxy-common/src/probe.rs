@@ -195,7 +195,10 @@ mod tests {
             timestamp_ms: 1_780_000_000_000,
             session: 42,
             target: Endpoint::v4([192, 0, 2, 10], 40000),
-            sender: Endpoint::v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 30002),
+            sender: Endpoint::v6(
+                [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                30002,
+            ),
         }
     }
 
@@ -208,7 +211,10 @@ mod tests {
         assert_eq!(ProbeMessage::mac_of(&b), Some(&[0xaa; MAC_LEN][..]));
         let ack = m.ack(5);
         assert_eq!(ack.kind, Kind::Ack);
-        assert_eq!((ack.nonce, ack.target, ack.sender), (m.nonce, m.target, m.sender));
+        assert_eq!(
+            (ack.nonce, ack.target, ack.sender),
+            (m.nonce, m.target, m.sender)
+        );
     }
 
     #[test]

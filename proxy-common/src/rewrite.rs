@@ -52,7 +52,13 @@ pub fn classify_v6(ip: &Ipv6Hdr, udp: &UdpHdr) -> UdpChecksum {
     let check = udp.check();
     if check == 0 {
         UdpChecksum::Absent
-    } else if check == csum::fold(csum::pseudo_header_v6(&ip.src, &ip.dst, u32::from(udp.len()))) {
+    } else if check
+        == csum::fold(csum::pseudo_header_v6(
+            &ip.src,
+            &ip.dst,
+            u32::from(udp.len()),
+        ))
+    {
         UdpChecksum::Partial
     } else {
         UdpChecksum::Complete
@@ -68,9 +74,7 @@ fn set_ports(udp: &mut UdpHdr, src: &Endpoint, dst: &Endpoint) {
 #[inline(always)]
 fn udp_header_sum(udp: &UdpHdr) -> u64 {
     // The checksum field itself counts as zero.
-    u64::from(udp.src_port())
-        + u64::from(udp.dst_port())
-        + u64::from(udp.len())
+    u64::from(udp.src_port()) + u64::from(udp.dst_port()) + u64::from(udp.len())
 }
 
 /// Rewrites an IPv4/UDP packet to go from `src` to `dst` (both IPv4 endpoints).
@@ -167,7 +171,10 @@ mod tests {
         let mut s = seg.to_vec();
         s[6] = 0;
         s[7] = 0;
-        let sum = csum::add_bytes(csum::pseudo_header_v4(&ip.src, &ip.dst, seg.len() as u16), &s);
+        let sum = csum::add_bytes(
+            csum::pseudo_header_v4(&ip.src, &ip.dst, seg.len() as u16),
+            &s,
+        );
         csum::udp_field(sum)
     }
 
@@ -175,7 +182,10 @@ mod tests {
         let mut s = seg.to_vec();
         s[6] = 0;
         s[7] = 0;
-        let sum = csum::add_bytes(csum::pseudo_header_v6(&ip.src, &ip.dst, seg.len() as u32), &s);
+        let sum = csum::add_bytes(
+            csum::pseudo_header_v6(&ip.src, &ip.dst, seg.len() as u32),
+            &s,
+        );
         csum::udp_field(sum)
     }
 
@@ -202,7 +212,9 @@ mod tests {
         let check = match kind {
             UdpChecksum::Absent => 0,
             UdpChecksum::Complete => udp_checksum_v4(ip, seg),
-            UdpChecksum::Partial => csum::fold(csum::pseudo_header_v4(&ip.src, &ip.dst, udp_len as u16)),
+            UdpChecksum::Partial => {
+                csum::fold(csum::pseudo_header_v4(&ip.src, &ip.dst, udp_len as u16))
+            }
         };
         seg[6..8].copy_from_slice(&check.to_be_bytes());
         p
@@ -242,7 +254,11 @@ mod tests {
             assert_eq!(udp.src_port(), src.port());
             assert_eq!(udp.dst_port(), dst.port());
             assert_eq!(csum::of_bytes(iph), 0, "IPv4 header checksum, case {i}");
-            assert_eq!(udp.check(), udp_checksum_v4(ip, seg), "UDP checksum, case {i} ({kind:?})");
+            assert_eq!(
+                udp.check(),
+                udp_checksum_v4(ip, seg),
+                "UDP checksum, case {i} ({kind:?})"
+            );
         }
     }
 
@@ -250,7 +266,11 @@ mod tests {
     fn v4_absent_checksum_stays_absent() {
         let mut rng = StdRng::seed_from_u64(0);
         let mut p = random_v4(&mut rng, UdpChecksum::Absent);
-        rewrite_packet_v4(&mut p, &random_endpoint_v4(&mut rng), &random_endpoint_v4(&mut rng));
+        rewrite_packet_v4(
+            &mut p,
+            &random_endpoint_v4(&mut rng),
+            &random_endpoint_v4(&mut rng),
+        );
         assert_eq!(&p[26..28], &[0, 0]);
         assert_eq!(csum::of_bytes(&p[..20]), 0);
     }
@@ -260,9 +280,16 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let mut p = random_v4(&mut rng, UdpChecksum::Complete);
         p[40] ^= 0x5a; // corrupt after the checksum was computed
-        rewrite_packet_v4(&mut p, &random_endpoint_v4(&mut rng), &random_endpoint_v4(&mut rng));
+        rewrite_packet_v4(
+            &mut p,
+            &random_endpoint_v4(&mut rng),
+            &random_endpoint_v4(&mut rng),
+        );
         let ip = Ipv4Hdr::view(&p[..20]).unwrap();
-        assert_ne!(UdpHdr::view(&p[20..]).unwrap().check(), udp_checksum_v4(ip, &p[20..]));
+        assert_ne!(
+            UdpHdr::view(&p[20..]).unwrap().check(),
+            udp_checksum_v4(ip, &p[20..])
+        );
     }
 
     #[test]
@@ -307,14 +334,22 @@ mod tests {
             assert_eq!(&ip.src, src.addr_v6());
             assert_eq!(&ip.dst, dst.addr_v6());
             let seg = &p[40..];
-            assert_eq!(UdpHdr::view(seg).unwrap().check(), udp_checksum_v6(ip, seg), "case {i}");
+            assert_eq!(
+                UdpHdr::view(seg).unwrap().check(),
+                udp_checksum_v6(ip, seg),
+                "case {i}"
+            );
         }
     }
 
     #[test]
     fn classification() {
         let mut rng = StdRng::seed_from_u64(3);
-        for kind in [UdpChecksum::Absent, UdpChecksum::Partial, UdpChecksum::Complete] {
+        for kind in [
+            UdpChecksum::Absent,
+            UdpChecksum::Partial,
+            UdpChecksum::Complete,
+        ] {
             let p = random_v4(&mut rng, kind);
             let ip = Ipv4Hdr::view(&p[..20]).unwrap();
             let udp = UdpHdr::view(&p[20..]).unwrap();

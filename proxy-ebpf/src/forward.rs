@@ -5,7 +5,7 @@
 //! it to the kernel's stack, which resolves the neighbour. Nothing is dropped for want of ARP.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup},
     helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
@@ -16,7 +16,12 @@ use proxy_common::{
     wire::{EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
 };
 
-use crate::{access::ptr_at, error::Error, maps::EGRESS, parse::{L3_OFF, Parsed}};
+use crate::{
+    access::ptr_at,
+    error::Error,
+    maps::EGRESS,
+    parse::{L3_OFF, Parsed},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -86,7 +91,12 @@ pub fn forward(ctx: &XdpContext, pkt: &Parsed, entry: &FlowEntry) -> Result<Sent
 
 /// The FIB's answer for the rewritten packet, if it can be sent now.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &Parsed, entry: &FlowEntry, ingress: u32) -> Option<bpf_fib_lookup> {
+fn next_hop(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    entry: &FlowEntry,
+    ingress: u32,
+) -> Option<bpf_fib_lookup> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented neutral input.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.l4_protocol = proxy_common::wire::ip_proto::UDP;
@@ -183,7 +193,13 @@ fn load_and_sum(
     }
     // SAFETY: buf is CSUM_CHUNK initialised bytes, a multiple of 4 and at most 512.
     let r = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr().cast(), CSUM_CHUNK as u32, 0)
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            buf.as_mut_ptr().cast(),
+            CSUM_CHUNK as u32,
+            0,
+        )
     };
     if r < 0 {
         return Err(Error::Malformed);

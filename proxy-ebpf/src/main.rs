@@ -10,7 +10,9 @@
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("proxy-ebpf is an eBPF program: proxy-userspace's build.rs builds it for bpfel-unknown-none");
+    eprintln!(
+        "proxy-ebpf is an eBPF program: proxy-userspace's build.rs builds it for bpfel-unknown-none"
+    );
     std::process::exit(1);
 }
 

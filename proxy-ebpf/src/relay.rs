@@ -95,7 +95,8 @@ fn punt_counted(
 /// Hands the frame to the AF_XDP socket of the queue it arrived on.
 #[inline(always)]
 fn punt(ctx: &XdpContext, why: Counter) -> Result<Verdict, Error> {
-    let index = maps::xsk_index(ctx.ingress_ifindex() as u32, ctx.rx_queue_index()).ok_or(Error::NoSocket)?;
+    let index = maps::xsk_index(ctx.ingress_ifindex() as u32, ctx.rx_queue_index())
+        .ok_or(Error::NoSocket)?;
     match XSKS.redirect(index, 0) {
         Ok(action) => Ok(Verdict {
             action,
@@ -118,7 +119,11 @@ fn touch(counters: Option<*mut FlowCounters>) {
 /// Adds to one per-flow counter. Flows share no slot, but a flow's packets can arrive on
 /// several CPUs at once, hence the atomic add.
 #[inline(always)]
-fn add(counters: Option<*mut FlowCounters>, field: impl FnOnce(&mut FlowCounters) -> &mut u64, n: u64) {
+fn add(
+    counters: Option<*mut FlowCounters>,
+    field: impl FnOnce(&mut FlowCounters) -> &mut u64,
+    n: u64,
+) {
     if let Some(c) = counters {
         // SAFETY: a valid array element (see above); the field is 8-byte aligned inside it.
         let field = unsafe { field(&mut *c) };

@@ -3,7 +3,10 @@
 use std::{ffi::CString, path::Path};
 
 use anyhow::{anyhow, bail};
-use aya::{EbpfError, programs::{ProgramError, XdpMode}};
+use aya::{
+    EbpfError,
+    programs::{ProgramError, XdpMode},
+};
 
 /// Kernel 5.9 brought bpf_link for XDP (aa8d3a716b59, "bpf, xdp: Add bpf_link-based XDP
 /// attachment API"), which we rely on to detach when the daemon exits; 5.11 charges BPF
@@ -41,7 +44,9 @@ pub fn check() -> Vec<Missing> {
     let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         let err = std::io::Error::last_os_error();
-        missing.push(Missing(format!("cannot create an AF_XDP socket: {err} (CONFIG_XDP_SOCKETS=y is required)")));
+        missing.push(Missing(format!(
+            "cannot create an AF_XDP socket: {err} (CONFIG_XDP_SOCKETS=y is required)"
+        )));
     } else {
         // SAFETY: fd is ours.
         unsafe { libc::close(fd) };
@@ -55,7 +60,10 @@ pub fn require() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = missing.into_iter().map(|m| format!("  - {}", m.0)).collect();
+    let list: Vec<String> = missing
+        .into_iter()
+        .map(|m| format!("  - {}", m.0))
+        .collect();
     bail!("this host cannot run the relay:\n{}", list.join("\n"))
 }
 
@@ -114,12 +122,20 @@ pub fn ifname(ifindex: u32) -> Option<String> {
         return None;
     }
     // SAFETY: if_indextoname NUL-terminates on success.
-    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 fn not_root_hint() -> &'static str {
     // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 { "" } else { " (not running as root)" }
+    if unsafe { libc::geteuid() } == 0 {
+        ""
+    } else {
+        " (not running as root)"
+    }
 }
 
 pub fn explain_load_error(e: &EbpfError) -> anyhow::Error {
@@ -133,7 +149,10 @@ pub fn explain_load_error(e: &EbpfError) -> anyhow::Error {
 
 pub fn explain_program_error(e: &ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow!(
             "the kernel refused the XDP program{}: {io_error}\nverifier log:\n{verifier_log}",
             not_root_hint()
         ),

@@ -80,7 +80,10 @@ pub enum Command {
 struct Kernel<'a>(&'a Dataplane);
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -145,7 +148,11 @@ fn netdev_of(addr: IpAddr) -> anyhow::Result<String> {
         };
         if ip == Some(addr) {
             // SAFETY: ifa_name is NUL-terminated.
-            found = Some(unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned());
+            found = Some(
+                unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             break;
         }
     }
@@ -160,8 +167,15 @@ fn write_sysctl(path: &str, value: &str) -> anyhow::Result<()> {
 
 impl Control {
     fn new(cfg: &DaemonConfig) -> anyhow::Result<Self> {
-        let probe_port = if cfg.probe_secret.is_some() { cfg.calls.probe_port } else { 0 };
-        let mut dp = Dataplane::load(&DataplaneConfig { max_flows: cfg.max_flows, probe_port })?;
+        let probe_port = if cfg.probe_secret.is_some() {
+            cfg.calls.probe_port
+        } else {
+            0
+        };
+        let mut dp = Dataplane::load(&DataplaneConfig {
+            max_flows: cfg.max_flows,
+            probe_port,
+        })?;
         let mut ifnames: Vec<String> = Vec::new();
         for i in &cfg.calls.interfaces {
             let dev = netdev_of(i.addr)?;
@@ -178,23 +192,36 @@ impl Control {
         let mut attached = Vec::new();
         for name in &ifnames {
             if cfg.set_forwarding {
-                for p in [format!("/proc/sys/net/ipv4/conf/{name}/forwarding"), format!("/proc/sys/net/ipv6/conf/{name}/forwarding")] {
+                for p in [
+                    format!("/proc/sys/net/ipv4/conf/{name}/forwarding"),
+                    format!("/proc/sys/net/ipv6/conf/{name}/forwarding"),
+                ] {
                     if std::fs::read_to_string(&p).is_ok_and(|v| v.trim() == "0") {
                         write_sysctl(&p, "1")?;
-                        info!("set {p} = 1: bpf_fib_lookup only answers for interfaces that forward");
+                        info!(
+                            "set {p} = 1: bpf_fib_lookup only answers for interfaces that forward"
+                        );
                     }
                 }
-            } else if std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/forwarding")).is_ok_and(|v| v.trim() == "0") {
-                warn!("forwarding is off on {name}: XDP cannot look up next hops there, so FORWARD flows are sent by userspace (see --keep-sysctls)");
+            } else if std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/forwarding"))
+                .is_ok_and(|v| v.trim() == "0")
+            {
+                warn!(
+                    "forwarding is off on {name}: XDP cannot look up next hops there, so FORWARD flows are sent by userspace (see --keep-sysctls)"
+                );
             }
             let ifindex = dp.attach(name, cfg.xdp_mode)?;
             let queues = xsk::rx_queues(name);
             for q in 0..queues {
-                let s = XskSocket::bind(ifindex, q, XskConfig::default()).with_context(|| format!("AF_XDP socket on {name} queue {q}"))?;
+                let s = XskSocket::bind(ifindex, q, XskConfig::default())
+                    .with_context(|| format!("AF_XDP socket on {name} queue {q}"))?;
                 dp.register_socket(ifindex, q, &s)?;
                 sockets.push(s);
             }
-            info!("attached XDP to {name} (ifindex {ifindex}, {:?} mode, {queues} rx queue(s))", cfg.xdp_mode);
+            info!(
+                "attached XDP to {name} (ifindex {ifindex}, {:?} mode, {queues} rx queue(s))",
+                cfg.xdp_mode
+            );
             attached.push(ifindex);
         }
         let io = io::spawn(sockets)?;
@@ -217,7 +244,11 @@ impl Control {
         let mut next_report = Instant::now() + Duration::from_secs(10);
         loop {
             let now = Instant::now();
-            let wake = self.calls.engine_ref().poll_timeout().map_or(next_housekeeping, |t| t.min(next_housekeeping));
+            let wake = self
+                .calls
+                .engine_ref()
+                .poll_timeout()
+                .map_or(next_housekeeping, |t| t.min(next_housekeeping));
             let timeout = wake.saturating_duration_since(now);
             select! {
                 recv(self.io.rx) -> p => if let Ok(p) = p {
@@ -270,7 +301,10 @@ impl Control {
         let c = &self.counters;
         let mut rejected = Dict::new();
         for k in ["malformed", "bad MAC", "stale", "replayed"] {
-            rejected.push(k, Value::from(c.probes_rejected.get(k).copied().unwrap_or(0)));
+            rejected.push(
+                k,
+                Value::from(c.probes_rejected.get(k).copied().unwrap_or(0)),
+            );
         }
         let mp = crate::ng_dict! {
             "xdp" => xdp,
@@ -330,12 +364,20 @@ impl Control {
         };
         let payload = f.payload(&p.frame);
         if self.probe_port != 0 && f.dst.port() == self.probe_port {
-            let Some(auth) = self.auth.as_mut() else { return };
+            let Some(auth) = self.auth.as_mut() else {
+                return;
+            };
             match auth.verify(payload, unix_ms()) {
                 Ok(msg) => {
-                    let Some(from) = f.src.socket_addr() else { return };
+                    let Some(from) = f.src.socket_addr() else {
+                        return;
+                    };
                     match msg.kind {
-                        Kind::Probe => self.calls.engine().handle_probe(f.dst, from, &msg, unix_ms(), p.at),
+                        Kind::Probe => {
+                            self.calls
+                                .engine()
+                                .handle_probe(f.dst, from, &msg, unix_ms(), p.at)
+                        }
                         Kind::Ack => self.calls.engine().handle_ack(&msg, p.at),
                     }
                 }
@@ -353,7 +395,9 @@ impl Control {
             return;
         }
         let last_seen = Kernel(&self.dp).last_seen(&f.dst);
-        self.calls.engine().handle_media(f.dst, f.src, payload, last_seen, p.at);
+        self.calls
+            .engine()
+            .handle_media(f.dst, f.src, payload, last_seen, p.at);
     }
 
     fn apply_outputs(&mut self) {
@@ -361,14 +405,20 @@ impl Control {
             match o {
                 Output::Flow { key, spec } => {
                     let k = FlowKey::new(key);
-                    let r = if self.dp.has_flow(k) { self.dp.update_flow(k, &spec) } else { self.dp.add_flow(k, &spec) };
+                    let r = if self.dp.has_flow(k) {
+                        self.dp.update_flow(k, &spec)
+                    } else {
+                        self.dp.add_flow(k, &spec)
+                    };
                     if let Err(e) = r {
                         self.counters.flow_errors += 1;
                         warn!("flow {key}: {e:#}");
                     }
                 }
                 Output::RemoveFlow { key } => {
-                    if self.dp.has_flow(FlowKey::new(key)) && let Err(e) = self.dp.remove_flow(FlowKey::new(key)) {
+                    if self.dp.has_flow(FlowKey::new(key))
+                        && let Err(e) = self.dp.remove_flow(FlowKey::new(key))
+                    {
                         warn!("removing flow {key}: {e:#}");
                     }
                 }
@@ -409,7 +459,10 @@ impl Control {
         let builder = FrameBuilder::udp(from, to).payload(payload);
         match self.resolver.resolve(to_sa.ip()) {
             Ok(Resolution::Ready(hop)) if self.attached.contains(&hop.ifindex) => {
-                self.io.send(TxFrame { ifindex: hop.ifindex, frame: builder.macs(hop.src_mac, hop.dst_mac).build() });
+                self.io.send(TxFrame {
+                    ifindex: hop.ifindex,
+                    frame: builder.macs(hop.src_mac, hop.dst_mac).build(),
+                });
                 self.counters.sent_af_xdp += 1;
             }
             _ => {
@@ -439,7 +492,11 @@ impl CookieCache {
     const GENERATION: Duration = Duration::from_secs(30);
 
     fn new() -> Self {
-        Self { current: HashMap::new(), old: HashMap::new(), swapped: Instant::now() }
+        Self {
+            current: HashMap::new(),
+            old: HashMap::new(),
+            swapped: Instant::now(),
+        }
     }
 
     fn age(&mut self) {
@@ -451,7 +508,10 @@ impl CookieCache {
 
     fn get(&mut self, cookie: &[u8]) -> Option<Arc<Vec<u8>>> {
         self.age();
-        self.current.get(cookie).or_else(|| self.old.get(cookie)).cloned()
+        self.current
+            .get(cookie)
+            .or_else(|| self.old.get(cookie))
+            .cloned()
     }
 
     fn insert(&mut self, cookie: Vec<u8>, reply: Arc<Vec<u8>>) {
@@ -479,7 +539,9 @@ enum Parsed {
 }
 
 fn parse_datagram(d: &[u8], truncated: bool) -> Parsed {
-    let Some(space) = d.iter().position(|&b| b == b' ') else { return Parsed::Ignore };
+    let Some(space) = d.iter().position(|&b| b == b' ') else {
+        return Parsed::Ignore;
+    };
     if space == 0 {
         return Parsed::Ignore;
     }
@@ -521,7 +583,10 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
                     continue;
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if to_control.send(Command::Ng(NgRequest { dict, reply: tx })).is_err() {
+                if to_control
+                    .send(Command::Ng(NgRequest { dict, reply: tx }))
+                    .is_err()
+                {
                     bail!("the control thread is gone");
                 }
                 let reply = match tokio::time::timeout(Duration::from_secs(5), rx).await {
@@ -550,7 +615,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         bail!("no --interface given: the relay needs at least one media address");
     }
     if cfg.probe_secret.is_none() {
-        info!("no probe secret given: probing is off, and probes from other relays are not answered");
+        info!(
+            "no probe secret given: probing is off, and probes from other relays are not answered"
+        );
     }
     let control = Control::new(&cfg)?;
     let (tx, rx) = crossbeam_channel::bounded::<Command>(1024);
@@ -558,7 +625,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         .name("mediaproxy-control".into())
         .spawn(move || control.run(&rx))?;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let sock = tokio::net::UdpSocket::bind(cfg.listen_ng)
             .await
@@ -572,7 +641,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
     });
     let _ = tx.send(Command::Stop);
-    thread.join().map_err(|_| anyhow!("the control thread panicked"))?;
+    thread
+        .join()
+        .map_err(|_| anyhow!("the control thread panicked"))?;
     result
 }
 
@@ -584,7 +655,10 @@ mod tests {
     #[test]
     fn datagrams_without_a_cookie_get_no_reply() {
         assert!(matches!(parse_datagram(b"nocookie", false), Parsed::Ignore));
-        assert!(matches!(parse_datagram(b" d7:command4:pinge", false), Parsed::Ignore));
+        assert!(matches!(
+            parse_datagram(b" d7:command4:pinge", false),
+            Parsed::Ignore
+        ));
     }
 
     #[test]
@@ -593,11 +667,20 @@ mod tests {
             Parsed::Reply(c, r) => (c, r.get_str("error-reason").unwrap().to_owned()),
             _ => panic!("expected a reply"),
         };
-        assert_eq!(reason(b"c1 ", false), (b"c1".to_vec(), "Invalid data (no payload)".to_owned()));
+        assert_eq!(
+            reason(b"c1 ", false),
+            (b"c1".to_vec(), "Invalid data (no payload)".to_owned())
+        );
         assert_eq!(reason(b"c2 hello", false).1, "Invalid NG data format");
-        assert_eq!(reason(b"c3 d7:command", false).1, "Could not decode bencode dictionary");
+        assert_eq!(
+            reason(b"c3 d7:command", false).1,
+            "Could not decode bencode dictionary"
+        );
         assert_eq!(reason(b"c4 d7:command4:pinge", true).1, "Message too large");
-        assert!(matches!(parse_datagram(b"c5 d7:command4:pinge", false), Parsed::Request(..)));
+        assert!(matches!(
+            parse_datagram(b"c5 d7:command4:pinge", false),
+            Parsed::Request(..)
+        ));
     }
 
     #[test]
@@ -615,7 +698,14 @@ mod tests {
     #[test]
     fn interfaces_parse_like_rtpengines() {
         let i = Interface::parse("pub/192.0.2.1!203.0.113.1").unwrap();
-        assert_eq!((i.name.as_str(), i.addr.to_string(), i.advertised.unwrap().to_string()), ("pub", "192.0.2.1".into(), "203.0.113.1".into()));
+        assert_eq!(
+            (
+                i.name.as_str(),
+                i.addr.to_string(),
+                i.advertised.unwrap().to_string()
+            ),
+            ("pub", "192.0.2.1".into(), "203.0.113.1".into())
+        );
         assert_eq!(Interface::parse("2001:db8::1").unwrap().name, "default");
         assert!(Interface::parse("x/notanip").is_err());
     }

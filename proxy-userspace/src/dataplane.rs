@@ -18,8 +18,19 @@ use proxy_common::{
 };
 
 /// The compiled XDP program, built by build.rs.
+#[cfg(feature = "ebpf")]
 pub static XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mediaproxy-xdp"));
+/// Built without the `ebpf` feature (the fuzz targets): nothing to load.
+#[cfg(not(feature = "ebpf"))]
+pub static XDP_OBJECT: &[u8] = &[];
+
+fn object() -> anyhow::Result<&'static [u8]> {
+    if XDP_OBJECT.is_empty() {
+        bail!("this build carries no XDP program (built without the `ebpf` feature)");
+    }
+    Ok(XDP_OBJECT)
+}
 
 /// How the kernel treats a packet whose source is not the latched peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -149,13 +160,14 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", cfg.max_flows)
             .map_max_entries("FLOW_COUNTERS", cfg.max_flows)
-            .load(XDP_OBJECT)
+            .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;
         let prog: &mut Xdp = ebpf
             .program_mut("mediaproxy")
             .ok_or_else(|| anyhow!("program `mediaproxy` missing from the object"))?
             .try_into()?;
-        prog.load().map_err(|e| crate::caps::explain_program_error(&e))?;
+        prog.load()
+            .map_err(|e| crate::caps::explain_program_error(&e))?;
 
         let flows = BpfHashMap::try_from(take(&mut ebpf, "FLOWS")?)?;
         let flow_counters = Array::try_from(take(&mut ebpf, "FLOW_COUNTERS")?)?;
@@ -237,9 +249,16 @@ impl Dataplane {
 
     /// Routes punted packets of rx queue `queue` of `ifindex` to this AF_XDP socket, which
     /// must be bound to that interface and queue.
-    pub fn register_socket(&mut self, ifindex: u32, queue: u32, socket: &impl AsRawFd) -> anyhow::Result<()> {
+    pub fn register_socket(
+        &mut self,
+        ifindex: u32,
+        queue: u32,
+        socket: &impl AsRawFd,
+    ) -> anyhow::Result<()> {
         if queue >= MAX_QUEUES_PER_INTERFACE {
-            bail!("rx queue {queue} of ifindex {ifindex}: only {MAX_QUEUES_PER_INTERFACE} queues per interface can punt");
+            bail!(
+                "rx queue {queue} of ifindex {ifindex}: only {MAX_QUEUES_PER_INTERFACE} queues per interface can punt"
+            );
         }
         let base = match self.xsk_bases.iter().position(|&i| i == ifindex) {
             Some(slot) => slot as u32 * MAX_QUEUES_PER_INTERFACE,
@@ -257,7 +276,9 @@ impl Dataplane {
         };
         self.xsks
             .set(base + queue, socket.as_raw_fd(), 0)
-            .with_context(|| format!("registering the AF_XDP socket of ifindex {ifindex} queue {queue}"))
+            .with_context(|| {
+                format!("registering the AF_XDP socket of ifindex {ifindex} queue {queue}")
+            })
     }
 
     /// Creates a flow. Fails if it exists or the table is full; nothing changes then.
@@ -341,7 +362,10 @@ impl Dataplane {
         self.flows
             .remove(&key)
             .with_context(|| format!("removing flow {:?}", key.local))?;
-        let counters = self.flow_counters.get(&entry.counter_slot, 0).unwrap_or_default();
+        let counters = self
+            .flow_counters
+            .get(&entry.counter_slot, 0)
+            .unwrap_or_default();
         self.free_slots.push(entry.counter_slot);
         Ok(counters)
     }
@@ -417,7 +441,7 @@ impl PassProgram {
             // The maps are created anyway; keep them tiny.
             .map_max_entries("FLOWS", 1)
             .map_max_entries("FLOW_COUNTERS", 1)
-            .load(XDP_OBJECT)
+            .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;
         let prog: &mut Xdp = ebpf
             .program_mut("pass")

@@ -7,7 +7,10 @@ use aya::programs::XdpMode;
 
 use crate::{
     ng::bencode::Value,
-    scenario::{self, OneRelay, Phone, Relay, TwoRelays, query_figure, query_text, sdp, sdp_media, sdp_of, stream},
+    scenario::{
+        self, OneRelay, Phone, Relay, TwoRelays, query_figure, query_text, sdp, sdp_media, sdp_of,
+        stream,
+    },
 };
 
 #[derive(clap::Args, Debug)]
@@ -21,13 +24,20 @@ pub struct DemoArgs {
 }
 
 fn mode(a: &DemoArgs) -> XdpMode {
-    if a.mode == "skb" { XdpMode::Skb } else { XdpMode::Driver }
+    if a.mode == "skb" {
+        XdpMode::Skb
+    } else {
+        XdpMode::Driver
+    }
 }
 
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     crate::caps::require()?;
     let packets = a.seconds * 50;
-    println!("mediaproxy demo ({} XDP, {} s of 20 ms RTP each way per run)\n", a.mode, a.seconds);
+    println!(
+        "mediaproxy demo ({} XDP, {} s of 20 ms RTP each way per run)\n",
+        a.mode, a.seconds
+    );
     one_relay(a, packets)?;
     for probing in [false, true] {
         two_relays(a, packets, probing)?;
@@ -37,19 +47,50 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
 }
 
 fn line(label: &str, s: &scenario::StreamReport) -> String {
-    let setup = s.setup_delay().map_or("never".to_owned(), |d| format!("{} ms", d.as_millis()));
-    format!("{label}: sent {}, received {}, lost {}, first packet delivered after {setup}", s.sent, s.distinct, s.lost())
+    let setup = s
+        .setup_delay()
+        .map_or("never".to_owned(), |d| format!("{} ms", d.as_millis()));
+    format!(
+        "{label}: sent {}, received {}, lost {}, first packet delivered after {setup}",
+        s.sent,
+        s.distinct,
+        s.lost()
+    )
 }
 
 fn one_relay(a: &DemoArgs, packets: u16) -> anyhow::Result<()> {
     println!("== One relay: phone A (10.0.1.2) — relay — phone B (10.0.2.2) ==");
     let t = OneRelay::build("demo1", mode(a))?;
-    let relay = Relay::start(&t.relay, &["internal/10.0.1.1", "external/10.0.2.1"], &[], false, mode(a))?;
+    let relay = Relay::start(
+        &t.relay,
+        &["internal/10.0.1.1", "external/10.0.2.1"],
+        &[],
+        false,
+        mode(a),
+    )?;
     let c = relay.ng(&t.relay)?;
     let dir = Value::List(vec![Value::str("internal"), Value::str("external")]);
-    let offer = scenario::ng(&c, "offer", &[("call-id", Value::str("demo-1")), ("from-tag", Value::str("a")), ("sdp", Value::str(&sdp("10.0.1.2", 4000))), ("direction", dir)])?;
+    let offer = scenario::ng(
+        &c,
+        "offer",
+        &[
+            ("call-id", Value::str("demo-1")),
+            ("from-tag", Value::str("a")),
+            ("sdp", Value::str(&sdp("10.0.1.2", 4000))),
+            ("direction", dir),
+        ],
+    )?;
     let b_to = sdp_media(&sdp_of(&offer)?)?;
-    let answer = scenario::ng(&c, "answer", &[("call-id", Value::str("demo-1")), ("from-tag", Value::str("a")), ("to-tag", Value::str("b")), ("sdp", Value::str(&sdp("10.0.2.2", 5000)))])?;
+    let answer = scenario::ng(
+        &c,
+        "answer",
+        &[
+            ("call-id", Value::str("demo-1")),
+            ("from-tag", Value::str("a")),
+            ("to-tag", Value::str("b")),
+            ("sdp", Value::str(&sdp("10.0.2.2", 5000))),
+        ],
+    )?;
     let a_to = sdp_media(&sdp_of(&answer)?)?;
     println!("  ng offer/answer: A sends to {a_to}, B sends to {b_to}; both flows start in HOLD");
     let mut pa = Phone::bind(&t.a, "10.0.1.2:4000".parse()?)?;
@@ -71,7 +112,14 @@ fn one_relay(a: &DemoArgs, packets: u16) -> anyhow::Result<()> {
             query_figure(&q, tag, "sent by userspace"),
         );
     }
-    scenario::ng(&c, "delete", &[("call-id", Value::str("demo-1")), ("delete-delay", Value::Int(0))])?;
+    scenario::ng(
+        &c,
+        "delete",
+        &[
+            ("call-id", Value::str("demo-1")),
+            ("delete-delay", Value::Int(0)),
+        ],
+    )?;
     println!();
     Ok(())
 }
@@ -96,14 +144,26 @@ fn two_relays(a: &DemoArgs, packets: u16, probing: bool) -> anyhow::Result<()> {
     let ba = stream(&pb, &pa);
     println!("  {}", line("A→B", &ab));
     println!("  {}", line("B→A", &ba));
-    let q1 = scenario::ng(&r1.ng(&t.mp1)?, "query", &[("call-id", Value::str("demo-2"))])?;
-    let q2 = scenario::ng(&r2.ng(&t.mp2)?, "query", &[("call-id", Value::str("demo-2"))])?;
+    let q1 = scenario::ng(
+        &r1.ng(&t.mp1)?,
+        "query",
+        &[("call-id", Value::str("demo-2"))],
+    )?;
+    let q2 = scenario::ng(
+        &r2.ng(&t.mp2)?,
+        "query",
+        &[("call-id", Value::str("demo-2"))],
+    )?;
     for (name, q, near) in [("MP1", &q1, "tag-a"), ("MP2", &q2, "tag-b")] {
         let suspected = query_figure(q, near, "blocking suspected ms");
         let far = if near == "tag-a" { "tag-b" } else { "tag-a" };
         println!(
             "  {name}: blocking suspected {}; probe toward the other relay: {}; punted before the flip {} (near) / {} (far); XDP forwarded {} / {}",
-            if suspected > 0 { format!("after {suspected} ms") } else { "no".to_owned() },
+            if suspected > 0 {
+                format!("after {suspected} ms")
+            } else {
+                "no".to_owned()
+            },
             query_text(q, far, "probe").unwrap_or_else(|| "-".into()),
             query_figure(q, near, "packets punted"),
             query_figure(q, far, "packets punted"),
@@ -113,11 +173,22 @@ fn two_relays(a: &DemoArgs, packets: u16, probing: bool) -> anyhow::Result<()> {
     }
     if probing {
         match (ab.setup_delay(), ba.setup_delay()) {
-            (Some(x), Some(y)) => println!("  => unblocked: media flows both ways ({} ms and {} ms after the first packet)", x.as_millis(), y.as_millis()),
-            _ => println!("  => media did NOT flow in both directions (see {} and {})", r1.log.display(), r2.log.display()),
+            (Some(x), Some(y)) => println!(
+                "  => unblocked: media flows both ways ({} ms and {} ms after the first packet)",
+                x.as_millis(),
+                y.as_millis()
+            ),
+            _ => println!(
+                "  => media did NOT flow in both directions (see {} and {})",
+                r1.log.display(),
+                r2.log.display()
+            ),
         }
     } else if ab.distinct == 0 && ba.distinct == 0 {
-        println!("  => deadlock: each relay waits for the other, no media in {} ms", started.elapsed().as_millis());
+        println!(
+            "  => deadlock: each relay waits for the other, no media in {} ms",
+            started.elapsed().as_millis()
+        );
     } else {
         println!("  => unexpected: media flowed without probing");
     }

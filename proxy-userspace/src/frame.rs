@@ -160,7 +160,14 @@ impl UdpFrame {
 
 /// Rewrites a parsed frame in place to go from `src` to `dst`, with new MAC addresses:
 /// the userspace twin of the XDP FORWARD path, using the same rewrite code.
-pub fn rewrite(frame: &mut [u8], parsed: &UdpFrame, src: &Endpoint, dst: &Endpoint, src_mac: Mac, dst_mac: Mac) {
+pub fn rewrite(
+    frame: &mut [u8],
+    parsed: &UdpFrame,
+    src: &Endpoint,
+    dst: &Endpoint,
+    src_mac: Mac,
+    dst_mac: Mac,
+) {
     let payload_sum = csum::add_bytes(0, parsed.payload(frame));
     let (head, seg) = frame.split_at_mut(parsed.udp_off);
     let udp = UdpHdr::view_mut(seg).expect("parse checked the UDP header");
@@ -369,7 +376,10 @@ mod tests {
             .payload(&[0xab; 20])
             .build();
         for n in 0..f.len() {
-            assert!(UdpFrame::parse(&f[..n]).is_err(), "prefix of {n} bytes parsed");
+            assert!(
+                UdpFrame::parse(&f[..n]).is_err(),
+                "prefix of {n} bytes parsed"
+            );
         }
         assert_eq!(UdpFrame::parse(&f[..13]), Err(FrameError::Truncated));
     }
@@ -377,7 +387,10 @@ mod tests {
     #[test]
     fn rejects_what_the_kernel_passes() {
         let base = FrameBuilder::udp(v4([10, 0, 0, 1], 1), v4([10, 0, 0, 2], 2));
-        assert_eq!(UdpFrame::parse(&base.clone().vlan(7).build()), Err(FrameError::Vlan));
+        assert_eq!(
+            UdpFrame::parse(&base.clone().vlan(7).build()),
+            Err(FrameError::Vlan)
+        );
         let mut frag = base.build();
         frag[20] = 0x20; // MF
         assert_eq!(UdpFrame::parse(&frag), Err(FrameError::Fragment));
@@ -404,7 +417,10 @@ mod tests {
         assert_eq!((q.src, q.dst), (s, d));
         assert!(q.udp_checksum_ok(&f));
         assert_eq!(&f[0..12], &[2, 0, 0, 0, 0, 8, 2, 0, 0, 0, 0, 9]);
-        let expect = FrameBuilder::udp(s, d).macs([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8]).payload(&[7; 172]).build();
+        let expect = FrameBuilder::udp(s, d)
+            .macs([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
+            .payload(&[7; 172])
+            .build();
         assert_eq!(f, expect);
     }
 }

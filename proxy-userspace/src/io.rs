@@ -90,7 +90,11 @@ impl IoHandle {
             tx_no_socket: c.tx_no_socket.load(Ordering::Relaxed),
             tx_ring_full: c.tx_ring_full.load(Ordering::Relaxed),
             tx_errors: c.tx_errors.load(Ordering::Relaxed),
-            sockets: self.socket_stats.lock().map(|s| s.clone()).unwrap_or_default(),
+            sockets: self
+                .socket_stats
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -149,11 +153,25 @@ pub fn spawn(sockets: Vec<XskSocket>) -> std::io::Result<IoHandle> {
     let counters = Arc::new(IoCounters::default());
     let socket_stats = Arc::new(std::sync::Mutex::new(Vec::new()));
     let thread = {
-        let (wake_fd, stop, counters, socket_stats) =
-            (wake_fd.clone(), stop.clone(), counters.clone(), socket_stats.clone());
+        let (wake_fd, stop, counters, socket_stats) = (
+            wake_fd.clone(),
+            stop.clone(),
+            counters.clone(),
+            socket_stats.clone(),
+        );
         std::thread::Builder::new()
             .name("mediaproxy-io".into())
-            .spawn(move || io_loop(sockets, &rx_tx, &tx_rx, &wake_fd, &stop, &counters, &socket_stats))?
+            .spawn(move || {
+                io_loop(
+                    sockets,
+                    &rx_tx,
+                    &tx_rx,
+                    &wake_fd,
+                    &stop,
+                    &counters,
+                    &socket_stats,
+                )
+            })?
     };
     Ok(IoHandle {
         rx: rx_rx,
@@ -217,7 +235,9 @@ fn io_loop(
                     counters.rx_backlog_drops.fetch_add(1, Ordering::Relaxed);
                 }
             });
-            counters.rx_frames.fetch_add(u64::from(got), Ordering::Relaxed);
+            counters
+                .rx_frames
+                .fetch_add(u64::from(got), Ordering::Relaxed);
             s.reclaim();
         }
         while let Ok(tx) = from_control.try_recv() {
@@ -234,7 +254,10 @@ fn io_loop(
         if last_stats.elapsed().as_millis() >= 200 {
             last_stats = Instant::now();
             if let Ok(mut st) = socket_stats.lock() {
-                *st = sockets.iter().map(|s| (s.ifindex(), s.queue(), s.stats())).collect();
+                *st = sockets
+                    .iter()
+                    .map(|s| (s.ifindex(), s.queue(), s.stats()))
+                    .collect();
             }
         }
     }

@@ -16,7 +16,11 @@ use proxy_userspace::{
 };
 
 #[derive(Parser)]
-#[command(name = "mediaproxy", version, about = "An XDP media relay for VoIP, driven by rtpengine's ng protocol")]
+#[command(
+    name = "mediaproxy",
+    version,
+    about = "An XDP media relay for VoIP, driven by rtpengine's ng protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -129,7 +133,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Check => {
             let missing = proxy_userspace::caps::check();
             if missing.is_empty() {
-                println!("ok: root, kernel BTF, AF_XDP, kernel {:?}", proxy_userspace::caps::kernel_version().unwrap_or_default());
+                println!(
+                    "ok: root, kernel BTF, AF_XDP, kernel {:?}",
+                    proxy_userspace::caps::kernel_version().unwrap_or_default()
+                );
                 return Ok(());
             }
             for m in &missing {
@@ -143,7 +150,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let interfaces = a.interfaces.iter().map(|s| Interface::parse(s).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    let interfaces = a
+        .interfaces
+        .iter()
+        .map(|s| Interface::parse(s).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if a.port_min >= a.port_max || a.port_max - a.port_min < 4 {
         bail!("--port-min must be below --port-max, with room for at least two port pairs");
     }
@@ -171,7 +182,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             probing: !a.no_probing && probe_secret.is_some(),
             probe_rto: Duration::from_millis(a.probe_rto_ms),
             probe_attempts: a.probe_attempts,
-            relatch_after: (a.relatch_after_secs > 0).then(|| Duration::from_secs(a.relatch_after_secs)),
+            relatch_after: (a.relatch_after_secs > 0)
+                .then(|| Duration::from_secs(a.relatch_after_secs)),
             ..EngineConfig::default()
         },
         xdp_ifaces: a.xdp_ifaces,
@@ -187,12 +199,18 @@ fn ctl(a: &CtlArgs) -> anyhow::Result<()> {
     let mut d = Dict::new();
     d.push("command", Value::str(&a.command));
     for p in &a.pairs {
-        let (k, v) = p.split_once('=').with_context(|| format!("{p:?} is not key=value"))?;
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("{p:?} is not key=value"))?;
         let value = match k {
-            "flags" | "replace" | "direction" | "rtcp-mux" | "received-from" => Value::List(v.split(',').map(Value::str).collect()),
+            "flags" | "replace" | "direction" | "rtcp-mux" | "received-from" => {
+                Value::List(v.split(',').map(Value::str).collect())
+            }
             "delete-delay" | "limit" => v.parse::<i64>().map_or_else(|_| Value::str(v), Value::Int),
             _ => match v.strip_prefix('@') {
-                Some(path) => Value::Bytes(std::fs::read(path).with_context(|| format!("reading {path}"))?),
+                Some(path) => {
+                    Value::Bytes(std::fs::read(path).with_context(|| format!("reading {path}"))?)
+                }
                 None => Value::str(v),
             },
         };

@@ -25,7 +25,9 @@ pub struct NextHop {
 pub enum Resolution {
     Ready(NextHop),
     /// Routed out of `ifindex`, but the neighbour's MAC is not known yet.
-    Unresolved { ifindex: u32 },
+    Unresolved {
+        ifindex: u32,
+    },
     /// No route.
     Unreachable,
 }
@@ -61,16 +63,31 @@ impl Resolver {
     /// Opens an rtnetlink socket in the calling thread's network namespace.
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fresh fd we own.
         let nl = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
         // SAFETY: valid timeval.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, std::ptr::from_ref(&tv).cast(), size_of::<libc::timeval>() as u32);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
         }
         Ok(Self {
             nl,
@@ -83,7 +100,11 @@ impl Resolver {
     pub fn resolve(&mut self, dst: IpAddr) -> io::Result<Resolution> {
         let now = Instant::now();
         if let Some((r, at)) = self.cache.get(&dst) {
-            let ttl = if matches!(r, Resolution::Ready(_)) { READY_TTL } else { UNRESOLVED_TTL };
+            let ttl = if matches!(r, Resolution::Ready(_)) {
+                READY_TTL
+            } else {
+                UNRESOLVED_TTL
+            };
             if now.duration_since(*at) < ttl {
                 return Ok(*r);
             }
@@ -132,7 +153,14 @@ impl Resolver {
         sa.nl_family = libc::AF_NETLINK as u16;
         // SAFETY: msg and sa are valid for the lengths passed.
         let r = unsafe {
-            libc::sendto(self.nl.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, std::ptr::from_ref(&sa).cast(), size_of::<libc::sockaddr_nl>() as u32)
+            libc::sendto(
+                self.nl.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                std::ptr::from_ref(&sa).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -140,7 +168,8 @@ impl Resolver {
         let mut buf = vec![0u8; 8192];
         loop {
             // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(self.nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -168,13 +197,17 @@ impl Resolver {
             return Ok(None); // ENETUNREACH and friends
         }
         if msg_type != RTM_NEWROUTE || reply.len() < 16 + 12 {
-            return Err(io::Error::other("unexpected rtnetlink reply to RTM_GETROUTE"));
+            return Err(io::Error::other(
+                "unexpected rtnetlink reply to RTM_GETROUTE",
+            ));
         }
         let mut oif = None;
         let mut gw = None;
         for (t, v) in attrs(&reply[16 + 12..msg_len(&reply)]) {
             match t {
-                RTA_OIF if v.len() == 4 => oif = Some(u32::from_ne_bytes(v.try_into().unwrap_or_default())),
+                RTA_OIF if v.len() == 4 => {
+                    oif = Some(u32::from_ne_bytes(v.try_into().unwrap_or_default()))
+                }
                 RTA_GATEWAY => gw = ip_from(v),
                 _ => {}
             }
@@ -206,7 +239,8 @@ impl Resolver {
         if let Some(m) = self.macs.get(&ifindex) {
             return Ok(*m);
         }
-        let name = crate::caps::ifname(ifindex).ok_or_else(|| io::Error::other(format!("no interface {ifindex}")))?;
+        let name = crate::caps::ifname(ifindex)
+            .ok_or_else(|| io::Error::other(format!("no interface {ifindex}")))?;
         let mac = interface_mac(&name)?;
         self.macs.insert(ifindex, mac);
         Ok(mac)
@@ -262,7 +296,11 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 pub fn interface_mac(ifname: &str) -> io::Result<Mac> {
     // SAFETY: ifreq is plain data.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (d, s) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *d = s as libc::c_char;
     }
     // SAFETY: a datagram socket for the ioctl.
@@ -296,7 +334,13 @@ impl KernelPath {
     pub fn new() -> io::Result<Self> {
         let open = |family| {
             // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL / IPV6_HDRINCL.
-            let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+            let fd = unsafe {
+                libc::socket(
+                    family,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::IPPROTO_RAW,
+                )
+            };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -323,7 +367,14 @@ impl KernelPath {
                 };
                 // SAFETY: valid buffer and sockaddr.
                 unsafe {
-                    libc::sendto(self.v4.as_raw_fd(), packet.as_ptr().cast(), packet.len(), 0, std::ptr::from_ref(&sa).cast(), size_of::<libc::sockaddr_in>() as u32)
+                    libc::sendto(
+                        self.v4.as_raw_fd(),
+                        packet.as_ptr().cast(),
+                        packet.len(),
+                        0,
+                        std::ptr::from_ref(&sa).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    )
                 }
             }
             SocketAddr::V6(a) => {
@@ -331,12 +382,21 @@ impl KernelPath {
                     sin6_family: libc::AF_INET6 as u16,
                     sin6_port: 0,
                     sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
                     sin6_scope_id: 0,
                 };
                 // SAFETY: valid buffer and sockaddr.
                 unsafe {
-                    libc::sendto(self.v6.as_raw_fd(), packet.as_ptr().cast(), packet.len(), 0, std::ptr::from_ref(&sa).cast(), size_of::<libc::sockaddr_in6>() as u32)
+                    libc::sendto(
+                        self.v6.as_raw_fd(),
+                        packet.as_ptr().cast(),
+                        packet.len(),
+                        0,
+                        std::ptr::from_ref(&sa).cast(),
+                        size_of::<libc::sockaddr_in6>() as u32,
+                    )
                 }
             }
         };
@@ -360,7 +420,10 @@ mod tests {
         let got: Vec<_> = attrs(&b).collect();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], (4, &7u32.to_ne_bytes()[..]));
-        assert_eq!(ip_from(got[1].1), Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        assert_eq!(
+            ip_from(got[1].1),
+            Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+        );
         assert_eq!(attrs(&[1, 0]).count(), 0);
     }
 }

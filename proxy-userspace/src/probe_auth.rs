@@ -140,13 +140,19 @@ mod tests {
     fn refuses_wrong_secret_tampering_and_staleness() {
         let mut auth = ProbeAuth::new(b"ours");
         let theirs = ProbeAuth::new(b"theirs");
-        assert_eq!(auth.verify(&theirs.sign(&probe(1, 5_000_000)), 5_000_000), Err(Rejected::BadMac));
+        assert_eq!(
+            auth.verify(&theirs.sign(&probe(1, 5_000_000)), 5_000_000),
+            Err(Rejected::BadMac)
+        );
         let mut b = auth.sign(&probe(2, 5_000_000));
         b[33] ^= 1; // redirect the target
         assert_eq!(auth.verify(&b, 5_000_000), Err(Rejected::BadMac));
         let old = auth.sign(&probe(3, 5_000_000 - FRESHNESS_MS - 1));
         assert_eq!(auth.verify(&old, 5_000_000), Err(Rejected::Stale));
-        assert!(matches!(auth.verify(b"short", 0), Err(Rejected::Malformed(_))));
+        assert!(matches!(
+            auth.verify(b"short", 0),
+            Err(Rejected::Malformed(_))
+        ));
     }
 
     #[test]

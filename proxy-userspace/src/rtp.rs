@@ -62,7 +62,10 @@ mod tests {
     fn roundtrip_and_rejects_other_versions() {
         let p = RtpHeader::g711_packet(0xdead_beef, 7);
         let h = RtpHeader::parse(&p).unwrap();
-        assert_eq!((h.seq, h.timestamp, h.ssrc, h.payload_type), (7, 1120, 0xdead_beef, 8));
+        assert_eq!(
+            (h.seq, h.timestamp, h.ssrc, h.payload_type),
+            (7, 1120, 0xdead_beef, 8)
+        );
         assert!(RtpHeader::parse(&p[..11]).is_none());
         let mut v1 = p.clone();
         v1[0] = 0x40;

@@ -37,10 +37,15 @@ pub fn binary() -> anyhow::Result<PathBuf> {
         return Ok(exe);
     }
     // target/<profile>/deps/<test> -> target/<profile>/mediaproxy
-    let candidate = exe.parent().and_then(|d| d.parent()).map(|d| d.join("mediaproxy"));
+    let candidate = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("mediaproxy"));
     match candidate {
         Some(c) if c.exists() => Ok(c),
-        _ => bail!("cannot find the mediaproxy binary: build it (cargo build -p proxy-userspace) or set MEDIAPROXY_BIN"),
+        _ => bail!(
+            "cannot find the mediaproxy binary: build it (cargo build -p proxy-userspace) or set MEDIAPROXY_BIN"
+        ),
     }
 }
 
@@ -57,7 +62,13 @@ pub const SECRET: &str = "demo-deployment-secret-0123456789";
 impl Relay {
     /// Starts `mediaproxy run` in `ns` with these media addresses and extra arguments, and
     /// waits until it answers an ng ping.
-    pub fn start(ns: &Netns, interfaces: &[&str], extra: &[&str], probing: bool, mode: XdpMode) -> anyhow::Result<Self> {
+    pub fn start(
+        ns: &Netns,
+        interfaces: &[&str],
+        extra: &[&str],
+        probing: bool,
+        mode: XdpMode,
+    ) -> anyhow::Result<Self> {
         let bin = binary()?;
         let dir = std::env::temp_dir().join(format!("mediaproxy-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
@@ -69,7 +80,12 @@ impl Relay {
             XdpMode::Default => "auto",
             _ => "native",
         };
-        let mut args: Vec<String> = vec![bin.to_string_lossy().into_owned(), "run".into(), "--xdp-mode".into(), mode.into()];
+        let mut args: Vec<String> = vec![
+            bin.to_string_lossy().into_owned(),
+            "run".into(),
+            "--xdp-mode".into(),
+            mode.into(),
+        ];
         for i in interfaces {
             args.push("--interface".into());
             args.push((*i).into());
@@ -83,13 +99,21 @@ impl Relay {
         let logfile = std::fs::File::create(&log)?;
         let child = ns
             .spawn(&args_ref)?
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
             .stderr(logfile)
             .spawn()
             .context("starting mediaproxy")?;
-        let relay = Self { ns_name: ns.name().to_owned(), ng: "127.0.0.1:22222".parse()?, log, _child: Guarded(child) };
+        let relay = Self {
+            ns_name: ns.name().to_owned(),
+            ng: "127.0.0.1:22222".parse()?,
+            log,
+            _child: Guarded(child),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ping = relay.ng(ns).and_then(|c| {
@@ -103,7 +127,11 @@ impl Relay {
                 return Ok(relay);
             }
             if Instant::now() > deadline {
-                bail!("mediaproxy in {} did not come up; its log:\n{}", ns.name(), relay.log_text());
+                bail!(
+                    "mediaproxy in {} did not come up; its log:\n{}",
+                    ns.name(),
+                    relay.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -143,7 +171,10 @@ impl StreamReport {
     /// Time from the first packet sent to the first delivered.
     #[must_use]
     pub fn setup_delay(&self) -> Option<Duration> {
-        Some(self.first_received?.saturating_duration_since(self.first_sent?))
+        Some(
+            self.first_received?
+                .saturating_duration_since(self.first_sent?),
+        )
     }
 }
 
@@ -196,7 +227,9 @@ impl Phone {
             let mut seen = std::collections::HashSet::new();
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 let mut r = report.lock().expect("not poisoned");
                 r.received += 1;
                 r.first_received.get_or_insert_with(Instant::now);
@@ -242,11 +275,17 @@ impl Drop for Phone {
 #[must_use]
 pub fn stream(from: &Phone, to: &Phone) -> StreamReport {
     let (sent, first_sent) = from.sent();
-    StreamReport { sent, first_sent, ..to.received() }
+    StreamReport {
+        sent,
+        first_sent,
+        ..to.received()
+    }
 }
 
 pub fn sdp(ip: &str, port: u16) -> String {
-    format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=mediaproxy\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na=sendrecv\r\n")
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=mediaproxy\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+    )
 }
 
 /// Runs one ng command; fails on an error reply.
@@ -258,7 +297,10 @@ pub fn ng(client: &NgClient, command: &str, pairs: &[(&str, Value)]) -> anyhow::
     }
     let r = client.request(&d)?;
     if r.get_str("result") == Some("error") {
-        bail!("{command}: {}", r.get_str("error-reason").unwrap_or("error"));
+        bail!(
+            "{command}: {}",
+            r.get_str("error-reason").unwrap_or("error")
+        );
     }
     Ok(r)
 }
@@ -266,7 +308,10 @@ pub fn ng(client: &NgClient, command: &str, pairs: &[(&str, Value)]) -> anyhow::
 /// The `c=` address and the `m=audio` port of an SDP body.
 pub fn sdp_media(sdp: &[u8]) -> anyhow::Result<SocketAddr> {
     let s = String::from_utf8_lossy(sdp);
-    let ip = s.lines().find_map(|l| l.strip_prefix("c=IN IP4 ")).context("no c= line")?;
+    let ip = s
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .context("no c= line")?;
     let port = s
         .lines()
         .find_map(|l| l.strip_prefix("m=audio "))
@@ -276,15 +321,28 @@ pub fn sdp_media(sdp: &[u8]) -> anyhow::Result<SocketAddr> {
 }
 
 pub fn sdp_of(reply: &Dict) -> anyhow::Result<Vec<u8>> {
-    Ok(reply.get("sdp").and_then(Value::as_bytes).context("reply without sdp")?.to_vec())
+    Ok(reply
+        .get("sdp")
+        .and_then(Value::as_bytes)
+        .context("reply without sdp")?
+        .to_vec())
 }
 
 /// Sums a per-stream figure of the `mediaproxy` dictionaries in a query reply, over the
 /// streams of the tag `tag` (RTP only).
 #[must_use]
 pub fn query_figure(q: &Dict, tag: &str, key: &str) -> u64 {
-    let Some(t) = q.get("tags").and_then(Value::as_dict).and_then(|t| t.get(tag)).and_then(Value::as_dict) else { return 0 };
-    let Some(medias) = t.get("medias").and_then(Value::as_list) else { return 0 };
+    let Some(t) = q
+        .get("tags")
+        .and_then(Value::as_dict)
+        .and_then(|t| t.get(tag))
+        .and_then(Value::as_dict)
+    else {
+        return 0;
+    };
+    let Some(medias) = t.get("medias").and_then(Value::as_list) else {
+        return 0;
+    };
     medias
         .iter()
         .filter_map(Value::as_dict)
@@ -301,7 +359,15 @@ pub fn query_figure(q: &Dict, tag: &str, key: &str) -> u64 {
 #[must_use]
 pub fn query_text(q: &Dict, tag: &str, key: &str) -> Option<String> {
     let t = q.get("tags")?.as_dict()?.get(tag)?.as_dict()?;
-    let s = t.get("medias")?.as_list()?.first()?.as_dict()?.get("streams")?.as_list()?.first()?.as_dict()?;
+    let s = t
+        .get("medias")?
+        .as_list()?
+        .first()?
+        .as_dict()?
+        .get("streams")?
+        .as_list()?
+        .first()?
+        .as_dict()?;
     let mp = s.get("mediaproxy")?.as_dict()?;
     match mp.get(key)? {
         Value::Dict(d) => d.get_str("state").map(str::to_owned),
@@ -330,7 +396,12 @@ impl OneRelay {
             a.enter(move || PassProgram::attach("a0", mode))??,
             b.enter(move || PassProgram::attach("b0", mode))??,
         ];
-        Ok(Self { a, relay, b, _pass: pass })
+        Ok(Self {
+            a,
+            relay,
+            b,
+            _pass: pass,
+        })
     }
 }
 
@@ -357,7 +428,14 @@ impl TwoRelays {
         let b = Netns::new(&format!("{tag}b"))?;
         link(&a, "a0", &["10.0.1.2/24"], &mp1, "m1a", &["10.0.1.1/24"])?;
         link(&mp1, "m1n", &["10.1.0.2/24"], &nat, "nin", &["10.1.0.1/24"])?;
-        link(&nat, "nout", &["192.0.2.1/24"], &mp2, "m2n", &["192.0.2.10/24"])?;
+        link(
+            &nat,
+            "nout",
+            &["192.0.2.1/24"],
+            &mp2,
+            "m2n",
+            &["192.0.2.10/24"],
+        )?;
         link(&mp2, "m2b", &["10.0.2.1/24"], &b, "b0", &["10.0.2.2/24"])?;
         a.ip(&["route", "add", "default", "via", "10.0.1.1"])?;
         mp1.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
@@ -375,13 +453,37 @@ impl TwoRelays {
             nat.enter(move || PassProgram::attach("nout", mode))??,
             b.enter(move || PassProgram::attach("b0", mode))??,
         ];
-        Ok(Self { a, mp1, nat, mp2, b, _pass: pass })
+        Ok(Self {
+            a,
+            mp1,
+            nat,
+            mp2,
+            b,
+            _pass: pass,
+        })
     }
 
     /// Starts both relays.
-    pub fn relays(&self, probing: bool, mode: XdpMode, extra: &[&str]) -> anyhow::Result<(Relay, Relay)> {
-        let r1 = Relay::start(&self.mp1, &["internal/10.0.1.1", "external/10.1.0.2"], extra, probing, mode)?;
-        let r2 = Relay::start(&self.mp2, &["internal/10.0.2.1", "external/192.0.2.10"], extra, probing, mode)?;
+    pub fn relays(
+        &self,
+        probing: bool,
+        mode: XdpMode,
+        extra: &[&str],
+    ) -> anyhow::Result<(Relay, Relay)> {
+        let r1 = Relay::start(
+            &self.mp1,
+            &["internal/10.0.1.1", "external/10.1.0.2"],
+            extra,
+            probing,
+            mode,
+        )?;
+        let r2 = Relay::start(
+            &self.mp2,
+            &["internal/10.0.2.1", "external/192.0.2.10"],
+            extra,
+            probing,
+            mode,
+        )?;
         Ok((r1, r2))
     }
 }
@@ -395,23 +497,60 @@ pub struct TwoRelayCall {
 /// Sets up one call through MP1 and MP2 the way two call servers would: offer through MP1
 /// then MP2, answer through MP2 then MP1. MP2's call server tells it the next relay (MP1) is
 /// behind the NAT's public address; MP1's learns MP2 from the answer.
-pub fn two_relay_call(t: &TwoRelays, r1: &Relay, r2: &Relay, call_id: &str, next_relay: bool) -> anyhow::Result<TwoRelayCall> {
+pub fn two_relay_call(
+    t: &TwoRelays,
+    r1: &Relay,
+    r2: &Relay,
+    call_id: &str,
+    next_relay: bool,
+) -> anyhow::Result<TwoRelayCall> {
     let c1 = r1.ng(&t.mp1)?;
     let c2 = r2.ng(&t.mp2)?;
     let dir = |a: &str, b: &str| Value::List(vec![Value::str(a), Value::str(b)]);
-    let o1 = ng(&c1, "offer", &[("call-id", Value::str(call_id)), ("from-tag", Value::str("tag-a")), ("sdp", Value::str(&sdp("10.0.1.2", 4000))), ("direction", dir("internal", "external"))])?;
-    let mut o2_keys = vec![("call-id", Value::str(call_id)), ("from-tag", Value::str("tag-a")), ("sdp", Value::Bytes(sdp_of(&o1)?)), ("direction", dir("external", "internal"))];
+    let o1 = ng(
+        &c1,
+        "offer",
+        &[
+            ("call-id", Value::str(call_id)),
+            ("from-tag", Value::str("tag-a")),
+            ("sdp", Value::str(&sdp("10.0.1.2", 4000))),
+            ("direction", dir("internal", "external")),
+        ],
+    )?;
+    let mut o2_keys = vec![
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("tag-a")),
+        ("sdp", Value::Bytes(sdp_of(&o1)?)),
+        ("direction", dir("external", "internal")),
+    ];
     if next_relay {
         o2_keys.push(("next-relay", Value::str(NAT_PUBLIC)));
     }
     let o2 = ng(&c2, "offer", &o2_keys)?;
     let b_sends_to = sdp_media(&sdp_of(&o2)?)?;
-    let a2 = ng(&c2, "answer", &[("call-id", Value::str(call_id)), ("from-tag", Value::str("tag-a")), ("to-tag", Value::str("tag-b")), ("sdp", Value::str(&sdp("10.0.2.2", 5000)))])?;
-    let mut a1_keys = vec![("call-id", Value::str(call_id)), ("from-tag", Value::str("tag-a")), ("to-tag", Value::str("tag-b")), ("sdp", Value::Bytes(sdp_of(&a2)?))];
+    let a2 = ng(
+        &c2,
+        "answer",
+        &[
+            ("call-id", Value::str(call_id)),
+            ("from-tag", Value::str("tag-a")),
+            ("to-tag", Value::str("tag-b")),
+            ("sdp", Value::str(&sdp("10.0.2.2", 5000))),
+        ],
+    )?;
+    let mut a1_keys = vec![
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("tag-a")),
+        ("to-tag", Value::str("tag-b")),
+        ("sdp", Value::Bytes(sdp_of(&a2)?)),
+    ];
     if next_relay {
         a1_keys.push(("next-relay", Value::str(MP2_PUBLIC)));
     }
     let a1 = ng(&c1, "answer", &a1_keys)?;
     let a_sends_to = sdp_media(&sdp_of(&a1)?)?;
-    Ok(TwoRelayCall { a_sends_to, b_sends_to })
+    Ok(TwoRelayCall {
+        a_sends_to,
+        b_sends_to,
+    })
 }

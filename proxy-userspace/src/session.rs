@@ -163,42 +163,98 @@ pub enum Unblocked {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbePhase {
     Idle,
-    Probing { attempts: u32 },
-    Acked { rtt: Duration },
+    Probing {
+        attempts: u32,
+    },
+    Acked {
+        rtt: Duration,
+    },
     /// Gave up after the last attempt.
-    Failed { attempts: u32 },
+    Failed {
+        attempts: u32,
+    },
     /// Stopped because the far side spoke first.
-    Cancelled { attempts: u32 },
+    Cancelled {
+        attempts: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Latched { side: Side, peer: Endpoint },
-    Relatched { side: Side, old: Endpoint, new: Endpoint },
-    BlockingSuspected { near: Side, after: Duration },
-    ProbeSent { toward: Side, attempt: u32, to: SocketAddr },
-    ProbeAcked { toward: Side, rtt: Duration },
-    ProbeFailed { toward: Side, attempts: u32 },
-    Unblocked { side: Side, by: Unblocked },
+    Latched {
+        side: Side,
+        peer: Endpoint,
+    },
+    Relatched {
+        side: Side,
+        old: Endpoint,
+        new: Endpoint,
+    },
+    BlockingSuspected {
+        near: Side,
+        after: Duration,
+    },
+    ProbeSent {
+        toward: Side,
+        attempt: u32,
+        to: SocketAddr,
+    },
+    ProbeAcked {
+        toward: Side,
+        rtt: Duration,
+    },
+    ProbeFailed {
+        toward: Side,
+        attempts: u32,
+    },
+    Unblocked {
+        side: Side,
+        by: Unblocked,
+    },
     /// The next relay on `side` probed us from an address other than its signalled one (a NAT
     /// is between us): we answered, and wait for its media to latch.
-    ProbedFromElsewhere { side: Side, from: SocketAddr },
+    ProbedFromElsewhere {
+        side: Side,
+        from: SocketAddr,
+    },
     /// Packets from `near` now go to `to` (userspace sent the held ones; XDP does the rest).
-    Forwarding { from: Side, to: Endpoint },
+    Forwarding {
+        from: Side,
+        to: Endpoint,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Install or replace the kernel flow keyed by the relay endpoint `key`.
-    Flow { key: Endpoint, spec: FlowSpec },
-    RemoveFlow { key: Endpoint },
+    Flow {
+        key: Endpoint,
+        spec: FlowSpec,
+    },
+    RemoveFlow {
+        key: Endpoint,
+    },
     /// Send a UDP payload from a relay endpoint (userspace path).
-    SendMedia { from: Endpoint, to: Endpoint, payload: Vec<u8> },
+    SendMedia {
+        from: Endpoint,
+        to: Endpoint,
+        payload: Vec<u8>,
+    },
     /// Sign and send from the probe port.
-    SendProbe { to: SocketAddr, msg: ProbeMessage },
+    SendProbe {
+        to: SocketAddr,
+        msg: ProbeMessage,
+    },
     /// Sign and send from `from` (the probe endpoint the PROBE arrived at).
-    SendAck { from: Endpoint, to: SocketAddr, msg: ProbeMessage },
-    Event { stream: StreamId, event: Event },
+    SendAck {
+        from: Endpoint,
+        to: SocketAddr,
+        msg: ProbeMessage,
+    },
+    Event {
+        stream: StreamId,
+        event: Event,
+    },
 }
 
 /// Per-side counters of the userspace path.
@@ -383,7 +439,9 @@ impl std::fmt::Display for StreamError {
         match self {
             StreamError::LocalInUse(e) => write!(f, "local endpoint {e} is in use"),
             StreamError::UnknownStream(id) => write!(f, "no stream {id}"),
-            StreamError::SameEndpoints => f.write_str("the two sides need different local endpoints"),
+            StreamError::SameEndpoints => {
+                f.write_str("the two sides need different local endpoints")
+            }
             StreamError::NoRemote(s) => write!(f, "side {s:?} has no media address to probe for"),
             StreamError::NoNextRelay(s) => write!(f, "side {s:?} has no next relay to probe"),
         }
@@ -450,8 +508,16 @@ impl Engine {
     /// Applies new signalling (a re-INVITE) to a stream without breaking what forwards:
     /// latches stay, and a side's destination only changes if its signalled address did and
     /// it has not latched. `None` fields leave things as they are.
-    pub fn update_stream(&mut self, id: StreamId, upd: &StreamUpdate, now: Instant) -> Result<(), StreamError> {
-        let stream = self.streams.get_mut(&id).ok_or(StreamError::UnknownStream(id))?;
+    pub fn update_stream(
+        &mut self,
+        id: StreamId,
+        upd: &StreamUpdate,
+        now: Instant,
+    ) -> Result<(), StreamError> {
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id))?;
         for s in Side::BOTH {
             let i = s.idx();
             if let Some(l) = upd.latching[i] {
@@ -480,7 +546,10 @@ impl Engine {
     /// Ends a stream: its flows are removed and held packets dropped (and counted).
     pub fn remove_stream(&mut self, id: StreamId) -> Result<[SideStatus; 2], StreamError> {
         let status = self.status(id).ok_or(StreamError::UnknownStream(id))?;
-        let stream = self.streams.remove(&id).ok_or(StreamError::UnknownStream(id))?;
+        let stream = self
+            .streams
+            .remove(&id)
+            .ok_or(StreamError::UnknownStream(id))?;
         for side in &stream.sides {
             self.by_local.remove(&side.local);
             for (n, _) in &side.probe_nonces {
@@ -494,8 +563,17 @@ impl Engine {
     /// The call server says side `side`'s next relay is there and reachable, or asks us to
     /// probe it now: with `probe`, a probe goes out at once (and the held packets follow its
     /// ACK); without, the side is trusted at its signalled address immediately.
-    pub fn unblock(&mut self, id: StreamId, side: Side, probe: bool, now: Instant) -> Result<(), StreamError> {
-        let stream = self.streams.get(&id).ok_or(StreamError::UnknownStream(id))?;
+    pub fn unblock(
+        &mut self,
+        id: StreamId,
+        side: Side,
+        probe: bool,
+        now: Instant,
+    ) -> Result<(), StreamError> {
+        let stream = self
+            .streams
+            .get(&id)
+            .ok_or(StreamError::UnknownStream(id))?;
         if probe {
             if stream.side(side).next_relay.is_none() {
                 return Err(StreamError::NoNextRelay(side));
@@ -548,7 +626,14 @@ impl Engine {
     /// A media packet punted by the kernel, addressed to the relay endpoint `local`.
     /// `kernel_last_seen` is when the kernel last accepted a packet on that flow (it forwards
     /// without telling us), so that a busy latched peer is never mistaken for a silent one.
-    pub fn handle_media(&mut self, local: Endpoint, from: Endpoint, payload: &[u8], kernel_last_seen: Option<Instant>, now: Instant) {
+    pub fn handle_media(
+        &mut self,
+        local: Endpoint,
+        from: Endpoint,
+        payload: &[u8],
+        kernel_last_seen: Option<Instant>,
+        now: Instant,
+    ) {
         let Some(&(id, x)) = self.by_local.get(&local) else {
             self.counters.media_unknown_flow += 1;
             return;
@@ -567,7 +652,13 @@ impl Engine {
                 None => {
                     side.latched = Some(from);
                     latched_now = true;
-                    self.out.push_back(Output::Event { stream: id, event: Event::Latched { side: x, peer: from } });
+                    self.out.push_back(Output::Event {
+                        stream: id,
+                        event: Event::Latched {
+                            side: x,
+                            peer: from,
+                        },
+                    });
                 }
                 Some(l) if l == from => {}
                 Some(old) => {
@@ -580,7 +671,14 @@ impl Engine {
                     }
                     side.latched = Some(from);
                     latched_now = true;
-                    self.out.push_back(Output::Event { stream: id, event: Event::Relatched { side: x, old, new: from } });
+                    self.out.push_back(Output::Event {
+                        stream: id,
+                        event: Event::Relatched {
+                            side: x,
+                            old,
+                            new: from,
+                        },
+                    });
                 }
             }
         }
@@ -603,7 +701,11 @@ impl Engine {
         if let Some(dst) = stream.destination(y) {
             let from_ep = stream.side(y).local;
             stream.side_mut(x).counters.sent += 1;
-            self.out.push_back(Output::SendMedia { from: from_ep, to: dst, payload: payload.to_vec() });
+            self.out.push_back(Output::SendMedia {
+                from: from_ep,
+                to: dst,
+                payload: payload.to_vec(),
+            });
         } else {
             let cap = self.cfg.held_capacity;
             let side = stream.side_mut(x);
@@ -614,7 +716,8 @@ impl Engine {
             side.held.push_back(payload.to_vec());
             let other_silent = stream.side(y).latched.is_none();
             let side = stream.side_mut(x);
-            if other_silent && side.blocking_deadline.is_none() && side.blocking_suspected.is_none() {
+            if other_silent && side.blocking_deadline.is_none() && side.blocking_suspected.is_none()
+            {
                 let at = now + self.cfg.blocking_timeout;
                 side.blocking_deadline = Some(at);
                 self.timers.push(Reverse((at, id, x, TimerKind::Blocking)));
@@ -624,7 +727,14 @@ impl Engine {
     }
 
     /// An authenticated, fresh PROBE from `from`, received at our probe endpoint `local`.
-    pub fn handle_probe(&mut self, local: Endpoint, from: SocketAddr, msg: &ProbeMessage, now_ms: u64, now: Instant) {
+    pub fn handle_probe(
+        &mut self,
+        local: Endpoint,
+        from: SocketAddr,
+        msg: &ProbeMessage,
+        now_ms: u64,
+        now: Instant,
+    ) {
         self.counters.probes_received += 1;
         let Some(&(id, s)) = self.by_local.get(&msg.target) else {
             // Not one of ours (yet): no ACK, so the prober retries until the call server has
@@ -632,15 +742,25 @@ impl Engine {
             self.counters.probes_unknown_session += 1;
             return;
         };
-        self.out.push_back(Output::SendAck { from: local, to: from, msg: msg.ack(now_ms) });
+        self.out.push_back(Output::SendAck {
+            from: local,
+            to: from,
+            msg: msg.ack(now_ms),
+        });
         // The prober is alive and its media follows our ACK within a round trip. Its
         // signalled address is worth sending to now only if the probe came from there: behind
         // a NAT it did not, and packets sent there would be lost, so we wait for the media.
-        let trusted = self.streams.get(&id).is_some_and(|st| st.side(s).remote.and_then(|r| r.ip()) == Some(from.ip()));
+        let trusted = self
+            .streams
+            .get(&id)
+            .is_some_and(|st| st.side(s).remote.and_then(|r| r.ip()) == Some(from.ip()));
         if trusted {
             self.mark_unblocked(id, s, Unblocked::Probe, now);
         } else {
-            self.out.push_back(Output::Event { stream: id, event: Event::ProbedFromElsewhere { side: s, from } });
+            self.out.push_back(Output::Event {
+                stream: id,
+                event: Event::ProbedFromElsewhere { side: s, from },
+            });
         }
     }
 
@@ -655,9 +775,16 @@ impl Engine {
             return;
         };
         let side = stream.side_mut(y);
-        let sent_at = side.probe_nonces.iter().find(|(n, _)| *n == msg.nonce).map(|(_, t)| *t);
+        let sent_at = side
+            .probe_nonces
+            .iter()
+            .find(|(n, _)| *n == msg.nonce)
+            .map(|(_, t)| *t);
         // The ACK must answer what we asked: same target and sender.
-        if side.remote != Some(msg.target) || side.local != msg.sender || !matches!(side.probe, ProbePhase::Probing { .. }) {
+        if side.remote != Some(msg.target)
+            || side.local != msg.sender
+            || !matches!(side.probe, ProbePhase::Probing { .. })
+        {
             self.counters.acks_unmatched += 1;
             return;
         }
@@ -667,7 +794,10 @@ impl Engine {
         for (n, _) in side.probe_nonces.drain(..) {
             self.by_nonce.remove(&n);
         }
-        self.out.push_back(Output::Event { stream: id, event: Event::ProbeAcked { toward: y, rtt } });
+        self.out.push_back(Output::Event {
+            stream: id,
+            event: Event::ProbeAcked { toward: y, rtt },
+        });
         self.mark_unblocked(id, y, Unblocked::Ack, now);
     }
 
@@ -707,9 +837,15 @@ impl Engine {
         if stream.destination(y).is_some() {
             return; // resolved meanwhile
         }
-        let after = stream.side(x).first_packet.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let after = stream
+            .side(x)
+            .first_packet
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         stream.side_mut(x).blocking_suspected = Some(after);
-        self.out.push_back(Output::Event { stream: id, event: Event::BlockingSuspected { near: x, after } });
+        self.out.push_back(Output::Event {
+            stream: id,
+            event: Event::BlockingSuspected { near: x, after },
+        });
         let can_probe = stream.side(y).next_relay.is_some() && stream.side(y).remote.is_some();
         if probing && can_probe && stream.side(y).probe == ProbePhase::Idle {
             self.start_probe(id, y, now, false);
@@ -734,7 +870,13 @@ impl Engine {
             for (n, _) in side.probe_nonces.drain(..) {
                 self.by_nonce.remove(&n);
             }
-            self.out.push_back(Output::Event { stream: id, event: Event::ProbeFailed { toward: y, attempts } });
+            self.out.push_back(Output::Event {
+                stream: id,
+                event: Event::ProbeFailed {
+                    toward: y,
+                    attempts,
+                },
+            });
             return;
         }
         self.send_probe(id, y, attempts + 1, now);
@@ -748,7 +890,12 @@ impl Engine {
         if side.next_relay.is_none() || side.remote.is_none() {
             return;
         }
-        if !forced && matches!(side.probe, ProbePhase::Probing { .. } | ProbePhase::Acked { .. }) {
+        if !forced
+            && matches!(
+                side.probe,
+                ProbePhase::Probing { .. } | ProbePhase::Acked { .. }
+            )
+        {
             return;
         }
         for (n, _) in side.probe_nonces.drain(..) {
@@ -784,7 +931,14 @@ impl Engine {
         self.by_nonce.insert(nonce, (id, y));
         self.timers.push(Reverse((next, id, y, TimerKind::Probe)));
         self.out.push_back(Output::SendProbe { to, msg });
-        self.out.push_back(Output::Event { stream: id, event: Event::ProbeSent { toward: y, attempt, to } });
+        self.out.push_back(Output::Event {
+            stream: id,
+            event: Event::ProbeSent {
+                toward: y,
+                attempt,
+                to,
+            },
+        });
     }
 
     fn cancel_probe(&mut self, id: StreamId, y: Side) {
@@ -808,7 +962,10 @@ impl Engine {
         let side = stream.side_mut(y);
         if side.unblocked.is_none() {
             side.unblocked = Some(by);
-            self.out.push_back(Output::Event { stream: id, event: Event::Unblocked { side: y, by } });
+            self.out.push_back(Output::Event {
+                stream: id,
+                event: Event::Unblocked { side: y, by },
+            });
         }
         self.flush_held(id, y.other(), now);
         self.sync_flows(id);
@@ -831,9 +988,16 @@ impl Engine {
         stream.side_mut(x).counters.sent += held.len() as u64;
         stream.side_mut(x).blocking_deadline = None;
         for payload in held {
-            self.out.push_back(Output::SendMedia { from, to: dst, payload });
+            self.out.push_back(Output::SendMedia {
+                from,
+                to: dst,
+                payload,
+            });
         }
-        self.out.push_back(Output::Event { stream: id, event: Event::Forwarding { from: x, to: dst } });
+        self.out.push_back(Output::Event {
+            stream: id,
+            event: Event::Forwarding { from: x, to: dst },
+        });
     }
 
     /// Emits the kernel flows that changed.
@@ -845,7 +1009,10 @@ impl Engine {
             let spec = stream.flow_spec(s);
             if stream.installed[s.idx()] != Some(spec) {
                 stream.installed[s.idx()] = Some(spec);
-                self.out.push_back(Output::Flow { key: stream.side(s).local, spec });
+                self.out.push_back(Output::Flow {
+                    key: stream.side(s).local,
+                    spec,
+                });
             }
         }
     }

@@ -77,7 +77,9 @@ impl Netns {
 
     /// Sets a sysctl inside the namespace (`net.ipv4.conf.x.forwarding=1` style).
     pub fn sysctl(&self, kv: &str) -> anyhow::Result<()> {
-        let (key, value) = kv.split_once('=').with_context(|| format!("bad sysctl {kv:?}"))?;
+        let (key, value) = kv
+            .split_once('=')
+            .with_context(|| format!("bad sysctl {kv:?}"))?;
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let value = value.to_owned();
         // /proc/sys/net belongs to the network namespace of the thread that opens it.
@@ -132,7 +134,10 @@ fn sweep_stale() {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &name])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -141,7 +146,20 @@ fn sweep_stale() {
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
     run(
         "ip",
-        &["link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()],
+        &[
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
+        ],
     )?;
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;
@@ -169,7 +187,14 @@ impl Drop for Guarded {
 
 /// Joins two namespaces with a veth pair and gives each end an address (`10.0.1.1/24`
 /// style); IPv6 addresses (`fd00::1/64`) go on without duplicate address detection.
-pub fn link(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) -> anyhow::Result<()> {
+pub fn link(
+    a: &Netns,
+    a_if: &str,
+    a_addrs: &[&str],
+    b: &Netns,
+    b_if: &str,
+    b_addrs: &[&str],
+) -> anyhow::Result<()> {
     veth(a, a_if, b, b_if)?;
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
         for addr in addrs {
@@ -213,7 +238,12 @@ fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     const IFF_TAP: libc::c_short = 0x0002;
     const IFF_NO_PI: libc::c_short = 0x1000;
     // SAFETY: plain open(2) of the TUN/TAP clone device.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    let fd = unsafe {
+        libc::open(
+            c"/dev/net/tun".as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -221,7 +251,11 @@ fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain data.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (d, s) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *d = s as libc::c_char;
     }
     ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
@@ -234,7 +268,13 @@ fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
 
 impl TapTunnel {
     /// Creates `ifname` in both namespaces, with these addresses, up, and joins them.
-    pub fn new(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str, ifname: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        a: &Netns,
+        a_addr: &str,
+        b: &Netns,
+        b_addr: &str,
+        ifname: &str,
+    ) -> anyhow::Result<Self> {
         let name = ifname.to_owned();
         let fa = a.enter({
             let n = name.clone();
@@ -249,7 +289,14 @@ impl TapTunnel {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let fds = [fa, fb];
-            let mut pfds: Vec<libc::pollfd> = fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+            let mut pfds: Vec<libc::pollfd> = fds
+                .iter()
+                .map(|f| libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
             let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::Relaxed) {
                 // SAFETY: valid pollfd array.
@@ -257,17 +304,24 @@ impl TapTunnel {
                 for i in 0..2 {
                     loop {
                         // SAFETY: reads into our buffer.
-                        let n = unsafe { libc::read(fds[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                        let n = unsafe {
+                            libc::read(fds[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                        };
                         if n <= 0 {
                             break;
                         }
                         // SAFETY: writes what was read to the other side.
-                        unsafe { libc::write(fds[1 - i].as_raw_fd(), buf.as_ptr().cast(), n as usize) };
+                        unsafe {
+                            libc::write(fds[1 - i].as_raw_fd(), buf.as_ptr().cast(), n as usize)
+                        };
                     }
                 }
             }
         });
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

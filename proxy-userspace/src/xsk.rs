@@ -240,7 +240,10 @@ impl XskSocket {
     /// namespace, with its fill ring full.
     pub fn bind(ifindex: u32, queue: u32, cfg: XskConfig) -> io::Result<Self> {
         if !cfg.frames.is_power_of_two() || !cfg.ring_size.is_power_of_two() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frames and ring_size must be powers of two"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frames and ring_size must be powers of two",
+            ));
         }
         // SAFETY: plain socket(2).
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -274,13 +277,24 @@ impl XskSocket {
         let mut len = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
         // SAFETY: off and len are valid out-parameters.
         if unsafe {
-            libc::getsockopt(raw, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS, std::ptr::from_mut(&mut off).cast(), &mut len)
+            libc::getsockopt(
+                raw,
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                std::ptr::from_mut(&mut off).cast(),
+                &mut len,
+            )
         } < 0
         {
             return Err(io::Error::last_os_error());
         }
         let fill = Ring::map(raw, &off.fr, cfg.ring_size, libc::XDP_UMEM_PGOFF_FILL_RING)?;
-        let comp = Ring::map(raw, &off.cr, cfg.ring_size, libc::XDP_UMEM_PGOFF_COMPLETION_RING)?;
+        let comp = Ring::map(
+            raw,
+            &off.cr,
+            cfg.ring_size,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+        )?;
         let rx = Ring::map(raw, &off.rx, cfg.ring_size, libc::XDP_PGOFF_RX_RING as u64)?;
         let tx = Ring::map(raw, &off.tx, cfg.ring_size, libc::XDP_PGOFF_TX_RING as u64)?;
 
@@ -293,11 +307,18 @@ impl XskSocket {
         };
         // SAFETY: sa is a valid sockaddr_xdp.
         if unsafe {
-            libc::bind(raw, std::ptr::from_ref(&sa).cast(), size_of::<libc::sockaddr_xdp>() as libc::socklen_t)
+            libc::bind(
+                raw,
+                std::ptr::from_ref(&sa).cast(),
+                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
         } < 0
         {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("binding AF_XDP to ifindex {ifindex} queue {queue}: {e}")));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("binding AF_XDP to ifindex {ifindex} queue {queue}: {e}"),
+            ));
         }
 
         let half = cfg.frames / 2;
@@ -309,7 +330,9 @@ impl XskSocket {
             comp,
             rx,
             tx,
-            tx_free: (half..cfg.frames).map(|i| u64::from(i) * u64::from(cfg.frame_size)).collect(),
+            tx_free: (half..cfg.frames)
+                .map(|i| u64::from(i) * u64::from(cfg.frame_size))
+                .collect(),
             ifindex,
             queue,
             stats: XskStats::default(),
@@ -342,7 +365,9 @@ impl XskSocket {
             let end = start + desc.len as usize;
             if end <= self.umem.len {
                 // SAFETY: in bounds of the UMEM, which the kernel wrote before publishing.
-                let frame = unsafe { std::slice::from_raw_parts(self.umem.ptr.as_ptr().add(start), end - start) };
+                let frame = unsafe {
+                    std::slice::from_raw_parts(self.umem.ptr.as_ptr().add(start), end - start)
+                };
                 f(frame);
             }
             // Aligned mode: the kernel takes the chunk's base address back.
@@ -364,7 +389,10 @@ impl XskSocket {
     /// frame is in flight; the caller may retry after [`XskSocket::reclaim`].
     pub fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
         if frame.len() > self.cfg.frame_size as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame larger than a UMEM frame"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame larger than a UMEM frame",
+            ));
         }
         self.reclaim();
         let Some(addr) = self.tx_free.pop() else {
@@ -378,7 +406,11 @@ impl XskSocket {
         }
         // SAFETY: addr is a TX frame we own (not in any ring); frame fits (checked above).
         unsafe {
-            std::ptr::copy_nonoverlapping(frame.as_ptr(), self.umem.ptr.as_ptr().add(addr as usize), frame.len());
+            std::ptr::copy_nonoverlapping(
+                frame.as_ptr(),
+                self.umem.ptr.as_ptr().add(addr as usize),
+                frame.len(),
+            );
         }
         self.tx.push(libc::xdp_desc {
             addr,
@@ -395,12 +427,22 @@ impl XskSocket {
     fn kick(&self) -> io::Result<()> {
         // SAFETY: a zero-length sendto is the documented TX wake-up for AF_XDP.
         let r = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
         };
         if r < 0 {
             let e = io::Error::last_os_error();
             // The kernel is busy or the ring is being drained: the frames stay queued.
-            if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)) {
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)
+            ) {
                 return Ok(());
             }
             return Err(e);
@@ -413,7 +455,8 @@ impl XskSocket {
         let n = self.comp.available();
         for _ in 0..n {
             let addr = self.comp.pop();
-            self.tx_free.push(addr & !(u64::from(self.cfg.frame_size) - 1));
+            self.tx_free
+                .push(addr & !(u64::from(self.cfg.frame_size) - 1));
         }
         if n > 0 {
             self.comp.release();
@@ -433,7 +476,13 @@ impl XskSocket {
         let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
         // SAFETY: valid out-parameters.
         if unsafe {
-            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_XDP, libc::XDP_STATISTICS, std::ptr::from_mut(&mut k).cast(), &mut len)
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                std::ptr::from_mut(&mut k).cast(),
+                &mut len,
+            )
         } == 0
         {
             s.kernel_rx_dropped = k.rx_dropped;
@@ -476,7 +525,11 @@ pub fn rx_queues(ifname: &str) -> u32 {
     };
     // SAFETY: ifreq is plain data.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (d, s) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *d = s as libc::c_char;
     }
     ifr.ifr_ifru.ifru_data = std::ptr::from_mut(&mut ch).cast();

@@ -27,9 +27,29 @@ impl Env {
         for (i, side) in [(0, "1"), (1, "2")] {
             let relay = format!("relay{i}");
             let peer = format!("peer{i}");
-            ns.ip(&["link", "add", &relay, "address", &format!("02:00:00:00:0{side}:01"), "type", "veth", "peer", "name", &peer, "address", &format!("02:00:00:00:0{side}:02")])?;
+            ns.ip(&[
+                "link",
+                "add",
+                &relay,
+                "address",
+                &format!("02:00:00:00:0{side}:01"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "address",
+                &format!("02:00:00:00:0{side}:02"),
+            ])?;
             ns.ip(&["addr", "add", &format!("10.0.{side}.1/24"), "dev", &relay])?;
-            ns.ip(&["addr", "add", &format!("fd00:{side}::1/64"), "dev", &relay, "nodad"])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:{side}::1/64"),
+                "dev",
+                &relay,
+                "nodad",
+            ])?;
             if i == 1 {
                 // Jumbo on B's side, so the oversize-checksum fixture reaches its rule.
                 ns.ip(&["link", "set", &relay, "mtu", "9000"])?;
@@ -38,8 +58,29 @@ impl Env {
             ns.ip(&["link", "set", &relay, "up"])?;
             ns.ip(&["link", "set", &peer, "up"])?;
             let mac = format!("02:00:00:00:0{side}:02");
-            ns.ip(&["neigh", "replace", &format!("10.0.{side}.2"), "lladdr", &mac, "dev", &relay, "nud", "permanent"])?;
-            ns.ip(&["-6", "neigh", "replace", &format!("fd00:{side}::2"), "lladdr", &mac, "dev", &relay, "nud", "permanent"])?;
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &format!("10.0.{side}.2"),
+                "lladdr",
+                &mac,
+                "dev",
+                &relay,
+                "nud",
+                "permanent",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                &format!("fd00:{side}::2"),
+                "lladdr",
+                &mac,
+                "dev",
+                &relay,
+                "nud",
+                "permanent",
+            ])?;
             ns.sysctl(&format!("net.ipv4.conf.{relay}.forwarding=1"))?;
             ns.sysctl(&format!("net.ipv6.conf.{relay}.forwarding=1"))?;
         }
@@ -59,3 +100,4 @@ impl Env {
         proxy_userspace::caps::ifindex(name).unwrap()
     }
 }
+pub mod sip;

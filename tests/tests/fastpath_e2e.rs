@@ -36,7 +36,9 @@ fn topology(tag: &str) -> Topology {
     link(&a, "a0", &["10.0.1.2/24"], &relay, "r0", &["10.0.1.1/24"]).unwrap();
     link(&relay, "r1", &["10.0.2.1/24"], &b, "b0", &["10.0.2.2/24"]).unwrap();
     for i in ["r0", "r1"] {
-        relay.sysctl(&format!("net.ipv4.conf.{i}.forwarding=1")).unwrap();
+        relay
+            .sysctl(&format!("net.ipv4.conf.{i}.forwarding=1"))
+            .unwrap();
     }
     Topology { a, relay, b }
 }
@@ -44,7 +46,8 @@ fn topology(tag: &str) -> Topology {
 fn sock(ns: &Netns, addr: &str) -> UdpSocket {
     let addr: SocketAddr = addr.parse().unwrap();
     let s = ns.enter(move || UdpSocket::bind(addr)).unwrap().unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     s
 }
 
@@ -65,8 +68,14 @@ fn run(mode: XdpMode, tag: &str) {
     need_root();
     let t = topology(tag);
     // Native redirect into a veth only delivers if the peer runs XDP too.
-    let _pass_a = t.a.enter(move || PassProgram::attach("a0", mode)).unwrap().unwrap();
-    let _pass_b = t.b.enter(move || PassProgram::attach("b0", mode)).unwrap().unwrap();
+    let _pass_a =
+        t.a.enter(move || PassProgram::attach("a0", mode))
+            .unwrap()
+            .unwrap();
+    let _pass_b =
+        t.b.enter(move || PassProgram::attach("b0", mode))
+            .unwrap()
+            .unwrap();
 
     let (mut dp, io, r1) = t
         .relay
@@ -90,12 +99,16 @@ fn run(mode: XdpMode, tag: &str) {
     let relay_b = Endpoint::v4([10, 0, 2, 1], 30002);
     let ep_a = Endpoint::v4([10, 0, 1, 2], 4000);
     let ep_b = Endpoint::v4([10, 0, 2, 2], 5000);
-    dp.add_flow(FlowKey::new(relay_a), &FlowSpec::hold()).unwrap();
-    dp.add_flow(FlowKey::new(relay_b), &FlowSpec::hold()).unwrap();
+    dp.add_flow(FlowKey::new(relay_a), &FlowSpec::hold())
+        .unwrap();
+    dp.add_flow(FlowKey::new(relay_b), &FlowSpec::hold())
+        .unwrap();
 
     // HOLD: every packet reaches userspace, none reaches B.
     for n in 0..20 {
-        phone_a.send_to(&RtpHeader::g711_packet(0xa, n), "10.0.1.1:30000").unwrap();
+        phone_a
+            .send_to(&RtpHeader::g711_packet(0xa, n), "10.0.1.1:30000")
+            .unwrap();
     }
     let mut punted = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -111,7 +124,10 @@ fn run(mode: XdpMode, tag: &str) {
     }
     assert_eq!(punted.len(), 20, "HOLD packets delivered to AF_XDP");
     assert!(punted.iter().all(|f| f.src == ep_a));
-    assert!(recv_n(&phone_b, 1, Duration::from_millis(300)).is_empty(), "B got media while HOLD");
+    assert!(
+        recv_n(&phone_b, 1, Duration::from_millis(300)).is_empty(),
+        "B got media while HOLD"
+    );
     let held = dp.flow_stats(FlowKey::new(relay_a)).unwrap();
     assert_eq!((held.punt_packets, held.fwd_packets), (20, 0));
     assert_eq!(held.punt_bytes, 20 * 172);
@@ -119,37 +135,88 @@ fn run(mode: XdpMode, tag: &str) {
     // FORWARD both ways. The relay has not talked to either phone yet, so resolve their
     // neighbours first: until then XDP punts for the kernel's ARP (fixture-tested), and this
     // test is about the fast path.
-    for (peer_ns, peer_if, ip, relay_if) in [(&t.b, "b0", "10.0.2.2", "r1"), (&t.a, "a0", "10.0.1.2", "r0")] {
-        let mac = peer_ns.enter(move || interface_mac(peer_if).unwrap()).unwrap();
-        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        t.relay.ip(&["neigh", "replace", ip, "lladdr", &mac, "dev", relay_if, "nud", "reachable"]).unwrap();
+    for (peer_ns, peer_if, ip, relay_if) in [
+        (&t.b, "b0", "10.0.2.2", "r1"),
+        (&t.a, "a0", "10.0.1.2", "r0"),
+    ] {
+        let mac = peer_ns
+            .enter(move || interface_mac(peer_if).unwrap())
+            .unwrap();
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        t.relay
+            .ip(&[
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                &mac,
+                "dev",
+                relay_if,
+                "nud",
+                "reachable",
+            ])
+            .unwrap();
     }
-    dp.set_forward(FlowKey::new(relay_a), Some(ep_a), relay_b, ep_b).unwrap();
-    dp.set_forward(FlowKey::new(relay_b), Some(ep_b), relay_a, ep_a).unwrap();
+    dp.set_forward(FlowKey::new(relay_a), Some(ep_a), relay_b, ep_b)
+        .unwrap();
+    dp.set_forward(FlowKey::new(relay_b), Some(ep_b), relay_a, ep_a)
+        .unwrap();
     let rx_before = io.stats().rx_frames;
     let csum_errors_before = udp_mib(&t.b, "InCsumErrors").unwrap();
     for n in 20..120 {
-        phone_a.send_to(&RtpHeader::g711_packet(0xa, n), "10.0.1.1:30000").unwrap();
+        phone_a
+            .send_to(&RtpHeader::g711_packet(0xa, n), "10.0.1.1:30000")
+            .unwrap();
     }
     let at_b = recv_n(&phone_b, 100, Duration::from_secs(3));
     assert_eq!(at_b.len(), 100, "B received every forwarded packet");
     for (i, (payload, from)) in at_b.iter().enumerate() {
-        assert_eq!(*from, "10.0.2.1:30002".parse::<SocketAddr>().unwrap(), "source rewritten to the relay");
+        assert_eq!(
+            *from,
+            "10.0.2.1:30002".parse::<SocketAddr>().unwrap(),
+            "source rewritten to the relay"
+        );
         assert_eq!(RtpHeader::parse(payload).unwrap().seq as usize, 20 + i);
     }
-    assert_eq!(udp_mib(&t.b, "InCsumErrors").unwrap(), csum_errors_before, "B counted checksum errors");
+    assert_eq!(
+        udp_mib(&t.b, "InCsumErrors").unwrap(),
+        csum_errors_before,
+        "B counted checksum errors"
+    );
     for n in 0..50 {
-        phone_b.send_to(&RtpHeader::g711_packet(0xb, n), "10.0.2.1:30002").unwrap();
+        phone_b
+            .send_to(&RtpHeader::g711_packet(0xb, n), "10.0.2.1:30002")
+            .unwrap();
     }
     let at_a = recv_n(&phone_a, 50, Duration::from_secs(3));
     assert_eq!(at_a.len(), 50, "A received every packet from B");
-    assert!(at_a.iter().all(|(_, from)| *from == "10.0.1.1:30000".parse::<SocketAddr>().unwrap()));
+    assert!(
+        at_a.iter()
+            .all(|(_, from)| *from == "10.0.1.1:30000".parse::<SocketAddr>().unwrap())
+    );
 
     let a_to_b = dp.flow_stats(FlowKey::new(relay_a)).unwrap();
     let b_to_a = dp.flow_stats(FlowKey::new(relay_b)).unwrap();
-    assert_eq!((a_to_b.fwd_packets, a_to_b.punt_packets), (100, 20), "A→B: XDP forwarded, nothing more punted");
+    assert_eq!(
+        (a_to_b.fwd_packets, a_to_b.punt_packets),
+        (100, 20),
+        "A→B: XDP forwarded, nothing more punted"
+    );
     assert_eq!((b_to_a.fwd_packets, b_to_a.punt_packets), (50, 0));
-    assert_eq!(io.rx.try_iter().filter(|p| UdpFrame::parse(&p.frame).is_ok_and(|f| f.dst == relay_a || f.dst == relay_b)).count(), 0, "userspace saw a forwarded packet");
+    assert_eq!(
+        io.rx
+            .try_iter()
+            .filter(
+                |p| UdpFrame::parse(&p.frame).is_ok_and(|f| f.dst == relay_a || f.dst == relay_b)
+            )
+            .count(),
+        0,
+        "userspace saw a forwarded packet"
+    );
     let rx_after = io.stats().rx_frames;
     // Only IPv6 neighbour discovery and the like may have been punted... and they are not:
     // they are not UDP to a flow. So the socket received nothing at all.
@@ -158,7 +225,12 @@ fn run(mode: XdpMode, tag: &str) {
     // AF_XDP TX: a frame built in userspace, sent from the relay to B.
     let hop = t
         .relay
-        .enter(|| Resolver::new().unwrap().resolve("10.0.2.2".parse().unwrap()).unwrap())
+        .enter(|| {
+            Resolver::new()
+                .unwrap()
+                .resolve("10.0.2.2".parse().unwrap())
+                .unwrap()
+        })
         .unwrap();
     let hop = match hop {
         Resolution::Ready(h) => h,
@@ -170,7 +242,10 @@ fn run(mode: XdpMode, tag: &str) {
         .payload(b"sent over AF_XDP")
         .build();
     let tx_before = io.stats().tx_frames;
-    io.send(TxFrame { ifindex: hop.ifindex, frame });
+    io.send(TxFrame {
+        ifindex: hop.ifindex,
+        frame,
+    });
     let got = recv_n(&phone_b, 1, Duration::from_secs(2));
     assert_eq!(got.len(), 1, "frame from AF_XDP TX arrived at B");
     assert_eq!(got[0].0, b"sent over AF_XDP");
@@ -183,7 +258,10 @@ fn run(mode: XdpMode, tag: &str) {
 
     dp.detach_all().unwrap();
     let links = t.relay.ip(&["link", "show"]).unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("xdp"), "XDP still attached after detach");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("xdp"),
+        "XDP still attached after detach"
+    );
 }
 
 #[test]

@@ -89,11 +89,15 @@ fn run_table(env: &Env, cases: Vec<Case>) {
     })
     .expect("load the XDP program");
     dp.allow_egress(relay1).unwrap();
-    let xsk = XskSocket::bind(relay0, 0, XskConfig {
-        frames: 64,
-        frame_size: 2048,
-        ring_size: 32,
-    })
+    let xsk = XskSocket::bind(
+        relay0,
+        0,
+        XskConfig {
+            frames: 64,
+            frame_size: 2048,
+            ring_size: 32,
+        },
+    )
     .expect("AF_XDP socket on relay0");
     dp.register_socket(relay0, 0, &xsk).unwrap();
 
@@ -132,7 +136,10 @@ fn run_table(env: &Env, cases: Vec<Case>) {
             Out::Bytes(b) => b.clone(),
         };
         if r.return_value != case.action {
-            failures.push(format!("{}: action {} != expected {}", case.name, r.return_value, case.action));
+            failures.push(format!(
+                "{}: action {} != expected {}",
+                case.name, r.return_value, case.action
+            ));
         }
         if out != expected {
             failures.push(format!(
@@ -150,7 +157,12 @@ fn run_table(env: &Env, cases: Vec<Case>) {
             dp.remove_flow(FlowKey::new(*local)).unwrap();
         }
     }
-    assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn hex(b: &[u8]) -> String {
@@ -173,8 +185,16 @@ fn ipv4_fixtures() {
         let relay_b = v4([10, 0, 2, 1], 30002); // ... facing B
         let b = v4([10, 0, 2, 2], 5000); // phone B
         let payload = rtp_payload(172);
-        let input = |p: &[u8]| FrameBuilder::udp(a, relay_a).macs(PEER0_MAC, RELAY0_MAC).payload(p);
-        let forwarded = |p: &[u8]| FrameBuilder::udp(relay_b, b).macs(RELAY1_MAC, PEER1_MAC).payload(p);
+        let input = |p: &[u8]| {
+            FrameBuilder::udp(a, relay_a)
+                .macs(PEER0_MAC, RELAY0_MAC)
+                .payload(p)
+        };
+        let forwarded = |p: &[u8]| {
+            FrameBuilder::udp(relay_b, b)
+                .macs(RELAY1_MAC, PEER1_MAC)
+                .payload(p)
+        };
         let fwd = forward_spec(Some(a), relay_b, b);
         let hold = FlowSpec::hold();
         let mut mismatch_drop = fwd;
@@ -196,35 +216,262 @@ fn ipv4_fixtures() {
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
 
         let cases = vec![
-            Case { name: "no entry: passed untouched", flows: vec![], input: base.clone(), action: XDP_PASS, output: Out::Same, counter: Counter::PassNoFlow },
-            Case { name: "HOLD: punted to AF_XDP", flows: vec![(relay_a, hold)], input: base.clone(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntHold },
-            Case { name: "FORWARD: rewritten and redirected out of relay1", flows: vec![(relay_a, fwd)], input: base.clone(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&payload).build()), counter: Counter::FwdRedirect },
-            Case { name: "FORWARD: partial checksum completed", flows: vec![(relay_a, fwd)], input: input(&payload).checksum(UdpChecksumMode::Partial).build(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&payload).build()), counter: Counter::FwdRedirect },
-            Case { name: "FORWARD: partial checksum, odd 1401-byte payload (22 chunks and a tail)", flows: vec![(relay_a, fwd)], input: input(&rtp_payload(1401)).checksum(UdpChecksumMode::Partial).build(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&rtp_payload(1401)).build()), counter: Counter::FwdRedirect },
-            Case { name: "FORWARD: partial checksum, empty payload", flows: vec![(relay_a, fwd)], input: input(&[]).checksum(UdpChecksumMode::Partial).build(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&[]).build()), counter: Counter::FwdRedirect },
-            Case { name: "FORWARD: partial checksum over a payload too long for XDP: punted", flows: vec![(relay_a, fwd)], input: input(&rtp_payload(1600)).checksum(UdpChecksumMode::Partial).build(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntOversize },
-            Case { name: "FORWARD: zero UDP checksum stays zero", flows: vec![(relay_a, fwd)], input: input(&payload).checksum(UdpChecksumMode::Zero).build(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&payload).checksum(UdpChecksumMode::Zero).build()), counter: Counter::FwdRedirect },
-            Case { name: "FORWARD: IPv4 options kept, header checksum updated", flows: vec![(relay_a, fwd)], input: input(&payload).ip_options(&[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00]).build(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&payload).ip_options(&[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00]).build()), counter: Counter::FwdRedirect },
-            Case { name: "FORWARD: back out of the ingress interface with XDP_TX", flows: vec![(relay_a, hairpin)], input: base.clone(), action: XDP_TX, output: Out::Bytes(FrameBuilder::udp(v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002)).macs(RELAY0_MAC, PEER0_MAC).payload(&payload).build()), counter: Counter::FwdTx },
-            Case { name: "FORWARD, wrong source, punt policy: punted untouched", flows: vec![(relay_a, fwd)], input: FrameBuilder::udp(v4([10, 0, 1, 3], 4000), relay_a).macs(PEER0_MAC, RELAY0_MAC).payload(&payload).build(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntMismatch },
-            Case { name: "FORWARD, wrong source port, drop policy: dropped", flows: vec![(relay_a, mismatch_drop)], input: FrameBuilder::udp(v4([10, 0, 1, 2], 4001), relay_a).macs(PEER0_MAC, RELAY0_MAC).payload(&payload).build(), action: XDP_DROP, output: Out::Same, counter: Counter::DropMismatch },
-            Case { name: "FORWARD, neighbour unresolved: punted untouched for the kernel's stack", flows: vec![(relay_a, no_neigh)], input: base.clone(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntNoRoute },
-            Case { name: "FORWARD, larger than the egress MTU: punted for the kernel to fragment", flows: vec![(relay_a, hairpin)], input: input(&rtp_payload(1600)).build(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntNoRoute },
-            Case { name: "FORWARD to another family: punted", flows: vec![(relay_a, other_family)], input: base.clone(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntFamily },
-            Case { name: "probe port: punted", flows: vec![], input: FrameBuilder::udp(v4([10, 0, 1, 2], 7999), v4([10, 0, 1, 1], PROBE_PORT)).payload(b"MPRB").build(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntProbe },
-            Case { name: "flow's packet with UDP length beyond the IP payload: dropped", flows: vec![(relay_a, fwd)], input: bad_udp_len.clone(), action: XDP_DROP, output: Out::Same, counter: Counter::DropMalformed },
-            Case { name: "same malformed packet without a flow: left to the kernel", flows: vec![], input: bad_udp_len, action: XDP_PASS, output: Out::Same, counter: Counter::PassNoFlow },
-            Case { name: "IPv4 fragment: passed", flows: vec![(relay_a, fwd)], input: fragment, action: XDP_PASS, output: Out::Same, counter: Counter::PassFragment },
-            Case { name: "TCP: passed", flows: vec![], input: tcp, action: XDP_PASS, output: Out::Same, counter: Counter::PassNotUdp },
-            Case { name: "ARP: passed", flows: vec![], input: arp, action: XDP_PASS, output: Out::Same, counter: Counter::PassNotIp },
-            Case { name: "VLAN-tagged: passed to the kernel's VLAN devices", flows: vec![(relay_a, fwd)], input: input(&payload).vlan(100).build(), action: XDP_PASS, output: Out::Same, counter: Counter::PassVlan },
+            Case {
+                name: "no entry: passed untouched",
+                flows: vec![],
+                input: base.clone(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNoFlow,
+            },
+            Case {
+                name: "HOLD: punted to AF_XDP",
+                flows: vec![(relay_a, hold)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntHold,
+            },
+            Case {
+                name: "FORWARD: rewritten and redirected out of relay1",
+                flows: vec![(relay_a, fwd)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "FORWARD: partial checksum completed",
+                flows: vec![(relay_a, fwd)],
+                input: input(&payload).checksum(UdpChecksumMode::Partial).build(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "FORWARD: partial checksum, odd 1401-byte payload (22 chunks and a tail)",
+                flows: vec![(relay_a, fwd)],
+                input: input(&rtp_payload(1401))
+                    .checksum(UdpChecksumMode::Partial)
+                    .build(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&rtp_payload(1401)).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "FORWARD: partial checksum, empty payload",
+                flows: vec![(relay_a, fwd)],
+                input: input(&[]).checksum(UdpChecksumMode::Partial).build(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&[]).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "FORWARD: partial checksum over a payload too long for XDP: punted",
+                flows: vec![(relay_a, fwd)],
+                input: input(&rtp_payload(1600))
+                    .checksum(UdpChecksumMode::Partial)
+                    .build(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntOversize,
+            },
+            Case {
+                name: "FORWARD: zero UDP checksum stays zero",
+                flows: vec![(relay_a, fwd)],
+                input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).checksum(UdpChecksumMode::Zero).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "FORWARD: IPv4 options kept, header checksum updated",
+                flows: vec![(relay_a, fwd)],
+                input: input(&payload)
+                    .ip_options(&[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00])
+                    .build(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(
+                    forwarded(&payload)
+                        .ip_options(&[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00])
+                        .build(),
+                ),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "FORWARD: back out of the ingress interface with XDP_TX",
+                flows: vec![(relay_a, hairpin)],
+                input: base.clone(),
+                action: XDP_TX,
+                output: Out::Bytes(
+                    FrameBuilder::udp(v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002))
+                        .macs(RELAY0_MAC, PEER0_MAC)
+                        .payload(&payload)
+                        .build(),
+                ),
+                counter: Counter::FwdTx,
+            },
+            Case {
+                name: "FORWARD, wrong source, punt policy: punted untouched",
+                flows: vec![(relay_a, fwd)],
+                input: FrameBuilder::udp(v4([10, 0, 1, 3], 4000), relay_a)
+                    .macs(PEER0_MAC, RELAY0_MAC)
+                    .payload(&payload)
+                    .build(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntMismatch,
+            },
+            Case {
+                name: "FORWARD, wrong source port, drop policy: dropped",
+                flows: vec![(relay_a, mismatch_drop)],
+                input: FrameBuilder::udp(v4([10, 0, 1, 2], 4001), relay_a)
+                    .macs(PEER0_MAC, RELAY0_MAC)
+                    .payload(&payload)
+                    .build(),
+                action: XDP_DROP,
+                output: Out::Same,
+                counter: Counter::DropMismatch,
+            },
+            Case {
+                name: "FORWARD, neighbour unresolved: punted untouched for the kernel's stack",
+                flows: vec![(relay_a, no_neigh)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntNoRoute,
+            },
+            Case {
+                name: "FORWARD, larger than the egress MTU: punted for the kernel to fragment",
+                flows: vec![(relay_a, hairpin)],
+                input: input(&rtp_payload(1600)).build(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntNoRoute,
+            },
+            Case {
+                name: "FORWARD to another family: punted",
+                flows: vec![(relay_a, other_family)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntFamily,
+            },
+            Case {
+                name: "probe port: punted",
+                flows: vec![],
+                input: FrameBuilder::udp(v4([10, 0, 1, 2], 7999), v4([10, 0, 1, 1], PROBE_PORT))
+                    .payload(b"MPRB")
+                    .build(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntProbe,
+            },
+            Case {
+                name: "flow's packet with UDP length beyond the IP payload: dropped",
+                flows: vec![(relay_a, fwd)],
+                input: bad_udp_len.clone(),
+                action: XDP_DROP,
+                output: Out::Same,
+                counter: Counter::DropMalformed,
+            },
+            Case {
+                name: "same malformed packet without a flow: left to the kernel",
+                flows: vec![],
+                input: bad_udp_len,
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNoFlow,
+            },
+            Case {
+                name: "IPv4 fragment: passed",
+                flows: vec![(relay_a, fwd)],
+                input: fragment,
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassFragment,
+            },
+            Case {
+                name: "TCP: passed",
+                flows: vec![],
+                input: tcp,
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNotUdp,
+            },
+            Case {
+                name: "ARP: passed",
+                flows: vec![],
+                input: arp,
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNotIp,
+            },
+            Case {
+                name: "VLAN-tagged: passed to the kernel's VLAN devices",
+                flows: vec![(relay_a, fwd)],
+                input: input(&payload).vlan(100).build(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassVlan,
+            },
             // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, as do drivers.
-            Case { name: "Ethernet header only", flows: vec![], input: base[..14].to_vec(), action: XDP_PASS, output: Out::Same, counter: Counter::PassTruncated },
-            Case { name: "truncated in the IPv4 header", flows: vec![(relay_a, fwd)], input: base[..14 + 19].to_vec(), action: XDP_PASS, output: Out::Same, counter: Counter::PassTruncated },
-            Case { name: "truncated in the UDP header", flows: vec![(relay_a, fwd)], input: base[..14 + 20 + 7].to_vec(), action: XDP_PASS, output: Out::Same, counter: Counter::PassTruncated },
-            Case { name: "truncated in the payload (IP length beyond the frame): dropped", flows: vec![(relay_a, fwd)], input: base[..base.len() - 1].to_vec(), action: XDP_DROP, output: Out::Same, counter: Counter::DropMalformed },
-            Case { name: "IHL below 5: passed", flows: vec![(relay_a, fwd)], input: { let mut f = base.clone(); f[14] = 0x44; f }, action: XDP_PASS, output: Out::Same, counter: Counter::PassTruncated },
-            Case { name: "IPv4 options pushing the UDP header past the frame", flows: vec![(relay_a, fwd)], input: { let mut f = base[..14 + 20 + 8].to_vec(); f[14] = 0x4f; f }, action: XDP_PASS, output: Out::Same, counter: Counter::PassTruncated },
+            Case {
+                name: "Ethernet header only",
+                flows: vec![],
+                input: base[..14].to_vec(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassTruncated,
+            },
+            Case {
+                name: "truncated in the IPv4 header",
+                flows: vec![(relay_a, fwd)],
+                input: base[..14 + 19].to_vec(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassTruncated,
+            },
+            Case {
+                name: "truncated in the UDP header",
+                flows: vec![(relay_a, fwd)],
+                input: base[..14 + 20 + 7].to_vec(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassTruncated,
+            },
+            Case {
+                name: "truncated in the payload (IP length beyond the frame): dropped",
+                flows: vec![(relay_a, fwd)],
+                input: base[..base.len() - 1].to_vec(),
+                action: XDP_DROP,
+                output: Out::Same,
+                counter: Counter::DropMalformed,
+            },
+            Case {
+                name: "IHL below 5: passed",
+                flows: vec![(relay_a, fwd)],
+                input: {
+                    let mut f = base.clone();
+                    f[14] = 0x44;
+                    f
+                },
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassTruncated,
+            },
+            Case {
+                name: "IPv4 options pushing the UDP header past the frame",
+                flows: vec![(relay_a, fwd)],
+                input: {
+                    let mut f = base[..14 + 20 + 8].to_vec();
+                    f[14] = 0x4f;
+                    f
+                },
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassTruncated,
+            },
         ];
         run_table(env, cases);
     })
@@ -241,23 +488,106 @@ fn ipv6_fixtures() {
         let relay_b = v6(1, 2, 30002);
         let b = v6(2, 2, 5000);
         let payload = rtp_payload(172);
-        let input = |p: &[u8]| FrameBuilder::udp(a, relay_a).macs(PEER0_MAC, RELAY0_MAC).payload(p);
-        let forwarded = |p: &[u8]| FrameBuilder::udp(relay_b, b).macs(RELAY1_MAC, PEER1_MAC).payload(p);
+        let input = |p: &[u8]| {
+            FrameBuilder::udp(a, relay_a)
+                .macs(PEER0_MAC, RELAY0_MAC)
+                .payload(p)
+        };
+        let forwarded = |p: &[u8]| {
+            FrameBuilder::udp(relay_b, b)
+                .macs(RELAY1_MAC, PEER1_MAC)
+                .payload(p)
+        };
         let fwd = forward_spec(Some(a), relay_b, b);
         let base = input(&payload).build();
         let mut ext_hdr = base.clone();
         ext_hdr[14 + 6] = 0; // hop-by-hop options header
         let cases = vec![
-            Case { name: "v6 no entry", flows: vec![], input: base.clone(), action: XDP_PASS, output: Out::Same, counter: Counter::PassNoFlow },
-            Case { name: "v6 HOLD", flows: vec![(relay_a, FlowSpec::hold())], input: base.clone(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntHold },
-            Case { name: "v6 FORWARD", flows: vec![(relay_a, fwd)], input: base.clone(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&payload).build()), counter: Counter::FwdRedirect },
-            Case { name: "v6 FORWARD, partial checksum", flows: vec![(relay_a, fwd)], input: input(&rtp_payload(333)).checksum(UdpChecksumMode::Partial).build(), action: XDP_REDIRECT, output: Out::Bytes(forwarded(&rtp_payload(333)).build()), counter: Counter::FwdRedirect },
-            Case { name: "v6 FORWARD, wrong source", flows: vec![(relay_a, fwd)], input: FrameBuilder::udp(v6(3, 1, 4000), relay_a).macs(PEER0_MAC, RELAY0_MAC).payload(&payload).build(), action: XDP_REDIRECT, output: Out::Same, counter: Counter::PuntMismatch },
-            Case { name: "v6 zero UDP checksum (forbidden): dropped", flows: vec![(relay_a, fwd)], input: input(&payload).checksum(UdpChecksumMode::Zero).build(), action: XDP_DROP, output: Out::Same, counter: Counter::DropMalformed },
-            Case { name: "v6 extension header: passed", flows: vec![(relay_a, fwd)], input: ext_hdr, action: XDP_PASS, output: Out::Same, counter: Counter::PassNotUdp },
-            Case { name: "v6 truncated in the IPv6 header", flows: vec![], input: base[..14 + 39].to_vec(), action: XDP_PASS, output: Out::Same, counter: Counter::PassTruncated },
-            Case { name: "v6 truncated in the UDP header", flows: vec![(relay_a, fwd)], input: base[..14 + 40 + 5].to_vec(), action: XDP_PASS, output: Out::Same, counter: Counter::PassTruncated },
-            Case { name: "v6 payload length beyond the frame: dropped", flows: vec![(relay_a, fwd)], input: base[..base.len() - 3].to_vec(), action: XDP_DROP, output: Out::Same, counter: Counter::DropMalformed },
+            Case {
+                name: "v6 no entry",
+                flows: vec![],
+                input: base.clone(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNoFlow,
+            },
+            Case {
+                name: "v6 HOLD",
+                flows: vec![(relay_a, FlowSpec::hold())],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntHold,
+            },
+            Case {
+                name: "v6 FORWARD",
+                flows: vec![(relay_a, fwd)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "v6 FORWARD, partial checksum",
+                flows: vec![(relay_a, fwd)],
+                input: input(&rtp_payload(333))
+                    .checksum(UdpChecksumMode::Partial)
+                    .build(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&rtp_payload(333)).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "v6 FORWARD, wrong source",
+                flows: vec![(relay_a, fwd)],
+                input: FrameBuilder::udp(v6(3, 1, 4000), relay_a)
+                    .macs(PEER0_MAC, RELAY0_MAC)
+                    .payload(&payload)
+                    .build(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntMismatch,
+            },
+            Case {
+                name: "v6 zero UDP checksum (forbidden): dropped",
+                flows: vec![(relay_a, fwd)],
+                input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
+                action: XDP_DROP,
+                output: Out::Same,
+                counter: Counter::DropMalformed,
+            },
+            Case {
+                name: "v6 extension header: passed",
+                flows: vec![(relay_a, fwd)],
+                input: ext_hdr,
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNotUdp,
+            },
+            Case {
+                name: "v6 truncated in the IPv6 header",
+                flows: vec![],
+                input: base[..14 + 39].to_vec(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassTruncated,
+            },
+            Case {
+                name: "v6 truncated in the UDP header",
+                flows: vec![(relay_a, fwd)],
+                input: base[..14 + 40 + 5].to_vec(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassTruncated,
+            },
+            Case {
+                name: "v6 payload length beyond the frame: dropped",
+                flows: vec![(relay_a, fwd)],
+                input: base[..base.len() - 3].to_vec(),
+                action: XDP_DROP,
+                output: Out::Same,
+                counter: Counter::DropMalformed,
+            },
         ];
         run_table(env, cases);
     })

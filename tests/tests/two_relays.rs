@@ -9,7 +9,10 @@ use std::{
 
 use aya::programs::XdpMode;
 use mediaproxy_tests::need_root;
-use proxy_common::{Endpoint, probe::{Kind, ProbeMessage}};
+use proxy_common::{
+    Endpoint,
+    probe::{Kind, ProbeMessage},
+};
 use proxy_userspace::{
     ng::bencode::{Dict, Value},
     probe_auth::{ProbeAuth, unix_ms},
@@ -21,18 +24,32 @@ const PACKETS: u16 = 150; // 3 s at 20 ms
 const BLOCKING_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn query(r: &Relay, ns: &Netns, call: &str) -> Dict {
-    scenario::ng(&r.ng(ns).unwrap(), "query", &[("call-id", Value::str(call))]).unwrap()
+    scenario::ng(
+        &r.ng(ns).unwrap(),
+        "query",
+        &[("call-id", Value::str(call))],
+    )
+    .unwrap()
 }
 
 fn statistics(r: &Relay, ns: &Netns) -> Dict {
     let s = scenario::ng(&r.ng(ns).unwrap(), "statistics", &[]).unwrap();
-    s.get("statistics").and_then(Value::as_dict).unwrap().get("mediaproxy").and_then(Value::as_dict).unwrap().clone()
+    s.get("statistics")
+        .and_then(Value::as_dict)
+        .unwrap()
+        .get("mediaproxy")
+        .and_then(Value::as_dict)
+        .unwrap()
+        .clone()
 }
 
 fn figure(d: &Dict, path: &[&str]) -> i64 {
     let mut cur = d.clone();
     for (i, k) in path.iter().enumerate() {
-        let v = cur.get(k).unwrap_or_else(|| panic!("no {k} in {cur:?}")).clone();
+        let v = cur
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k} in {cur:?}"))
+            .clone();
         if i + 1 == path.len() {
             return v.as_int().unwrap();
         }
@@ -41,7 +58,11 @@ fn figure(d: &Dict, path: &[&str]) -> i64 {
     unreachable!()
 }
 
-fn talk(t: &TwoRelays, call: &scenario::TwoRelayCall, packets: u16) -> (scenario::StreamReport, scenario::StreamReport) {
+fn talk(
+    t: &TwoRelays,
+    call: &scenario::TwoRelayCall,
+    packets: u16,
+) -> (scenario::StreamReport, scenario::StreamReport) {
     let mut pa = Phone::bind(&t.a, "10.0.1.2:4000".parse().unwrap()).unwrap();
     let mut pb = Phone::bind(&t.b, "10.0.2.2:5000".parse().unwrap()).unwrap();
     pa.start(call.a_sends_to, call.a_sends_to, 0xa, packets);
@@ -59,14 +80,24 @@ fn without_probing_two_relays_deadlock() {
     let (r1, r2) = t.relays(false, XdpMode::Driver, &[]).unwrap();
     let call = scenario::two_relay_call(&t, &r1, &r2, "deadlock", true).unwrap();
     let (ab, ba) = talk(&t, &call, PACKETS);
-    assert_eq!((ab.received, ba.received), (0, 0), "media flowed: the test does not reproduce the field problem");
+    assert_eq!(
+        (ab.received, ba.received),
+        (0, 0),
+        "media flowed: the test does not reproduce the field problem"
+    );
     assert!(ab.sent >= u64::from(PACKETS) - 1 && ba.sent >= u64::from(PACKETS) - 1);
     let q1 = query(&r1, &t.mp1, "deadlock");
     let q2 = query(&r2, &t.mp2, "deadlock");
     let s1 = query_figure(&q1, "tag-a", "blocking suspected ms");
     let s2 = query_figure(&q2, "tag-b", "blocking suspected ms");
-    println!("deadlock: MP1 suspected blocking after {s1} ms, MP2 after {s2} ms; no media in {} s", PACKETS / 50);
-    assert!((200..400).contains(&s1) && (200..400).contains(&s2), "both relays report blocking: {s1} ms, {s2} ms");
+    println!(
+        "deadlock: MP1 suspected blocking after {s1} ms, MP2 after {s2} ms; no media in {} s",
+        PACKETS / 50
+    );
+    assert!(
+        (200..400).contains(&s1) && (200..400).contains(&s2),
+        "both relays report blocking: {s1} ms, {s2} ms"
+    );
     assert_eq!(query_text(&q1, "tag-a", "state").as_deref(), Some("HOLD"));
 }
 
@@ -77,32 +108,62 @@ fn with_probing_two_relays_unblock_and_xdp_forwards() {
     let (r1, r2) = t.relays(true, XdpMode::Driver, &[]).unwrap();
     let call = scenario::two_relay_call(&t, &r1, &r2, "unblock", true).unwrap();
     let (ab, ba) = talk(&t, &call, PACKETS);
-    let (d_ab, d_ba) = (ab.setup_delay().expect("A→B never flowed"), ba.setup_delay().expect("B→A never flowed"));
+    let (d_ab, d_ba) = (
+        ab.setup_delay().expect("A→B never flowed"),
+        ba.setup_delay().expect("B→A never flowed"),
+    );
     let q1 = query(&r1, &t.mp1, "unblock");
     let q2 = query(&r2, &t.mp2, "unblock");
     let punted1 = query_figure(&q1, "tag-a", "packets punted");
     let punted2 = query_figure(&q2, "tag-b", "packets punted");
     println!(
         "unblock: A→B first packet after {} ms, B→A after {} ms (blocking timeout {} ms); lost {} / {}; punted before the flip MP1 {punted1}, MP2 {punted2}",
-        d_ab.as_millis(), d_ba.as_millis(), BLOCKING_TIMEOUT.as_millis(), ab.lost(), ba.lost()
+        d_ab.as_millis(),
+        d_ba.as_millis(),
+        BLOCKING_TIMEOUT.as_millis(),
+        ab.lost(),
+        ba.lost()
     );
     // Close to the blocking timeout plus a few round trips (sub-millisecond on veth; the
     // margin is for a loaded CI machine).
     for d in [d_ab, d_ba] {
-        assert!(d >= BLOCKING_TIMEOUT - Duration::from_millis(20) && d <= BLOCKING_TIMEOUT + Duration::from_millis(150), "unblocked after {d:?}");
+        assert!(
+            d >= BLOCKING_TIMEOUT - Duration::from_millis(20)
+                && d <= BLOCKING_TIMEOUT + Duration::from_millis(150),
+            "unblocked after {d:?}"
+        );
     }
-    assert_eq!(query_text(&q1, "tag-b", "probe").as_deref(), Some("acked"), "MP1's probe toward MP2");
-    assert!(ab.lost() <= 2 && ba.lost() <= 2, "lost {} and {}", ab.lost(), ba.lost());
+    assert_eq!(
+        query_text(&q1, "tag-b", "probe").as_deref(),
+        Some("acked"),
+        "MP1's probe toward MP2"
+    );
+    assert!(
+        ab.lost() <= 2 && ba.lost() <= 2,
+        "lost {} and {}",
+        ab.lost(),
+        ba.lost()
+    );
     assert_eq!((ab.wrong_source, ba.wrong_source), (0, 0));
     // The kernel forwards, not userspace: every relay flow is in FORWARD, and all but the
     // packets before the flip went through XDP.
     for (q, tags) in [(&q1, ["tag-a", "tag-b"]), (&q2, ["tag-a", "tag-b"])] {
         for tag in tags {
-            assert_eq!(query_text(q, tag, "state").as_deref(), Some("FORWARD"), "{tag}");
+            assert_eq!(
+                query_text(q, tag, "state").as_deref(),
+                Some("FORWARD"),
+                "{tag}"
+            );
             let xdp = query_figure(q, tag, "packets xdp");
             let punted = query_figure(q, tag, "packets punted");
-            assert!(xdp + punted >= u64::from(PACKETS) - 2, "{tag}: xdp {xdp} + punted {punted}");
-            assert!(punted <= 20, "{tag}: {punted} packets went through userspace");
+            assert!(
+                xdp + punted >= u64::from(PACKETS) - 2,
+                "{tag}: xdp {xdp} + punted {punted}"
+            );
+            assert!(
+                punted <= 20,
+                "{tag}: {punted} packets went through userspace"
+            );
         }
     }
 }
@@ -129,9 +190,25 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
     // MP2's media endpoint facing MP1 (the target a real probe names).
     let target: SocketAddr = {
         let tags = q_before.get("tags").and_then(Value::as_dict).unwrap();
-        let s = tags.get("tag-a").and_then(Value::as_dict).unwrap().get("medias").and_then(Value::as_list).unwrap()[0]
-            .as_dict().unwrap().get("streams").and_then(Value::as_list).unwrap()[0].as_dict().unwrap().clone();
-        SocketAddr::new(s.get_str("local address").unwrap().parse().unwrap(), u16::try_from(s.get("local port").unwrap().as_int().unwrap()).unwrap())
+        let s = tags
+            .get("tag-a")
+            .and_then(Value::as_dict)
+            .unwrap()
+            .get("medias")
+            .and_then(Value::as_list)
+            .unwrap()[0]
+            .as_dict()
+            .unwrap()
+            .get("streams")
+            .and_then(Value::as_list)
+            .unwrap()[0]
+            .as_dict()
+            .unwrap()
+            .clone();
+        SocketAddr::new(
+            s.get_str("local address").unwrap().parse().unwrap(),
+            u16::try_from(s.get("local port").unwrap().as_int().unwrap()).unwrap(),
+        )
     };
     let probe_addr: SocketAddr = "192.0.2.10:7999".parse().unwrap();
     let probe = |nonce: u64, target: SocketAddr| ProbeMessage {
@@ -145,19 +222,51 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
     let attacker = ProbeAuth::new(b"not the deployment secret!");
     let insider = ProbeAuth::new(SECRET.as_bytes());
     // An attacker on the outside (the NAT's public side) without the secret.
-    send_from(&t.nat, "192.0.2.1:40000", probe_addr, attacker.sign(&probe(1, target)).to_vec(), 1);
+    send_from(
+        &t.nat,
+        "192.0.2.1:40000",
+        probe_addr,
+        attacker.sign(&probe(1, target)).to_vec(),
+        1,
+    );
     // A forged ACK for a nonce nobody sent, and garbage on the probe port.
-    send_from(&t.nat, "192.0.2.1:40001", probe_addr, attacker.sign(&probe(2, target).ack(unix_ms())).to_vec(), 1);
-    send_from(&t.nat, "192.0.2.1:40002", probe_addr, b"MPRB garbage".to_vec(), 1);
+    send_from(
+        &t.nat,
+        "192.0.2.1:40001",
+        probe_addr,
+        attacker.sign(&probe(2, target).ack(unix_ms())).to_vec(),
+        1,
+    );
+    send_from(
+        &t.nat,
+        "192.0.2.1:40002",
+        probe_addr,
+        b"MPRB garbage".to_vec(),
+        1,
+    );
     // A valid probe for a session MP2 does not have.
-    send_from(&t.nat, "192.0.2.1:40003", probe_addr, insider.sign(&probe(3, "192.0.2.10:9".parse().unwrap())).to_vec(), 1);
+    send_from(
+        &t.nat,
+        "192.0.2.1:40003",
+        probe_addr,
+        insider
+            .sign(&probe(3, "192.0.2.10:9".parse().unwrap()))
+            .to_vec(),
+        1,
+    );
     // A valid probe, then its replay, from an address that is not MP1's: acked, but it
     // neither unblocks nor latches anything.
     let valid = insider.sign(&probe(4, target)).to_vec();
     send_from(&t.nat, "192.0.2.1:40004", probe_addr, valid.clone(), 1);
     send_from(&t.nat, "192.0.2.1:40004", probe_addr, valid, 1);
     // A flood.
-    send_from(&t.nat, "192.0.2.1:40005", probe_addr, attacker.sign(&probe(5, target)).to_vec(), 20_000);
+    send_from(
+        &t.nat,
+        "192.0.2.1:40005",
+        probe_addr,
+        attacker.sign(&probe(5, target)).to_vec(),
+        20_000,
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     let st = statistics(&r2, &t.mp2);
@@ -166,17 +275,28 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
     let malformed = figure(&st, &["probes", "rejected", "malformed"]);
     let unknown = figure(&st, &["probes", "unknown session"]);
     let unmatched = figure(&st, &["probes", "acks unmatched"]);
-    println!("hostile: bad MAC {bad_mac}, replayed {replayed}, malformed {malformed}, unknown session {unknown}, unmatched ACKs {unmatched}");
+    println!(
+        "hostile: bad MAC {bad_mac}, replayed {replayed}, malformed {malformed}, unknown session {unknown}, unmatched ACKs {unmatched}"
+    );
     // The flood may overflow the socket or the AF_XDP ring; what arrives is counted.
     assert!(bad_mac >= 2 && bad_mac <= 20_002, "bad MAC {bad_mac}");
     assert_eq!((replayed, malformed, unknown), (1, 1, 1));
     let q_after = query(&r2, &t.mp2, "hostile");
     for key in ["state", "latched", "unblocked by", "forwarding to"] {
-        assert_eq!(query_text(&q_after, "tag-a", key), query_text(&q_before, "tag-a", key), "{key} changed");
+        assert_eq!(
+            query_text(&q_after, "tag-a", key),
+            query_text(&q_before, "tag-a", key),
+            "{key} changed"
+        );
     }
 
     let (ab, ba) = talk(&t, &call, 100);
-    assert!(ab.distinct >= 98 && ba.distinct >= 98, "the legitimate call did not unblock: {} / {}", ab.distinct, ba.distinct);
+    assert!(
+        ab.distinct >= 98 && ba.distinct >= 98,
+        "the legitimate call did not unblock: {} / {}",
+        ab.distinct,
+        ba.distinct
+    );
 }
 
 #[test]
@@ -191,16 +311,72 @@ fn a_vpn_leg_unblocks_the_same_way() {
     link(&a, "a0", &["10.0.1.2/24"], &mp1, "m1a", &["10.0.1.1/24"]).unwrap();
     link(&mp2, "m2b", &["10.0.2.1/24"], &b, "b0", &["10.0.2.2/24"]).unwrap();
     let _vpn = TapTunnel::new(&mp1, "10.9.0.1/24", &mp2, "10.9.0.2/24", "vpn0").unwrap();
-    let r1 = Relay::start(&mp1, &["internal/10.0.1.1", "external/10.9.0.1"], &[], true, mode).unwrap();
-    let r2 = Relay::start(&mp2, &["internal/10.0.2.1", "external/10.9.0.2"], &[], true, mode).unwrap();
+    let r1 = Relay::start(
+        &mp1,
+        &["internal/10.0.1.1", "external/10.9.0.1"],
+        &[],
+        true,
+        mode,
+    )
+    .unwrap();
+    let r2 = Relay::start(
+        &mp2,
+        &["internal/10.0.2.1", "external/10.9.0.2"],
+        &[],
+        true,
+        mode,
+    )
+    .unwrap();
     let c1 = r1.ng(&mp1).unwrap();
     let c2 = r2.ng(&mp2).unwrap();
     let dir = |x: &str, y: &str| Value::List(vec![Value::str(x), Value::str(y)]);
     let id = Value::str("vpn");
-    let o1 = scenario::ng(&c1, "offer", &[("call-id", id.clone()), ("from-tag", Value::str("tag-a")), ("sdp", Value::str(&scenario::sdp("10.0.1.2", 4000))), ("direction", dir("internal", "external"))]).unwrap();
-    let o2 = scenario::ng(&c2, "offer", &[("call-id", id.clone()), ("from-tag", Value::str("tag-a")), ("sdp", Value::Bytes(scenario::sdp_of(&o1).unwrap())), ("direction", dir("external", "internal")), ("next-relay", Value::str("10.9.0.1"))]).unwrap();
-    let a2 = scenario::ng(&c2, "answer", &[("call-id", id.clone()), ("from-tag", Value::str("tag-a")), ("to-tag", Value::str("tag-b")), ("sdp", Value::str(&scenario::sdp("10.0.2.2", 5000)))]).unwrap();
-    let a1 = scenario::ng(&c1, "answer", &[("call-id", id.clone()), ("from-tag", Value::str("tag-a")), ("to-tag", Value::str("tag-b")), ("sdp", Value::Bytes(scenario::sdp_of(&a2).unwrap())), ("next-relay", Value::str("10.9.0.2"))]).unwrap();
+    let o1 = scenario::ng(
+        &c1,
+        "offer",
+        &[
+            ("call-id", id.clone()),
+            ("from-tag", Value::str("tag-a")),
+            ("sdp", Value::str(&scenario::sdp("10.0.1.2", 4000))),
+            ("direction", dir("internal", "external")),
+        ],
+    )
+    .unwrap();
+    let o2 = scenario::ng(
+        &c2,
+        "offer",
+        &[
+            ("call-id", id.clone()),
+            ("from-tag", Value::str("tag-a")),
+            ("sdp", Value::Bytes(scenario::sdp_of(&o1).unwrap())),
+            ("direction", dir("external", "internal")),
+            ("next-relay", Value::str("10.9.0.1")),
+        ],
+    )
+    .unwrap();
+    let a2 = scenario::ng(
+        &c2,
+        "answer",
+        &[
+            ("call-id", id.clone()),
+            ("from-tag", Value::str("tag-a")),
+            ("to-tag", Value::str("tag-b")),
+            ("sdp", Value::str(&scenario::sdp("10.0.2.2", 5000))),
+        ],
+    )
+    .unwrap();
+    let a1 = scenario::ng(
+        &c1,
+        "answer",
+        &[
+            ("call-id", id.clone()),
+            ("from-tag", Value::str("tag-a")),
+            ("to-tag", Value::str("tag-b")),
+            ("sdp", Value::Bytes(scenario::sdp_of(&a2).unwrap())),
+            ("next-relay", Value::str("10.9.0.2")),
+        ],
+    )
+    .unwrap();
     let to1 = scenario::sdp_media(&scenario::sdp_of(&a1).unwrap()).unwrap();
     let to2 = scenario::sdp_media(&scenario::sdp_of(&o2).unwrap()).unwrap();
     let mut pa = Phone::bind(&a, "10.0.1.2:4000".parse().unwrap()).unwrap();
@@ -211,8 +387,17 @@ fn a_vpn_leg_unblocks_the_same_way() {
     pa.stop();
     pb.stop();
     let (ab, ba) = (stream(&pa, &pb), stream(&pb, &pa));
-    let (d1, d2) = (ab.setup_delay().expect("A→B never flowed"), ba.setup_delay().expect("B→A never flowed"));
-    println!("vpn leg: unblocked after {} ms / {} ms, lost {} / {}", d1.as_millis(), d2.as_millis(), ab.lost(), ba.lost());
+    let (d1, d2) = (
+        ab.setup_delay().expect("A→B never flowed"),
+        ba.setup_delay().expect("B→A never flowed"),
+    );
+    println!(
+        "vpn leg: unblocked after {} ms / {} ms, lost {} / {}",
+        d1.as_millis(),
+        d2.as_millis(),
+        ab.lost(),
+        ba.lost()
+    );
     assert!(d1 <= Duration::from_millis(400) && d2 <= Duration::from_millis(400));
     assert!(ab.lost() <= 2 && ba.lost() <= 2);
     let q1 = query(&r1, &mp1, "vpn");
@@ -223,12 +408,40 @@ fn a_vpn_leg_unblocks_the_same_way() {
 fn with_one_relay_the_probe_times_out_and_the_call_works_once_the_far_end_sends() {
     need_root();
     let t = OneRelay::build("pt", XdpMode::Driver).unwrap();
-    let relay = Relay::start(&t.relay, &["internal/10.0.1.1", "external/10.0.2.1"], &["--probe-attempts", "3", "--probe-rto-ms", "50"], true, XdpMode::Driver).unwrap();
+    let relay = Relay::start(
+        &t.relay,
+        &["internal/10.0.1.1", "external/10.0.2.1"],
+        &["--probe-attempts", "3", "--probe-rto-ms", "50"],
+        true,
+        XdpMode::Driver,
+    )
+    .unwrap();
     let c = relay.ng(&t.relay).unwrap();
     let dir = Value::List(vec![Value::str("internal"), Value::str("external")]);
-    let o = scenario::ng(&c, "offer", &[("call-id", Value::str("solo")), ("from-tag", Value::str("a")), ("sdp", Value::str(&scenario::sdp("10.0.1.2", 4000))), ("direction", dir)]).unwrap();
+    let o = scenario::ng(
+        &c,
+        "offer",
+        &[
+            ("call-id", Value::str("solo")),
+            ("from-tag", Value::str("a")),
+            ("sdp", Value::str(&scenario::sdp("10.0.1.2", 4000))),
+            ("direction", dir),
+        ],
+    )
+    .unwrap();
     // The call server believes a relay is at B's address; there is only a phone.
-    let an = scenario::ng(&c, "answer", &[("call-id", Value::str("solo")), ("from-tag", Value::str("a")), ("to-tag", Value::str("b")), ("sdp", Value::str(&scenario::sdp("10.0.2.2", 5000))), ("next-relay", Value::str("10.0.2.2"))]).unwrap();
+    let an = scenario::ng(
+        &c,
+        "answer",
+        &[
+            ("call-id", Value::str("solo")),
+            ("from-tag", Value::str("a")),
+            ("to-tag", Value::str("b")),
+            ("sdp", Value::str(&scenario::sdp("10.0.2.2", 5000))),
+            ("next-relay", Value::str("10.0.2.2")),
+        ],
+    )
+    .unwrap();
     let a_to = scenario::sdp_media(&scenario::sdp_of(&an).unwrap()).unwrap();
     let b_to = scenario::sdp_media(&scenario::sdp_of(&o).unwrap()).unwrap();
     let mut pa = Phone::bind(&t.a, "10.0.1.2:4000".parse().unwrap()).unwrap();
@@ -237,9 +450,17 @@ fn with_one_relay_the_probe_times_out_and_the_call_works_once_the_far_end_sends(
     pa.start(a_to, a_to, 1, 100);
     std::thread::sleep(Duration::from_millis(1000));
     let q = query(&relay, &t.relay, "solo");
-    assert_eq!(query_text(&q, "b", "probe").as_deref(), Some("failed"), "probing gave up: {q:?}");
+    assert_eq!(
+        query_text(&q, "b", "probe").as_deref(),
+        Some("failed"),
+        "probing gave up: {q:?}"
+    );
     assert!(query_figure(&q, "a", "blocking suspected ms") >= 200);
-    assert_eq!(pb.received().received, 0, "nothing reaches B before B speaks");
+    assert_eq!(
+        pb.received().received,
+        0,
+        "nothing reaches B before B speaks"
+    );
     pb.start(b_to, b_to, 2, 50);
     std::thread::sleep(Duration::from_millis(1200));
     pa.stop();
@@ -247,7 +468,10 @@ fn with_one_relay_the_probe_times_out_and_the_call_works_once_the_far_end_sends(
     let ab = stream(&pa, &pb);
     let ba = stream(&pb, &pa);
     let first = ab.first_received.expect("A→B never flowed") - t0;
-    println!("one relay: probe failed, A→B flowed {} ms after A's first packet (B started at 1000 ms)", first.as_millis());
+    println!(
+        "one relay: probe failed, A→B flowed {} ms after A's first packet (B started at 1000 ms)",
+        first.as_millis()
+    );
     assert!(first >= Duration::from_millis(1000) && first <= Duration::from_millis(1300));
     assert!(ba.lost() <= 1, "B→A lost {}", ba.lost());
 }

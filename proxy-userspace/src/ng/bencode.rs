@@ -62,7 +62,10 @@ struct Decoder<'a> {
 
 impl Decoder<'_> {
     fn peek(&self) -> Result<u8, DecodeError> {
-        self.b.get(self.pos).copied().ok_or(DecodeError::UnexpectedEnd)
+        self.b
+            .get(self.pos)
+            .copied()
+            .ok_or(DecodeError::UnexpectedEnd)
     }
 
     fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
@@ -77,7 +80,11 @@ impl Decoder<'_> {
             b'i' => {
                 self.pos += 1;
                 let start = self.pos;
-                let end = self.b[start..].iter().position(|&c| c == b'e').ok_or(DecodeError::UnexpectedEnd)? + start;
+                let end = self.b[start..]
+                    .iter()
+                    .position(|&c| c == b'e')
+                    .ok_or(DecodeError::UnexpectedEnd)?
+                    + start;
                 let n = parse_int(&self.b[start..end]).ok_or(DecodeError::BadInteger(start))?;
                 self.pos = end + 1;
                 Ok(Value::Int(n))
@@ -112,12 +119,23 @@ impl Decoder<'_> {
         if !self.peek()?.is_ascii_digit() {
             return Err(DecodeError::InvalidByte(start));
         }
-        let colon = self.b[start..].iter().position(|&c| c == b':').ok_or(DecodeError::UnexpectedEnd)? + start;
+        let colon = self.b[start..]
+            .iter()
+            .position(|&c| c == b':')
+            .ok_or(DecodeError::UnexpectedEnd)?
+            + start;
         let digits = &self.b[start..colon];
-        if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) || (digits.len() > 1 && digits[0] == b'0') {
+        if digits.is_empty()
+            || digits.len() > 10
+            || !digits.iter().all(u8::is_ascii_digit)
+            || (digits.len() > 1 && digits[0] == b'0')
+        {
             return Err(DecodeError::BadLength(start));
         }
-        let len: usize = std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).ok_or(DecodeError::BadLength(start))?;
+        let len: usize = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(DecodeError::BadLength(start))?;
         let from = colon + 1;
         let to = from.checked_add(len).ok_or(DecodeError::BadLength(start))?;
         if to > self.b.len() {
@@ -134,7 +152,11 @@ fn parse_int(d: &[u8]) -> Option<i64> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, d),
     };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || (digits.len() > 1 && digits[0] == b'0') || (neg && digits == b"0") {
+    if digits.is_empty()
+        || !digits.iter().all(u8::is_ascii_digit)
+        || (digits.len() > 1 && digits[0] == b'0')
+        || (neg && digits == b"0")
+    {
         return None;
     }
     let s = std::str::from_utf8(d).ok()?;
@@ -143,7 +165,11 @@ fn parse_int(d: &[u8]) -> Option<i64> {
 
 /// Decodes exactly one value that spans all of `b`.
 pub fn decode(b: &[u8]) -> Result<Value, DecodeError> {
-    let mut d = Decoder { b, pos: 0, elements: 0 };
+    let mut d = Decoder {
+        b,
+        pos: 0,
+        elements: 0,
+    };
     let v = d.value(0)?;
     if d.pos != b.len() {
         return Err(DecodeError::Trailing(d.pos));
@@ -153,7 +179,11 @@ pub fn decode(b: &[u8]) -> Result<Value, DecodeError> {
 
 /// Decodes a dictionary at the start of `b`; bytes after it are ignored, as rtpengine does.
 pub fn decode_dict_prefix(b: &[u8]) -> Result<Dict, DecodeError> {
-    let mut d = Decoder { b, pos: 0, elements: 0 };
+    let mut d = Decoder {
+        b,
+        pos: 0,
+        elements: 0,
+    };
     if b.first() != Some(&b'd') {
         return Err(DecodeError::InvalidByte(0));
     }
@@ -250,7 +280,10 @@ impl Dict {
     /// First value under `key`.
     #[must_use]
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == key.as_bytes()).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(k, _)| k == key.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// First value under any of `keys` (rtpengine's spelling variants).
@@ -388,11 +421,20 @@ mod tests {
     #[test]
     fn decodes_kamailio_style_unsorted_dictionaries() {
         let msg = b"d8:supportsl10:load limite3:sdp3:v=07:call-id2:c17:command5:offere";
-        let Value::Dict(d) = decode(msg).unwrap() else { panic!() };
-        let keys: Vec<_> = d.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+        let Value::Dict(d) = decode(msg).unwrap() else {
+            panic!()
+        };
+        let keys: Vec<_> = d
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
         assert_eq!(keys, ["supports", "sdp", "call-id", "command"]);
         assert_eq!(d.get_str("command"), Some("offer"));
-        assert_eq!(Value::Dict(d).encode(), msg, "re-encodes byte for byte, order kept");
+        assert_eq!(
+            Value::Dict(d).encode(),
+            msg,
+            "re-encodes byte for byte, order kept"
+        );
     }
 
     #[test]
@@ -413,7 +455,11 @@ mod tests {
         assert_eq!(decode(b"99999999999:a"), Err(DecodeError::BadLength(0)));
         assert_eq!(decode(b"le"), Ok(Value::List(vec![])));
         assert_eq!(decode(b"lee"), Err(DecodeError::Trailing(2)));
-        assert_eq!(decode(b"di1ei2ee"), Err(DecodeError::InvalidByte(1)), "integer keys");
+        assert_eq!(
+            decode(b"di1ei2ee"),
+            Err(DecodeError::InvalidByte(1)),
+            "integer keys"
+        );
         let deep = "l".repeat(100) + &"e".repeat(100);
         assert_eq!(decode(deep.as_bytes()), Err(DecodeError::TooDeep));
     }

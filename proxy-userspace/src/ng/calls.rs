@@ -23,7 +23,10 @@ use super::{
 };
 use crate::{
     ng_dict,
-    session::{Engine, EngineConfig, Latching, ProbePhase, Side, SideStatus, StreamConfig, StreamId, StreamUpdate, Unblocked},
+    session::{
+        Engine, EngineConfig, Latching, ProbePhase, Side, SideStatus, StreamConfig, StreamId,
+        StreamUpdate, Unblocked,
+    },
 };
 
 /// A local address the relay owns, with rtpengine's `--interface NAME/ADDR[!ADVERTISED]`.
@@ -46,9 +49,20 @@ impl Interface {
             Some((a, v)) => (a, Some(v)),
             None => (rest, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("bad interface address in {s:?}"))?;
-        let advertised = adv.map(|v| v.parse().map_err(|_| format!("bad advertised address in {s:?}"))).transpose()?;
-        Ok(Self { name, addr, advertised })
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("bad interface address in {s:?}"))?;
+        let advertised = adv
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("bad advertised address in {s:?}"))
+            })
+            .transpose()?;
+        Ok(Self {
+            name,
+            addr,
+            advertised,
+        })
     }
 
     fn sdp_addr(&self) -> IpAddr {
@@ -112,7 +126,12 @@ impl PortPool {
     fn new(min: u16, max: u16, seed: usize) -> Self {
         let min = min + (min % 2);
         let n = usize::from(max.saturating_sub(min)) / 2;
-        Self { min, pairs: vec![false; n], used: 0, next: if n == 0 { 0 } else { seed % n } }
+        Self {
+            min,
+            pairs: vec![false; n],
+            used: 0,
+            next: if n == 0 { 0 } else { seed % n },
+        }
     }
 
     fn alloc(&mut self) -> Option<u16> {
@@ -187,7 +206,16 @@ pub struct NgCounters {
     pub deleted_sessions: u64,
 }
 
-pub const COMMANDS: [&str; 8] = ["ping", "offer", "answer", "delete", "query", "list", "statistics", "probe"];
+pub const COMMANDS: [&str; 8] = [
+    "ping",
+    "offer",
+    "answer",
+    "delete",
+    "query",
+    "list",
+    "statistics",
+    "probe",
+];
 
 /// What a request's failure says.
 #[derive(Debug)]
@@ -215,7 +243,13 @@ impl Calls {
             .interfaces
             .iter()
             .enumerate()
-            .map(|(i, _)| PortPool::new(cfg.port_min, cfg.port_max, (seed as usize).wrapping_add(i * 7919)))
+            .map(|(i, _)| {
+                PortPool::new(
+                    cfg.port_min,
+                    cfg.port_max,
+                    (seed as usize).wrapping_add(i * 7919),
+                )
+            })
             .collect();
         Self {
             engine: Engine::new(engine, seed),
@@ -252,7 +286,13 @@ impl Calls {
     }
 
     /// Handles one ng request; the reply always has `result` (and `error-reason` on error).
-    pub fn handle(&mut self, req: &Dict, now: Instant, wall: SystemTime, kstats: &dyn FlowStats) -> Dict {
+    pub fn handle(
+        &mut self,
+        req: &Dict,
+        now: Instant,
+        wall: SystemTime,
+        kstats: &dyn FlowStats,
+    ) -> Dict {
         let command = req.get_str("command").unwrap_or_default().to_owned();
         if let Some(i) = COMMANDS.iter().position(|c| *c == command) {
             self.counters.commands[i] += 1;
@@ -267,7 +307,9 @@ impl Calls {
             "list" => self.list(req),
             "statistics" => Ok(self.statistics(wall, kstats)),
             "probe" => self.probe(req, &opts, now),
-            "" if req.get("command").is_none() => Err(err("Dictionary contains no key \"command\"")),
+            "" if req.get("command").is_none() => {
+                Err(err("Dictionary contains no key \"command\""))
+            }
             _ => Err(err("Unrecognized command")),
         };
         match result {
@@ -279,7 +321,10 @@ impl Calls {
                 if !warnings.is_empty() {
                     reply.set("warning", Value::from(warnings.join("; ")));
                 }
-                reply.push("result", Value::str(if command == "ping" { "pong" } else { "ok" }));
+                reply.push(
+                    "result",
+                    Value::str(if command == "ping" { "pong" } else { "ok" }),
+                );
                 reply
             }
             Err(NgError(reason)) => {
@@ -299,7 +344,11 @@ impl Calls {
             None => true,
         };
         if let Some(n) = name
-            && let Some(i) = self.cfg.interfaces.iter().position(|i| i.name == n && fam_ok(i))
+            && let Some(i) = self
+                .cfg
+                .interfaces
+                .iter()
+                .position(|i| i.name == n && fam_ok(i))
         {
             return Ok(i);
         }
@@ -310,10 +359,27 @@ impl Calls {
             .ok_or_else(|| err("no interface of the requested address family"))
     }
 
-    fn offer_answer(&mut self, req: &Dict, o: &Options, is_offer: bool, now: Instant, wall: SystemTime) -> NgResult {
-        let sdp_bytes = req.get_any(&["sdp", "SDP"]).and_then(Value::as_bytes).ok_or_else(|| err("No SDP body in message"))?;
-        let call_id = req.get_any(&["call-id", "call-ID", "call id", "call ID"]).and_then(Value::as_str).ok_or_else(|| err("No call-id in message"))?.to_owned();
-        let from_tag = req.get_str("from-tag").ok_or_else(|| err("No from-tag in message"))?.to_owned();
+    fn offer_answer(
+        &mut self,
+        req: &Dict,
+        o: &Options,
+        is_offer: bool,
+        now: Instant,
+        wall: SystemTime,
+    ) -> NgResult {
+        let sdp_bytes = req
+            .get_any(&["sdp", "SDP"])
+            .and_then(Value::as_bytes)
+            .ok_or_else(|| err("No SDP body in message"))?;
+        let call_id = req
+            .get_any(&["call-id", "call-ID", "call id", "call ID"])
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("No call-id in message"))?
+            .to_owned();
+        let from_tag = req
+            .get_str("from-tag")
+            .ok_or_else(|| err("No from-tag in message"))?
+            .to_owned();
         let to_tag = req.get_str("to-tag").map(str::to_owned);
         if !is_offer && to_tag.is_none() {
             return Err(err("No to-tag in message"));
@@ -323,7 +389,11 @@ impl Calls {
             return Err(err("Unknown call-id"));
         }
         // rtpengine's convention: an answer's SDP comes from the to-tag's side.
-        let sender_tag = if is_offer { from_tag.clone() } else { to_tag.clone().unwrap_or_default() };
+        let sender_tag = if is_offer {
+            from_tag.clone()
+        } else {
+            to_tag.clone().unwrap_or_default()
+        };
 
         let new_call = !self.calls.contains_key(&call_id);
         if new_call {
@@ -374,11 +444,22 @@ impl Calls {
         let probe_port = self.cfg.probe_port;
         let mut relays: [Option<SocketAddr>; 2] = [None, None];
         relays[sender as usize] = o.next_relay.map(|r| r.with_default_port(probe_port));
-        relays[recipient as usize] = o.next_relay_recipient.map(|r| r.with_default_port(probe_port));
+        relays[recipient as usize] = o
+            .next_relay_recipient
+            .map(|r| r.with_default_port(probe_port));
         let session_tag = tag_of(&call_id);
 
         let mut created = Vec::new();
-        let result = self.apply_media(&call_id, &parsed, o, sender, relays, session_tag, now, &mut created);
+        let result = self.apply_media(
+            &call_id,
+            &parsed,
+            o,
+            sender,
+            relays,
+            session_tag,
+            now,
+            &mut created,
+        );
         if let Err(e) = result {
             // Nothing allocated for this request survives a failure.
             for (media, ports) in created {
@@ -417,7 +498,10 @@ impl Calls {
 
     /// Creates or updates the streams of each m= line. `created` collects what this request
     /// allocated, so that a failure can undo it.
-    #[expect(clippy::too_many_arguments, reason = "one call site; the arguments are the request's parts")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the request's parts"
+    )]
     fn apply_media(
         &mut self,
         call_id: &str,
@@ -431,32 +515,54 @@ impl Calls {
     ) -> Result<(), NgError> {
         let s = sender as usize;
         for (i, m) in parsed.media.iter().enumerate() {
-            let source_ip = |ip: IpAddr| if o.sip_source_address { o.received_from.unwrap_or(ip) } else { ip };
-            let remote_rtp = (!m.is_held()).then(|| Endpoint::from(SocketAddr::new(source_ip(m.addr), m.port)));
+            let source_ip = |ip: IpAddr| {
+                if o.sip_source_address {
+                    o.received_from.unwrap_or(ip)
+                } else {
+                    ip
+                }
+            };
+            let remote_rtp =
+                (!m.is_held()).then(|| Endpoint::from(SocketAddr::new(source_ip(m.addr), m.port)));
             let rtcp_sa = m.rtcp_endpoint();
-            let remote_rtcp = (!m.is_held()).then(|| Endpoint::from(SocketAddr::new(source_ip(rtcp_sa.ip()), rtcp_sa.port())));
+            let remote_rtcp = (!m.is_held())
+                .then(|| Endpoint::from(SocketAddr::new(source_ip(rtcp_sa.ip()), rtcp_sa.port())));
             let mux_offered = m.rtcp_mux;
             let call = self.calls.get_mut(call_id).expect("caller checked");
             let asym = call.asymmetric;
             let strict = call.strict_source;
-            let latching = asym.map(|a| if a { Latching::Asymmetric } else { Latching::Symmetric });
+            let latching = asym.map(|a| {
+                if a {
+                    Latching::Asymmetric
+                } else {
+                    Latching::Symmetric
+                }
+            });
             if let Some(existing) = call.medias.get_mut(i) {
                 existing.rtcp_mux[s] = mux_offered;
                 existing.rtcp_mux[1 - s] = mux_decision(&o.rtcp_mux, mux_offered);
                 if m.is_disabled() || existing.rtp.is_none() {
                     continue;
                 }
-                let mut upd = StreamUpdate { latching: latching.map(Some), strict_source: Some(strict), ..StreamUpdate::default() };
+                let mut upd = StreamUpdate {
+                    latching: latching.map(Some),
+                    strict_source: Some(strict),
+                    ..StreamUpdate::default()
+                };
                 upd.next_relay = relays;
                 upd.remote[s] = remote_rtp;
                 let (rtp, rtcp) = (existing.rtp, existing.rtcp);
                 if let Some(id) = rtp {
-                    self.engine.update_stream(id, &upd, now).map_err(|e| err(e.to_string()))?;
+                    self.engine
+                        .update_stream(id, &upd, now)
+                        .map_err(|e| err(e.to_string()))?;
                 }
                 upd.remote[s] = remote_rtcp;
                 upd.next_relay = [None, None];
                 if let Some(id) = rtcp {
-                    self.engine.update_stream(id, &upd, now).map_err(|e| err(e.to_string()))?;
+                    self.engine
+                        .update_stream(id, &upd, now)
+                        .map_err(|e| err(e.to_string()))?;
                 }
                 continue;
             }
@@ -479,10 +585,17 @@ impl Calls {
             let ifaces = call.ifaces;
             let mut ports = [0u16; 2];
             for side in [0, 1] {
-                ports[side] = self.pools[ifaces[side]].alloc().ok_or_else(|| err("Ran out of ports"))?;
+                ports[side] = self.pools[ifaces[side]]
+                    .alloc()
+                    .ok_or_else(|| err("Ran out of ports"))?;
             }
             created.push((i, ports));
-            let local = |side: usize, port: u16| Endpoint::from(SocketAddr::new(self.cfg.interfaces[ifaces[side]].addr, port));
+            let local = |side: usize, port: u16| {
+                Endpoint::from(SocketAddr::new(
+                    self.cfg.interfaces[ifaces[side]].addr,
+                    port,
+                ))
+            };
             let mut rtp_cfg = StreamConfig::new(local(0, ports[0]), local(1, ports[1]));
             rtp_cfg.latching = latching;
             rtp_cfg.strict_source = strict;
@@ -495,10 +608,17 @@ impl Calls {
             rtcp_cfg.session_tag = session_tag;
             rtcp_cfg.remote[s] = remote_rtcp;
             media.ports = ports;
-            media.rtp = Some(self.engine.add_stream(rtp_cfg).map_err(|e| err(e.to_string()))?);
+            media.rtp = Some(
+                self.engine
+                    .add_stream(rtp_cfg)
+                    .map_err(|e| err(e.to_string()))?,
+            );
             let call = self.calls.get_mut(call_id).expect("caller checked");
             call.medias.push(media);
-            let rtcp = self.engine.add_stream(rtcp_cfg).map_err(|e| err(e.to_string()))?;
+            let rtcp = self
+                .engine
+                .add_stream(rtcp_cfg)
+                .map_err(|e| err(e.to_string()))?;
             let call = self.calls.get_mut(call_id).expect("caller checked");
             call.medias.last_mut().expect("pushed").rtcp = Some(rtcp);
         }
@@ -511,7 +631,9 @@ impl Calls {
 
     /// Undoes the allocation of media `i` (a failed request).
     fn release_media(&mut self, call_id: &str, i: usize, ports: [u16; 2]) {
-        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
         let ifaces = call.ifaces;
         if let Some(m) = call.medias.get_mut(i) {
             for id in [m.rtp.take(), m.rtcp.take()].into_iter().flatten() {
@@ -528,7 +650,9 @@ impl Calls {
 
     /// Tears a call's media down: streams, flows and ports. The record stays for `query`.
     fn teardown(&mut self, call_id: &str, why: Ended, now: Instant) {
-        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
         if call.ended.is_some() {
             return;
         }
@@ -556,8 +680,19 @@ impl Calls {
         }
     }
 
-    fn delete(&mut self, req: &Dict, o: &Options, now: Instant, wall: SystemTime, kstats: &dyn FlowStats) -> NgResult {
-        let call_id = req.get_any(&["call-id", "call-ID", "call id", "call ID"]).and_then(Value::as_str).ok_or_else(|| err("No call-id in message"))?.to_owned();
+    fn delete(
+        &mut self,
+        req: &Dict,
+        o: &Options,
+        now: Instant,
+        wall: SystemTime,
+        kstats: &dyn FlowStats,
+    ) -> NgResult {
+        let call_id = req
+            .get_any(&["call-id", "call-ID", "call id", "call ID"])
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("No call-id in message"))?
+            .to_owned();
         let from_tag = req.get_str("from-tag").filter(|t| !t.is_empty());
         let to_tag = req.get_str("to-tag").filter(|t| !t.is_empty());
         let not_found = "Call-ID not found or tags didn't match";
@@ -567,14 +702,21 @@ impl Calls {
             }
             return Ok(ng_dict! { "warning" => not_found });
         };
-        let tags_match = [from_tag, to_tag].iter().flatten().all(|t| call.tags.iter().flatten().any(|c| c == t));
+        let tags_match = [from_tag, to_tag]
+            .iter()
+            .flatten()
+            .all(|t| call.tags.iter().flatten().any(|c| c == t));
         if !tags_match {
             if o.fatal {
                 return Err(err(not_found));
             }
             return Ok(ng_dict! { "warning" => not_found });
         }
-        let reply = if from_tag.is_some() { self.call_stats(&call_id, wall, kstats) } else { Dict::new() };
+        let reply = if from_tag.is_some() {
+            self.call_stats(&call_id, wall, kstats)
+        } else {
+            Dict::new()
+        };
         let delay = match o.delete_delay {
             Some(d) if d >= 0 => Duration::from_secs(d.unsigned_abs()),
             _ => self.cfg.delete_delay,
@@ -589,7 +731,10 @@ impl Calls {
     }
 
     fn query(&self, req: &Dict, wall: SystemTime, kstats: &dyn FlowStats) -> NgResult {
-        let call_id = req.get_any(&["call-id", "call-ID", "call id", "call ID"]).and_then(Value::as_str).ok_or_else(|| err("No call-id in message"))?;
+        let call_id = req
+            .get_any(&["call-id", "call-ID", "call id", "call ID"])
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("No call-id in message"))?;
         if !self.calls.contains_key(call_id) {
             return Err(err("Unknown call-id"));
         }
@@ -626,18 +771,30 @@ impl Calls {
     }
 
     fn probe(&mut self, req: &Dict, o: &Options, now: Instant) -> NgResult {
-        let call_id = req.get_any(&["call-id", "call-ID", "call id", "call ID"]).and_then(Value::as_str).ok_or_else(|| err("No call-id in message"))?.to_owned();
-        let call = self.calls.get_mut(&call_id).filter(|c| c.ended.is_none()).ok_or_else(|| err("Unknown call-id"))?;
+        let call_id = req
+            .get_any(&["call-id", "call-ID", "call id", "call ID"])
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("No call-id in message"))?
+            .to_owned();
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .filter(|c| c.ended.is_none())
+            .ok_or_else(|| err("Unknown call-id"))?;
         // The side to probe toward: the one with `from-tag`, or every side with a next relay.
         let sides: Vec<Side> = match req.get_str("from-tag") {
-            Some(t) => vec![match call.tags.iter().position(|c| c.as_deref() == Some(t)) {
-                Some(0) => Side::A,
-                Some(_) => Side::B,
-                None => return Err(err("Unknown tag")),
-            }],
+            Some(t) => vec![
+                match call.tags.iter().position(|c| c.as_deref() == Some(t)) {
+                    Some(0) => Side::A,
+                    Some(_) => Side::B,
+                    None => return Err(err("Unknown tag")),
+                },
+            ],
             None => Side::BOTH.to_vec(),
         };
-        let relay = o.next_relay.map(|r| r.with_default_port(self.cfg.probe_port));
+        let relay = o
+            .next_relay
+            .map(|r| r.with_default_port(self.cfg.probe_port));
         let streams: Vec<StreamId> = call.medias.iter().filter_map(|m| m.rtp).collect();
         let mut probed = 0usize;
         let mut last_err = None;
@@ -655,16 +812,31 @@ impl Calls {
             }
         }
         if probed == 0 {
-            return Err(err(last_err.map_or_else(|| "No media to probe".to_owned(), |e| format!("Cannot probe: {e}"))));
+            return Err(err(last_err.map_or_else(
+                || "No media to probe".to_owned(),
+                |e| format!("Cannot probe: {e}"),
+            )));
         }
         Ok(ng_dict! { "probes" => probed })
     }
 
     fn statistics(&self, wall: SystemTime, kstats: &dyn FlowStats) -> Dict {
-        let uptime = wall.duration_since(self.started).unwrap_or_default().as_secs();
-        let (mut k_packets, mut k_bytes, mut u_packets, mut u_bytes, mut kernel_media, mut user_media) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let uptime = wall
+            .duration_since(self.started)
+            .unwrap_or_default()
+            .as_secs();
+        let (
+            mut k_packets,
+            mut k_bytes,
+            mut u_packets,
+            mut u_bytes,
+            mut kernel_media,
+            mut user_media,
+        ) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         for id in self.engine.stream_ids() {
-            let Some(st) = self.engine.status(id) else { continue };
+            let Some(st) = self.engine.status(id) else {
+                continue;
+            };
             let mut forwarding = true;
             for s in &st {
                 let k = kstats.counters(&s.local).unwrap_or_default();
@@ -674,11 +846,18 @@ impl Calls {
                 u_bytes += s.counters.bytes;
                 forwarding &= s.state == FlowState::Forward;
             }
-            if forwarding { kernel_media += 1 } else { user_media += 1 }
+            if forwarding {
+                kernel_media += 1
+            } else {
+                user_media += 1
+            }
         }
         let mut control = Dict::new();
         for (i, c) in COMMANDS.iter().enumerate() {
-            control.push(&format!("total{c}count"), Value::from(self.counters.commands[i]));
+            control.push(
+                &format!("total{c}count"),
+                Value::from(self.counters.commands[i]),
+            );
         }
         control.push("errorcount", Value::from(self.counters.errors));
         ng_dict! {
@@ -708,17 +887,23 @@ impl Calls {
 
     /// The query-style statistics of a call.
     fn call_stats(&self, call_id: &str, wall: SystemTime, kstats: &dyn FlowStats) -> Dict {
-        let Some(call) = self.calls.get(call_id) else { return Dict::new() };
+        let Some(call) = self.calls.get(call_id) else {
+            return Dict::new();
+        };
         let epoch = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let mut tags = Dict::new();
         let mut totals = [[0u64; 3]; 2]; // [RTP, RTCP] x [packets, bytes, errors]
         for side in Side::BOTH {
-            let tag = call.tags[side as usize].clone().unwrap_or_else(|| format!("<untagged {}>", side as usize));
+            let tag = call.tags[side as usize]
+                .clone()
+                .unwrap_or_else(|| format!("<untagged {}>", side as usize));
             let mut medias = Vec::new();
             for (i, m) in call.medias.iter().enumerate() {
                 let mut streams = Vec::new();
                 for (kind, id) in [("RTP", m.rtp), ("RTCP", m.rtcp)] {
-                    let Some(st) = id.and_then(|id| self.engine_ref().status(id)) else { continue };
+                    let Some(st) = id.and_then(|id| self.engine_ref().status(id)) else {
+                        continue;
+                    };
                     let s = &st[side as usize];
                     let k = kstats.counters(&s.local).unwrap_or_default();
                     let ingress_p = k.fwd_packets + k.punt_packets;
@@ -731,7 +916,11 @@ impl Calls {
                     d.set("stats", Value::Dict(ng_dict! { "packets" => ingress_p, "bytes" => ingress_b, "errors" => k.mismatch_packets }));
                     streams.push(Value::Dict(d));
                 }
-                let mut flags = vec![Value::str("initialized"), Value::str("send"), Value::str("recv")];
+                let mut flags = vec![
+                    Value::str("initialized"),
+                    Value::str("send"),
+                    Value::str("recv"),
+                ];
                 if m.rtcp_mux[side as usize] {
                     flags.push(Value::str("rtcp-mux"));
                 }
@@ -745,23 +934,32 @@ impl Calls {
                 md.push("streams", Value::List(streams));
                 md.push("flags", Value::List(flags));
                 if m.timed_out {
-                    md.push("mediaproxy", Value::Dict(ng_dict! { "state" => "timed out" }));
+                    md.push(
+                        "mediaproxy",
+                        Value::Dict(ng_dict! { "state" => "timed out" }),
+                    );
                 }
                 medias.push(Value::Dict(md));
             }
             let other = call.tags[1 - side as usize].clone().unwrap_or_default();
             let mut td = ng_dict! { "tag" => tag.as_str() };
-            if side == Side::B && let Some(b) = &call.via_branch {
+            if side == Side::B
+                && let Some(b) = &call.via_branch
+            {
                 td.push("via-branch", Value::str(b));
             }
             td.push("created", Value::from(epoch(call.created).as_secs()));
-            let peer = Value::List(vec![Value::Dict(ng_dict! { "tag" => other.as_str(), "type" => "offer/answer" })]);
+            let peer = Value::List(vec![Value::Dict(
+                ng_dict! { "tag" => other.as_str(), "type" => "offer/answer" },
+            )]);
             td.push("subscriptions", peer.clone());
             td.push("subscribers", peer);
             td.push("medias", Value::List(medias));
             tags.push(&tag, Value::Dict(td));
         }
-        let total = |t: [u64; 3]| Value::Dict(ng_dict! { "packets" => t[0], "bytes" => t[1], "errors" => t[2] });
+        let total = |t: [u64; 3]| {
+            Value::Dict(ng_dict! { "packets" => t[0], "bytes" => t[1], "errors" => t[2] })
+        };
         let state = match call.ended {
             Some((Ended::Timeout, _)) => "timed out",
             Some((Ended::Deleted, _)) => "deleted",
@@ -781,7 +979,12 @@ impl Calls {
 
     /// Ends delayed deletes and idle media; call about once a second.
     pub fn housekeeping(&mut self, now: Instant, kstats: &dyn FlowStats) {
-        let due: Vec<String> = self.calls.iter().filter(|(_, c)| c.ended.is_none() && c.delete_at.is_some_and(|t| t <= now)).map(|(id, _)| id.clone()).collect();
+        let due: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.ended.is_none() && c.delete_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in due {
             self.teardown(&id, Ended::Deleted, now);
             self.calls.remove(&id);
@@ -789,18 +992,28 @@ impl Calls {
         let expired: Vec<String> = self
             .calls
             .iter()
-            .filter(|(_, c)| c.ended.is_some_and(|(_, at)| now.saturating_duration_since(at) >= self.cfg.keep_ended))
+            .filter(|(_, c)| {
+                c.ended
+                    .is_some_and(|(_, at)| now.saturating_duration_since(at) >= self.cfg.keep_ended)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
             self.calls.remove(&id);
         }
         let timeout = self.cfg.media_timeout;
-        let ids: Vec<String> = self.calls.iter().filter(|(_, c)| c.ended.is_none()).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.ended.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             let signal_age = {
                 let c = &self.calls[&id];
-                SystemTime::now().duration_since(c.last_signal).unwrap_or_default()
+                SystemTime::now()
+                    .duration_since(c.last_signal)
+                    .unwrap_or_default()
             };
             let mut idle_medias = Vec::new();
             for (i, m) in self.calls[&id].medias.iter().enumerate() {
@@ -830,7 +1043,9 @@ impl Calls {
         if idle.is_empty() {
             return;
         }
-        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
         let ifaces = call.ifaces;
         let mut streams = Vec::new();
         let mut ports = Vec::new();
@@ -866,7 +1081,9 @@ fn mux_decision(opts: &[String], offered: bool) -> bool {
 
 /// A 64-bit tag of the Call-ID for probe messages (FNV-1a).
 fn tag_of(call_id: &str) -> u64 {
-    call_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    call_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn endpoint_dict(e: Option<Endpoint>) -> Value {
@@ -880,20 +1097,36 @@ fn endpoint_dict(e: Option<Endpoint>) -> Value {
     }
 }
 
-fn stream_dict(s: &SideStatus, kind: &str, k: &FlowCounters, last_seen: Option<Instant>, wall: SystemTime) -> Dict {
+fn stream_dict(
+    s: &SideStatus,
+    kind: &str,
+    k: &FlowCounters,
+    last_seen: Option<Instant>,
+    wall: SystemTime,
+) -> Dict {
     let local = s.local.socket_addr();
     let mut d = Dict::new();
     if let Some(l) = local {
         d.push("local port", Value::from(l.port()));
         d.push("local address", Value::from(l.ip().to_string()));
-        d.push("family", Value::str(if l.is_ipv4() { "IPv4" } else { "IPv6" }));
+        d.push(
+            "family",
+            Value::str(if l.is_ipv4() { "IPv4" } else { "IPv6" }),
+        );
     }
     d.push("endpoint", endpoint_dict(s.latched));
     d.push("advertised endpoint", endpoint_dict(s.remote));
     if let Some(t) = last_seen {
         let ago = Instant::now().saturating_duration_since(t);
         let at = wall.checked_sub(ago).unwrap_or(wall);
-        d.push("last packet", Value::from(at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()));
+        d.push(
+            "last packet",
+            Value::from(
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs(),
+            ),
+        );
     }
     let mut flags = vec![Value::str(kind), Value::str("filled")];
     if s.latched.is_some() {
@@ -905,10 +1138,18 @@ fn stream_dict(s: &SideStatus, kind: &str, k: &FlowCounters, last_seen: Option<I
     d.push("flags", Value::List(flags));
     let probe = match s.probe {
         ProbePhase::Idle => ng_dict! { "state" => "idle" },
-        ProbePhase::Probing { attempts } => ng_dict! { "state" => "probing", "attempts" => u64::from(attempts) },
-        ProbePhase::Acked { rtt } => ng_dict! { "state" => "acked", "rtt ms" => rtt.as_millis() as u64 },
-        ProbePhase::Failed { attempts } => ng_dict! { "state" => "failed", "attempts" => u64::from(attempts) },
-        ProbePhase::Cancelled { attempts } => ng_dict! { "state" => "cancelled: the far side spoke first", "attempts" => u64::from(attempts) },
+        ProbePhase::Probing { attempts } => {
+            ng_dict! { "state" => "probing", "attempts" => u64::from(attempts) }
+        }
+        ProbePhase::Acked { rtt } => {
+            ng_dict! { "state" => "acked", "rtt ms" => rtt.as_millis() as u64 }
+        }
+        ProbePhase::Failed { attempts } => {
+            ng_dict! { "state" => "failed", "attempts" => u64::from(attempts) }
+        }
+        ProbePhase::Cancelled { attempts } => {
+            ng_dict! { "state" => "cancelled: the far side spoke first", "attempts" => u64::from(attempts) }
+        }
     };
     let mut mp = ng_dict! {
         "state" => if s.state == FlowState::Forward { "FORWARD" } else { "HOLD" },
@@ -918,18 +1159,24 @@ fn stream_dict(s: &SideStatus, kind: &str, k: &FlowCounters, last_seen: Option<I
         mp.push("forwarding to", endpoint_dict(Some(dst)));
     }
     if let Some(after) = s.blocking_suspected {
-        mp.push("blocking suspected ms", Value::from(after.as_millis() as u64));
+        mp.push(
+            "blocking suspected ms",
+            Value::from(after.as_millis() as u64),
+        );
     }
     if let Some(r) = s.next_relay {
         mp.push("next relay", Value::from(r.to_string()));
     }
     mp.push("probe", Value::Dict(probe));
     if let Some(by) = s.unblocked {
-        mp.push("unblocked by", Value::str(match by {
-            Unblocked::Ack => "ack",
-            Unblocked::Probe => "probe",
-            Unblocked::Command => "command",
-        }));
+        mp.push(
+            "unblocked by",
+            Value::str(match by {
+                Unblocked::Ack => "ack",
+                Unblocked::Probe => "probe",
+                Unblocked::Command => "command",
+            }),
+        );
     }
     mp.push("packets xdp", Value::from(k.fwd_packets));
     mp.push("bytes xdp", Value::from(k.fwd_bytes));
@@ -937,7 +1184,10 @@ fn stream_dict(s: &SideStatus, kind: &str, k: &FlowCounters, last_seen: Option<I
     mp.push("bytes userspace", Value::from(s.counters.bytes));
     mp.push("sent by userspace", Value::from(s.counters.sent));
     mp.push("packets punted", Value::from(k.punt_packets));
-    mp.push("rejected sources", Value::from(s.counters.rejected + k.mismatch_packets));
+    mp.push(
+        "rejected sources",
+        Value::from(s.counters.rejected + k.mismatch_packets),
+    );
     mp.push("held", Value::from(s.held));
     mp.push("held dropped", Value::from(s.counters.held_dropped));
     d.push("mediaproxy", Value::Dict(mp));

@@ -23,16 +23,29 @@ pub struct NgClient {
 
 impl NgClient {
     pub fn new(server: SocketAddr) -> anyhow::Result<Self> {
-        let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+        let bind: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()?;
         let sock = UdpSocket::bind(bind)?;
         sock.set_read_timeout(Some(Duration::from_secs(1)))?;
-        Ok(Self { sock, server, tries: 5 })
+        Ok(Self {
+            sock,
+            server,
+            tries: 5,
+        })
     }
 
     /// A fresh cookie in Kamailio's style (`<id>_<pid>_<seq>`).
     #[must_use]
     pub fn cookie() -> String {
-        format!("mp_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "mp_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Sends `req` and waits for the reply, retransmitting the same cookie.
@@ -46,17 +59,29 @@ impl NgClient {
         req.encode_into(&mut msg);
         let mut buf = vec![0u8; 65536];
         for _ in 0..self.tries.max(1) {
-            self.sock.send_to(&msg, self.server).context("sending the ng request")?;
+            self.sock
+                .send_to(&msg, self.server)
+                .context("sending the ng request")?;
             loop {
                 match self.sock.recv_from(&mut buf) {
                     Ok((n, _)) => {
                         let reply = &buf[..n];
-                        let Some(body) = reply.strip_prefix(cookie.as_bytes()).and_then(|r| r.strip_prefix(b" ")) else {
+                        let Some(body) = reply
+                            .strip_prefix(cookie.as_bytes())
+                            .and_then(|r| r.strip_prefix(b" "))
+                        else {
                             continue; // a late reply to an earlier request
                         };
                         return bencode::decode_dict_prefix(body).context("decoding the ng reply");
                     }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
                     Err(e) => return Err(e).context("receiving the ng reply"),
                 }
             }
@@ -70,7 +95,14 @@ impl NgClient {
         let mut buf = vec![0u8; 65536];
         match self.sock.recv_from(&mut buf) {
             Ok((n, _)) => Ok(Some(buf[..n].to_vec())),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }

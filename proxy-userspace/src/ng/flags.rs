@@ -8,7 +8,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{bencode::{Dict, Value}, sdp::RtcpAttrMode};
+use super::{
+    bencode::{Dict, Value},
+    sdp::RtcpAttrMode,
+};
 
 /// Lower-case, spaces to hyphens.
 fn norm(s: &str) -> String {
@@ -59,7 +62,10 @@ impl RelayAddr {
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim();
         if let Ok(sa) = s.parse::<SocketAddr>() {
-            return Some(Self { ip: sa.ip(), port: Some(sa.port()) });
+            return Some(Self {
+                ip: sa.ip(),
+                port: Some(sa.port()),
+            });
         }
         let bare = s.trim_start_matches('[').trim_end_matches(']');
         bare.parse().ok().map(|ip| Self { ip, port: None })
@@ -72,10 +78,35 @@ impl RelayAddr {
 }
 
 const KNOWN_KEYS: &[&str] = &[
-    "command", "call-id", "from-tag", "to-tag", "via-branch", "sdp", "flags", "replace", "direction",
-    "received-from", "media-address", "address-family", "ice", "rtcp-mux", "transport-protocol",
-    "delete-delay", "supports", "next-relay", "next-relay-recipient", "limit", "tos", "label",
-    "set-label", "from-label", "to-label", "metadata", "interface", "address", "all",
+    "command",
+    "call-id",
+    "from-tag",
+    "to-tag",
+    "via-branch",
+    "sdp",
+    "flags",
+    "replace",
+    "direction",
+    "received-from",
+    "media-address",
+    "address-family",
+    "ice",
+    "rtcp-mux",
+    "transport-protocol",
+    "delete-delay",
+    "supports",
+    "next-relay",
+    "next-relay-recipient",
+    "limit",
+    "tos",
+    "label",
+    "set-label",
+    "from-label",
+    "to-label",
+    "metadata",
+    "interface",
+    "address",
+    "all",
 ];
 
 fn bool_flag(o: &mut Options, flag: &str) -> bool {
@@ -93,8 +124,9 @@ fn bool_flag(o: &mut Options, flag: &str) -> bool {
         "replace-session-connection" => o.replace_session_connection = true,
         "replace-zero-address" => o.replace_zero_address = true,
         // Accepted for compatibility; they change nothing here.
-        "no-port-latching" | "media-handover" | "loop-protect" | "record-call" | "no-redis-update"
-        | "reset" | "unidirectional" | "original-sendrecv" | "force" | "all" | "debug" => {}
+        "no-port-latching" | "media-handover" | "loop-protect" | "record-call"
+        | "no-redis-update" | "reset" | "unidirectional" | "original-sendrecv" | "force"
+        | "all" | "debug" => {}
         f if f.starts_with("rtcp-mux-") => o.rtcp_mux.push(f["rtcp-mux-".len()..].to_owned()),
         _ => return false,
     }
@@ -103,7 +135,11 @@ fn bool_flag(o: &mut Options, flag: &str) -> bool {
 
 fn strings(v: &Value) -> Vec<String> {
     match v {
-        Value::List(l) => l.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Value::List(l) => l
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Value::Bytes(_) => v.as_str().map(|s| vec![s.to_owned()]).unwrap_or_default(),
         _ => Vec::new(),
     }
@@ -139,9 +175,13 @@ fn apply_key(o: &mut Options, key: &str, v: &Value) {
             match l.as_slice() {
                 [_, addr] | [addr] => match addr.parse() {
                     Ok(ip) => o.received_from = Some(ip),
-                    Err(_) => o.warnings.push(format!("invalid received-from address '{addr}'")),
+                    Err(_) => o
+                        .warnings
+                        .push(format!("invalid received-from address '{addr}'")),
                 },
-                _ => o.warnings.push("received-from needs [family, address]".into()),
+                _ => o
+                    .warnings
+                    .push("received-from needs [family, address]".into()),
             }
         }
         "media-address" => match text.parse() {
@@ -156,7 +196,9 @@ fn apply_key(o: &mut Options, key: &str, v: &Value) {
         "ice" => match norm(text).as_str() {
             "remove" => o.ice_remove = true,
             "default" => {}
-            other => o.warnings.push(format!("ICE '{other}' is not supported; ICE attributes are passed through")),
+            other => o.warnings.push(format!(
+                "ICE '{other}' is not supported; ICE attributes are passed through"
+            )),
         },
         "rtcp-mux" => o.rtcp_mux.extend(strings(v).iter().map(|s| norm(s))),
         "delete-delay" => match v.as_int() {
@@ -170,7 +212,9 @@ fn apply_key(o: &mut Options, key: &str, v: &Value) {
         },
         "transport-protocol" => {
             if !text.is_empty() && !text.starts_with("RTP/AVP") && text != "accept" {
-                o.warnings.push(format!("transport protocol '{text}' is not supported; the m= protocol is kept"));
+                o.warnings.push(format!(
+                    "transport protocol '{text}' is not supported; the m= protocol is kept"
+                ));
             }
         }
         _ => {}
@@ -182,7 +226,9 @@ fn apply_key(o: &mut Options, key: &str, v: &Value) {
 pub fn parse(req: &Dict) -> Options {
     let mut o = Options::default();
     for (k, v) in &req.0 {
-        let Ok(k) = std::str::from_utf8(k) else { continue };
+        let Ok(k) = std::str::from_utf8(k) else {
+            continue;
+        };
         let key = norm(k);
         if key == "flags" {
             continue;
@@ -237,13 +283,30 @@ mod tests {
 
     #[test]
     fn flag_spellings_and_key_value_items() {
-        let flags = ["trust address", "strict-source", "ASYMMETRIC", "next-relay=1.2.3.4", "address-family=IP6", "rtcp-mux-offer", "frobnicate"];
+        let flags = [
+            "trust address",
+            "strict-source",
+            "ASYMMETRIC",
+            "next-relay=1.2.3.4",
+            "address-family=IP6",
+            "rtcp-mux-offer",
+            "frobnicate",
+        ];
         let mut d = Dict::new();
-        d.push("flags", Value::List(flags.iter().map(|f| Value::str(f)).collect()));
+        d.push(
+            "flags",
+            Value::List(flags.iter().map(|f| Value::str(f)).collect()),
+        );
         d.push("command", Value::str("offer"));
         let o = parse(&d);
         assert!(o.strict_source && o.asymmetric && !o.sip_source_address);
-        assert_eq!(o.next_relay, Some(RelayAddr { ip: "1.2.3.4".parse().unwrap(), port: None }));
+        assert_eq!(
+            o.next_relay,
+            Some(RelayAddr {
+                ip: "1.2.3.4".parse().unwrap(),
+                port: None
+            })
+        );
         assert_eq!(o.address_family, Some(Family::V6));
         assert_eq!(o.rtcp_mux, vec!["offer".to_owned()]);
         assert_eq!(o.warnings, vec!["unknown flag 'frobnicate'".to_owned()]);
@@ -255,7 +318,10 @@ mod tests {
         let o = parse(&d);
         assert_eq!(o.delete_delay, Some(0));
         assert!(o.fatal);
-        assert_eq!(RelayAddr::parse("[2001:db8::1]:7000").unwrap().port, Some(7000));
+        assert_eq!(
+            RelayAddr::parse("[2001:db8::1]:7000").unwrap().port,
+            Some(7000)
+        );
         assert_eq!(RelayAddr::parse("2001:db8::1").unwrap().port, None);
         assert!(RelayAddr::parse("not an address").is_none());
     }

@@ -2,7 +2,7 @@
 //! rewriting ([`sdp`]), and the call model behind the commands ([`calls`]).
 
 pub mod bencode;
-pub mod client;
 pub mod calls;
+pub mod client;
 pub mod flags;
 pub mod sdp;

@@ -135,7 +135,10 @@ fn split_lines(b: &[u8]) -> Vec<Line<'_>> {
                 rest = &rest[i + 1..];
             }
             None => {
-                out.push(Line { text: rest, ending: &[] });
+                out.push(Line {
+                    text: rest,
+                    ending: &[],
+                });
                 rest = &[];
             }
         }
@@ -222,7 +225,11 @@ pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
                 }
                 let kind = ascii(w[0]).ok_or(SdpError::BadMediaLine(i + 1))?.to_owned();
                 let port_s = ascii(w[1]).ok_or(SdpError::BadMediaLine(i + 1))?;
-                let port: u16 = port_s.split('/').next().and_then(|p| p.parse().ok()).ok_or(SdpError::BadMediaLine(i + 1))?;
+                let port: u16 = port_s
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or(SdpError::BadMediaLine(i + 1))?;
                 let proto = ascii(w[2]).ok_or(SdpError::BadMediaLine(i + 1))?.to_owned();
                 if let Some(m) = media.last_mut() {
                     m.end = i;
@@ -249,9 +256,14 @@ pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
                 if let Some(r) = v.strip_prefix(b"rtcp:") {
                     let mut w = words(r);
                     let port = w.next().and_then(ascii).and_then(|p| p.parse().ok());
-                    let rest: Vec<u8> = w.flat_map(|x| x.iter().copied().chain(std::iter::once(b' '))).collect();
+                    let rest: Vec<u8> = w
+                        .flat_map(|x| x.iter().copied().chain(std::iter::once(b' ')))
+                        .collect();
                     if let Some(port) = port {
-                        m.rtcp = Some(RtcpAttr { port, addr: parse_connection(&rest) });
+                        m.rtcp = Some(RtcpAttr {
+                            port,
+                            addr: parse_connection(&rest),
+                        });
                     }
                 } else if v == b"rtcp-mux" {
                     m.rtcp_mux = true;
@@ -262,7 +274,10 @@ pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
                 } else if let Some(r) = v.strip_prefix(b"rtpmap:") {
                     let mut w = words(r);
                     let pt = w.next().and_then(ascii);
-                    if m.codec.is_none() && pt.is_some() && pt.map(str::to_owned) == *first_first_pt.last().expect("in media") {
+                    if m.codec.is_none()
+                        && pt.is_some()
+                        && pt.map(str::to_owned) == *first_first_pt.last().expect("in media")
+                    {
                         m.codec = w.next().and_then(ascii).map(str::to_owned);
                     }
                 }
@@ -273,10 +288,17 @@ pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
     for (i, (m, addr)) in media.iter_mut().zip(media_addr).enumerate() {
         m.addr = addr.or(session_addr).ok_or(SdpError::NoConnection(i))?;
         if m.codec.is_none() {
-            m.codec = first_first_pt[i].as_deref().and_then(static_codec).map(str::to_owned);
+            m.codec = first_first_pt[i]
+                .as_deref()
+                .and_then(static_codec)
+                .map(str::to_owned);
         }
     }
-    Ok(Sdp { lines, media, origin_addr })
+    Ok(Sdp {
+        lines,
+        media,
+        origin_addr,
+    })
 }
 
 /// What to write for `a=rtcp`.
@@ -324,24 +346,33 @@ fn connection_value(ip: IpAddr) -> String {
 }
 
 fn is_ice_attr(v: &[u8]) -> bool {
-    v.starts_with(b"ice-") || v.starts_with(b"candidate:") || v == b"end-of-candidates" || v.starts_with(b"remote-candidates:")
+    v.starts_with(b"ice-")
+        || v.starts_with(b"candidate:")
+        || v == b"end-of-candidates"
+        || v.starts_with(b"remote-candidates:")
 }
 
 /// Rewrites `sdp` for the relay. `rw.media` must have one entry per media section.
 #[must_use]
 pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
-    let mut out = Vec::with_capacity(sdp.lines.iter().map(|l| l.text.len() + 2).sum::<usize>() + 64);
+    let mut out =
+        Vec::with_capacity(sdp.lines.iter().map(|l| l.text.len() + 2).sum::<usize>() + 64);
     // The ending used for lines we add: the body's own.
-    let eol: &[u8] = sdp.lines.iter().find(|l| !l.ending.is_empty()).map_or(b"\r\n", |l| l.ending);
+    let eol: &[u8] = sdp
+        .lines
+        .iter()
+        .find(|l| !l.ending.is_empty())
+        .map_or(b"\r\n", |l| l.ending);
     let media_at = |line: usize| sdp.media.iter().rposition(|m| m.first <= line);
     let mut push = |text: &[u8], ending: &[u8]| {
         out.extend_from_slice(text);
         out.extend_from_slice(ending);
     };
     let keep_zero = |ip: IpAddr| ip.is_unspecified() && !rw.replace_zero_address;
-    let all_media_have_c = sdp.media.iter().all(|m| {
-        sdp.lines[m.first..m.end].iter().any(|l| l.kind() == b'c')
-    });
+    let all_media_have_c = sdp
+        .media
+        .iter()
+        .all(|m| sdp.lines[m.first..m.end].iter().any(|l| l.kind() == b'c'));
     for (i, line) in sdp.lines.iter().enumerate() {
         let mi = media_at(i);
         let section = mi.map(|k| (&sdp.media[k], rw.media.get(k).copied()));
@@ -355,7 +386,9 @@ pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
                         text.extend_from_slice(part);
                         text.push(b' ');
                     }
-                    text.extend_from_slice(format!("IN {} {}", family_word(rw.addr), rw.addr).as_bytes());
+                    text.extend_from_slice(
+                        format!("IN {} {}", family_word(rw.addr), rw.addr).as_bytes(),
+                    );
                     push(&text, line.ending);
                 } else {
                     push(line.text, line.ending);
@@ -363,9 +396,13 @@ pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
             }
             (b'c', None) => {
                 let ip = parse_connection(v);
-                let rewrite_it = (rw.replace_session_connection || !all_media_have_c) && !ip.is_some_and(keep_zero);
+                let rewrite_it = (rw.replace_session_connection || !all_media_have_c)
+                    && !ip.is_some_and(keep_zero);
                 if rewrite_it {
-                    push(format!("c={}", connection_value(rw.addr)).as_bytes(), line.ending);
+                    push(
+                        format!("c={}", connection_value(rw.addr)).as_bytes(),
+                        line.ending,
+                    );
                 } else {
                     push(line.text, line.ending);
                 }
@@ -374,7 +411,10 @@ pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
                 if keep_zero(m.addr) || m.is_disabled() {
                     push(line.text, line.ending);
                 } else {
-                    push(format!("c={}", connection_value(rw.addr)).as_bytes(), line.ending);
+                    push(
+                        format!("c={}", connection_value(rw.addr)).as_bytes(),
+                        line.ending,
+                    );
                 }
             }
             (b'm', Some((m, Some(r)))) if i == m.first => {
@@ -401,10 +441,22 @@ pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
                 if v.starts_with(b"rtcp:") {
                     match rw.rtcp_attr {
                         RtcpAttrMode::Omit => {}
-                        RtcpAttrMode::Full => push(format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr)).as_bytes(), line.ending),
+                        RtcpAttrMode::Full => push(
+                            format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr))
+                                .as_bytes(),
+                            line.ending,
+                        ),
                         RtcpAttrMode::Keep => {
                             if m.rtcp.is_some_and(|a| a.addr.is_some()) {
-                                push(format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr)).as_bytes(), line.ending);
+                                push(
+                                    format!(
+                                        "a=rtcp:{} {}",
+                                        rtcp_port(r),
+                                        connection_value(rw.addr)
+                                    )
+                                    .as_bytes(),
+                                    line.ending,
+                                );
                             } else {
                                 push(format!("a=rtcp:{}", rtcp_port(r)).as_bytes(), line.ending);
                             }
@@ -437,10 +489,21 @@ fn rtcp_port(r: MediaRewrite) -> u16 {
 
 /// Lines added at the end of a media section: `a=rtcp-mux` when it is to be offered and was
 /// not there, and the long `a=rtcp` when asked for and absent.
-fn add_generated(push: &mut impl FnMut(&[u8], &[u8]), m: &Media, r: MediaRewrite, rw: &Rewrite, eol: &[u8], last_line_unterminated: bool) {
+fn add_generated(
+    push: &mut impl FnMut(&[u8], &[u8]),
+    m: &Media,
+    r: MediaRewrite,
+    rw: &Rewrite,
+    eol: &[u8],
+    last_line_unterminated: bool,
+) {
     let mut lines = Vec::new();
     if rw.rtcp_attr == RtcpAttrMode::Full && m.rtcp.is_none() {
-        lines.push(format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr)));
+        lines.push(format!(
+            "a=rtcp:{} {}",
+            rtcp_port(r),
+            connection_value(rw.addr)
+        ));
     }
     if r.rtcp_mux && !m.rtcp_mux {
         lines.push("a=rtcp-mux".to_owned());
@@ -453,7 +516,14 @@ fn add_generated(push: &mut impl FnMut(&[u8], &[u8]), m: &Media, r: MediaRewrite
     }
     let n = lines.len();
     for (k, l) in lines.into_iter().enumerate() {
-        push(l.as_bytes(), if k + 1 == n && last_line_unterminated { b"" } else { eol });
+        push(
+            l.as_bytes(),
+            if k + 1 == n && last_line_unterminated {
+                b""
+            } else {
+                eol
+            },
+        );
     }
 }
 
@@ -481,8 +551,16 @@ a=rtcp:4000 IN IP4 198.51.100.3\r\n";
         Rewrite {
             addr: addr.parse().unwrap(),
             media: vec![
-                MediaRewrite { rtp_port: 30000, rtcp_port: 30001, rtcp_mux: false },
-                MediaRewrite { rtp_port: 30002, rtcp_port: 30003, rtcp_mux: false },
+                MediaRewrite {
+                    rtp_port: 30000,
+                    rtcp_port: 30001,
+                    rtcp_mux: false,
+                },
+                MediaRewrite {
+                    rtp_port: 30002,
+                    rtcp_port: 30003,
+                    rtcp_mux: false,
+                },
             ],
             replace_origin: false,
             replace_session_connection: false,
@@ -497,7 +575,10 @@ a=rtcp:4000 IN IP4 198.51.100.3\r\n";
         let s = parse(OFFER.as_bytes()).unwrap();
         assert_eq!(s.media.len(), 2);
         let a = &s.media[0];
-        assert_eq!((a.kind.as_str(), a.port, a.proto.as_str()), ("audio", 3000, "RTP/AVP"));
+        assert_eq!(
+            (a.kind.as_str(), a.port, a.proto.as_str()),
+            ("audio", 3000, "RTP/AVP")
+        );
         assert_eq!(a.addr.to_string(), "198.51.100.1");
         assert_eq!(a.rtcp_endpoint().to_string(), "198.51.100.1:3001");
         assert_eq!(a.codec.as_deref(), Some("PCMU/8000"));
@@ -518,7 +599,10 @@ a=rtcp:4000 IN IP4 198.51.100.3\r\n";
             .replace("m=audio 3000", "m=audio 30000")
             .replace("m=video 3002", "m=video 30002")
             .replace("c=IN IP4 198.51.100.2", "c=IN IP4 203.0.113.1")
-            .replace("a=rtcp:4000 IN IP4 198.51.100.3", "a=rtcp:30003 IN IP4 203.0.113.1");
+            .replace(
+                "a=rtcp:4000 IN IP4 198.51.100.3",
+                "a=rtcp:30003 IN IP4 203.0.113.1",
+            );
         assert_eq!(out, expected);
     }
 
@@ -557,7 +641,10 @@ a=rtcp:4000 IN IP4 198.51.100.3\r\n";
         r.media.truncate(1);
         r.rtcp_attr = RtcpAttrMode::Full;
         let out = String::from_utf8(rewrite(&s, &r)).unwrap();
-        assert!(out.ends_with("a=rtcp:30001 IN IP4 203.0.113.1\r\n"), "{out}");
+        assert!(
+            out.ends_with("a=rtcp:30001 IN IP4 203.0.113.1\r\n"),
+            "{out}"
+        );
         r.rtcp_attr = RtcpAttrMode::Omit;
         let out = String::from_utf8(rewrite(&s, &r)).unwrap();
         assert!(!out.contains("a=rtcp"), "{out}");
@@ -565,18 +652,36 @@ a=rtcp:4000 IN IP4 198.51.100.3\r\n";
         let s2 = parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0").unwrap();
         r.rtcp_attr = RtcpAttrMode::Full;
         let out = String::from_utf8(rewrite(&s2, &r)).unwrap();
-        assert_eq!(out, "v=0\r\nc=IN IP4 203.0.113.1\r\nm=audio 30000 RTP/AVP 0\r\na=rtcp:30001 IN IP4 203.0.113.1");
+        assert_eq!(
+            out,
+            "v=0\r\nc=IN IP4 203.0.113.1\r\nm=audio 30000 RTP/AVP 0\r\na=rtcp:30001 IN IP4 203.0.113.1"
+        );
     }
 
     #[test]
     fn malformed_bodies_are_errors() {
         assert_eq!(parse(b"").unwrap_err(), SdpError::NoVersion);
         assert_eq!(parse(b"v=1\r\n").unwrap_err(), SdpError::NoVersion);
-        assert_eq!(parse(b"v=0\r\nnonsense\r\n").unwrap_err(), SdpError::BadLine(2));
-        assert_eq!(parse(b"v=0\r\nm=audio x RTP/AVP 0\r\n").unwrap_err(), SdpError::BadMediaLine(2));
-        assert_eq!(parse(b"v=0\r\nc=IN IP4 999.1.1.1\r\n").unwrap_err(), SdpError::BadConnectionLine(2));
-        assert_eq!(parse(b"v=0\r\nc=IN IP6 1.2.3.4\r\n").unwrap_err(), SdpError::BadConnectionLine(2));
-        assert_eq!(parse(b"v=0\r\nm=audio 4 RTP/AVP 0\r\n").unwrap_err(), SdpError::NoConnection(0));
+        assert_eq!(
+            parse(b"v=0\r\nnonsense\r\n").unwrap_err(),
+            SdpError::BadLine(2)
+        );
+        assert_eq!(
+            parse(b"v=0\r\nm=audio x RTP/AVP 0\r\n").unwrap_err(),
+            SdpError::BadMediaLine(2)
+        );
+        assert_eq!(
+            parse(b"v=0\r\nc=IN IP4 999.1.1.1\r\n").unwrap_err(),
+            SdpError::BadConnectionLine(2)
+        );
+        assert_eq!(
+            parse(b"v=0\r\nc=IN IP6 1.2.3.4\r\n").unwrap_err(),
+            SdpError::BadConnectionLine(2)
+        );
+        assert_eq!(
+            parse(b"v=0\r\nm=audio 4 RTP/AVP 0\r\n").unwrap_err(),
+            SdpError::NoConnection(0)
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ fn new_streams_hold_both_ways() {
     let (mut e, _) = one_relay(EngineConfig::default());
     let f = flows(&drain(&mut e));
     assert_eq!(f.len(), 2);
-    assert!(f.iter().all(|(_, s)| s.state == FlowState::Hold && s.peer.is_none()));
+    assert!(
+        f.iter()
+            .all(|(_, s)| s.state == FlowState::Hold && s.peer.is_none())
+    );
 }
 
 #[test]
@@ -68,28 +71,61 @@ fn latching_both_sides_flips_both_flows_and_releases_the_held_packet() {
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
     let out = drain(&mut e);
-    assert_eq!(events(&out), vec![Event::Latched { side: Side::A, peer: PHONE_A }]);
+    assert_eq!(
+        events(&out),
+        vec![Event::Latched {
+            side: Side::A,
+            peer: PHONE_A
+        }]
+    );
     assert!(sends(&out).is_empty(), "nowhere to send before B speaks");
     let f = flows(&out);
-    assert_eq!(f, vec![(LOCAL_A, FlowSpec { peer: Some(PHONE_A), ..FlowSpec::hold() })]);
+    assert_eq!(
+        f,
+        vec![(
+            LOCAL_A,
+            FlowSpec {
+                peer: Some(PHONE_A),
+                ..FlowSpec::hold()
+            }
+        )]
+    );
 
-    e.handle_media(LOCAL_B, PHONE_B, b"b1", None, t0 + Duration::from_millis(30));
+    e.handle_media(
+        LOCAL_B,
+        PHONE_B,
+        b"b1",
+        None,
+        t0 + Duration::from_millis(30),
+    );
     let out = drain(&mut e);
     // A's held packet goes to B from the relay's B-side port, B's packet to A.
     assert_eq!(
         sends(&out),
-        vec![(LOCAL_B, PHONE_B, b"a1".to_vec()), (LOCAL_A, PHONE_A, b"b1".to_vec())]
+        vec![
+            (LOCAL_B, PHONE_B, b"a1".to_vec()),
+            (LOCAL_A, PHONE_A, b"b1".to_vec())
+        ]
     );
     let f: HashMap<_, _> = flows(&out).into_iter().collect();
     let a = f[&LOCAL_A];
-    assert_eq!((a.state, a.peer, a.out_src, a.out_dst), (FlowState::Forward, Some(PHONE_A), LOCAL_B, PHONE_B));
+    assert_eq!(
+        (a.state, a.peer, a.out_src, a.out_dst),
+        (FlowState::Forward, Some(PHONE_A), LOCAL_B, PHONE_B)
+    );
     let b = f[&LOCAL_B];
-    assert_eq!((b.state, b.peer, b.out_src, b.out_dst), (FlowState::Forward, Some(PHONE_B), LOCAL_A, PHONE_A));
+    assert_eq!(
+        (b.state, b.peer, b.out_src, b.out_dst),
+        (FlowState::Forward, Some(PHONE_B), LOCAL_A, PHONE_A)
+    );
     // The blocking timer was disarmed by B's packet: nothing is suspected later.
     e.handle_timeout(t0 + Duration::from_secs(5));
     assert!(events(&drain(&mut e)).is_empty());
     let st = e.status(id).unwrap();
-    assert!(st.iter().all(|s| s.state == FlowState::Forward && s.blocking_suspected.is_none()));
+    assert!(
+        st.iter()
+            .all(|s| s.state == FlowState::Forward && s.blocking_suspected.is_none())
+    );
 }
 
 #[test]
@@ -103,8 +139,17 @@ fn silence_from_the_far_side_is_recorded_as_suspected_blocking() {
     drain(&mut e);
     e.handle_timeout(t0 + Duration::from_millis(200));
     let ev = events(&drain(&mut e));
-    assert_eq!(ev, vec![Event::BlockingSuspected { near: Side::A, after: Duration::from_millis(200) }]);
-    assert_eq!(e.status(id).unwrap()[0].blocking_suspected, Some(Duration::from_millis(200)));
+    assert_eq!(
+        ev,
+        vec![Event::BlockingSuspected {
+            near: Side::A,
+            after: Duration::from_millis(200)
+        }]
+    );
+    assert_eq!(
+        e.status(id).unwrap()[0].blocking_suspected,
+        Some(Duration::from_millis(200))
+    );
     // No next relay: no probe. The call works as soon as B speaks.
     e.handle_media(LOCAL_B, PHONE_B, b"b1", None, t0 + Duration::from_secs(3));
     let out = drain(&mut e);
@@ -120,7 +165,13 @@ fn a_spoofed_source_neither_moves_the_latch_nor_gets_forwarded() {
     drain(&mut e);
     let spoof = ep([10, 0, 1, 66], 4000);
     // The kernel forwarded A's packets a moment ago: A is not silent.
-    e.handle_media(LOCAL_A, spoof, b"x", Some(t0 + Duration::from_secs(9)), t0 + Duration::from_secs(10));
+    e.handle_media(
+        LOCAL_A,
+        spoof,
+        b"x",
+        Some(t0 + Duration::from_secs(9)),
+        t0 + Duration::from_secs(10),
+    );
     assert!(drain(&mut e).is_empty());
     let st = e.status(id).unwrap();
     assert_eq!(st[0].latched, Some(PHONE_A));
@@ -135,13 +186,30 @@ fn a_new_source_after_silence_relatches() {
     e.handle_media(LOCAL_B, PHONE_B, b"b", None, t0);
     drain(&mut e);
     let rebound = ep([10, 0, 1, 2], 4444); // NAT rebinding
-    e.handle_media(LOCAL_A, rebound, b"a2", Some(t0 + Duration::from_secs(1)), t0 + Duration::from_secs(4));
+    e.handle_media(
+        LOCAL_A,
+        rebound,
+        b"a2",
+        Some(t0 + Duration::from_secs(1)),
+        t0 + Duration::from_secs(4),
+    );
     let out = drain(&mut e);
-    assert!(events(&out).contains(&Event::Relatched { side: Side::A, old: PHONE_A, new: rebound }));
+    assert!(events(&out).contains(&Event::Relatched {
+        side: Side::A,
+        old: PHONE_A,
+        new: rebound
+    }));
     assert_eq!(sends(&out), vec![(LOCAL_B, PHONE_B, b"a2".to_vec())]);
     let f: HashMap<_, _> = flows(&out).into_iter().collect();
-    assert_eq!(f[&LOCAL_A].peer, Some(rebound), "kernel accepts the new source");
-    assert_eq!(f[&LOCAL_B].out_dst, rebound, "kernel sends toward the new source");
+    assert_eq!(
+        f[&LOCAL_A].peer,
+        Some(rebound),
+        "kernel accepts the new source"
+    );
+    assert_eq!(
+        f[&LOCAL_B].out_dst, rebound,
+        "kernel sends toward the new source"
+    );
     assert_eq!(e.status(id).unwrap()[0].latched, Some(rebound));
 }
 
@@ -156,24 +224,55 @@ fn strict_source_drops_in_the_kernel_and_never_relatches() {
     e.handle_media(LOCAL_B, PHONE_B, b"b", None, t0);
     let f = flows(&drain(&mut e));
     assert!(f.iter().all(|(_, s)| s.mismatch == MismatchPolicy::Drop));
-    e.handle_media(LOCAL_A, ep([1, 2, 3, 4], 5), b"x", None, t0 + Duration::from_secs(60));
+    e.handle_media(
+        LOCAL_A,
+        ep([1, 2, 3, 4], 5),
+        b"x",
+        None,
+        t0 + Duration::from_secs(60),
+    );
     assert!(drain(&mut e).is_empty());
     assert_eq!(e.status(id).unwrap()[0].latched, Some(PHONE_A));
 }
 
 #[test]
 fn the_held_buffer_is_bounded_and_counts_what_it_drops() {
-    let (mut e, id) = one_relay(EngineConfig { held_capacity: 4, ..EngineConfig::default() });
+    let (mut e, id) = one_relay(EngineConfig {
+        held_capacity: 4,
+        ..EngineConfig::default()
+    });
     let t0 = Instant::now();
     for i in 0..10u8 {
-        e.handle_media(LOCAL_A, PHONE_A, &[i], None, t0 + Duration::from_millis(u64::from(i) * 20));
+        e.handle_media(
+            LOCAL_A,
+            PHONE_A,
+            &[i],
+            None,
+            t0 + Duration::from_millis(u64::from(i) * 20),
+        );
     }
     let st = e.status(id).unwrap();
-    assert_eq!((st[0].held, st[0].counters.held_dropped, st[0].counters.packets), (4, 6, 10));
+    assert_eq!(
+        (
+            st[0].held,
+            st[0].counters.held_dropped,
+            st[0].counters.packets
+        ),
+        (4, 6, 10)
+    );
     drain(&mut e);
-    e.handle_media(LOCAL_B, PHONE_B, b"b", None, t0 + Duration::from_millis(300));
+    e.handle_media(
+        LOCAL_B,
+        PHONE_B,
+        b"b",
+        None,
+        t0 + Duration::from_millis(300),
+    );
     let s = sends(&drain(&mut e));
-    assert_eq!(s.iter().map(|(_, _, p)| p.clone()).collect::<Vec<_>>()[..4], [vec![6], vec![7], vec![8], vec![9]]);
+    assert_eq!(
+        s.iter().map(|(_, _, p)| p.clone()).collect::<Vec<_>>()[..4],
+        [vec![6], vec![7], vec![8], vec![9]]
+    );
 }
 
 #[test]
@@ -184,7 +283,10 @@ fn asymmetric_streams_forward_to_the_signalled_address_at_once() {
     sc.latching = [Latching::Asymmetric; 2];
     e.add_stream(sc).unwrap();
     let f = flows(&drain(&mut e));
-    assert!(f.iter().all(|(_, s)| s.state == FlowState::Forward && s.peer.is_none()));
+    assert!(
+        f.iter()
+            .all(|(_, s)| s.state == FlowState::Forward && s.peer.is_none())
+    );
 }
 
 fn two_sided_with_next_relay() -> (Engine, StreamId, SocketAddr, Endpoint) {
@@ -220,7 +322,10 @@ fn blocking_with_a_next_relay_probes_with_backoff_then_gives_up() {
     let p = probes(&out);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, mp2_probe);
-    assert_eq!((p[0].1.kind, p[0].1.target, p[0].1.sender), (Kind::Probe, mp2_media, LOCAL_B));
+    assert_eq!(
+        (p[0].1.kind, p[0].1.target, p[0].1.sender),
+        (Kind::Probe, mp2_media, LOCAL_B)
+    );
     let mut gaps = Vec::new();
     let mut nonces = vec![p[0].1.nonce];
     loop {
@@ -242,7 +347,10 @@ fn blocking_with_a_next_relay_probes_with_backoff_then_gives_up() {
     nonces.sort_unstable();
     nonces.dedup();
     assert_eq!(nonces.len(), 6, "a fresh nonce per transmission");
-    assert_eq!(e.status(id).unwrap()[1].probe, ProbePhase::Failed { attempts: 6 });
+    assert_eq!(
+        e.status(id).unwrap()[1].probe,
+        ProbePhase::Failed { attempts: 6 }
+    );
     assert_eq!(e.poll_timeout(), None);
 }
 
@@ -251,25 +359,56 @@ fn an_ack_releases_the_held_packet_to_the_next_relay_before_it_speaks() {
     let (mut e, id, _, mp2_media) = two_sided_with_next_relay();
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
-    e.handle_media(LOCAL_A, PHONE_A, b"a2", None, t0 + Duration::from_millis(20));
+    e.handle_media(
+        LOCAL_A,
+        PHONE_A,
+        b"a2",
+        None,
+        t0 + Duration::from_millis(20),
+    );
     drain(&mut e);
     e.handle_timeout(t0 + Duration::from_millis(200));
     let probe = probes(&drain(&mut e))[0].1;
     let t_ack = t0 + Duration::from_millis(230);
     e.handle_ack(&probe.ack(0), t_ack);
     let out = drain(&mut e);
-    assert!(events(&out).contains(&Event::ProbeAcked { toward: Side::B, rtt: Duration::from_millis(30) }));
-    assert!(events(&out).contains(&Event::Unblocked { side: Side::B, by: Unblocked::Ack }));
-    assert_eq!(sends(&out), vec![(LOCAL_B, mp2_media, b"a1".to_vec()), (LOCAL_B, mp2_media, b"a2".to_vec())]);
+    assert!(events(&out).contains(&Event::ProbeAcked {
+        toward: Side::B,
+        rtt: Duration::from_millis(30)
+    }));
+    assert!(events(&out).contains(&Event::Unblocked {
+        side: Side::B,
+        by: Unblocked::Ack
+    }));
+    assert_eq!(
+        sends(&out),
+        vec![
+            (LOCAL_B, mp2_media, b"a1".to_vec()),
+            (LOCAL_B, mp2_media, b"a2".to_vec())
+        ]
+    );
     let f: HashMap<_, _> = flows(&out).into_iter().collect();
-    assert_eq!(f[&LOCAL_A].state, FlowState::Forward, "near-to-far goes to XDP");
+    assert_eq!(
+        f[&LOCAL_A].state,
+        FlowState::Forward,
+        "near-to-far goes to XDP"
+    );
     assert_eq!(f[&LOCAL_A].out_dst, mp2_media);
-    assert!(!f.contains_key(&LOCAL_B), "far-to-near waits for the far side's first packet");
+    assert!(
+        !f.contains_key(&LOCAL_B),
+        "far-to-near waits for the far side's first packet"
+    );
 
     // The far side's first packet arrives through a NAT from a new address: it latches there
     // and both directions forward.
     let natted = ep([198, 51, 100, 7], 61000);
-    e.handle_media(LOCAL_B, natted, b"b1", None, t_ack + Duration::from_millis(15));
+    e.handle_media(
+        LOCAL_B,
+        natted,
+        b"b1",
+        None,
+        t_ack + Duration::from_millis(15),
+    );
     let out = drain(&mut e);
     let f: HashMap<_, _> = flows(&out).into_iter().collect();
     assert_eq!(f[&LOCAL_B].state, FlowState::Forward);
@@ -306,13 +445,36 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
     drain(&mut e);
     // No NAT in between: the probe comes from the signalled address.
     let from: SocketAddr = "10.1.0.2:7999".parse().unwrap();
-    let probe = ProbeMessage { kind: Kind::Probe, nonce: 99, timestamp_ms: 5, session: 0, target: LOCAL_A, sender: mp1_media };
+    let probe = ProbeMessage {
+        kind: Kind::Probe,
+        nonce: 99,
+        timestamp_ms: 5,
+        session: 0,
+        target: LOCAL_A,
+        sender: mp1_media,
+    };
     let here = ep([192, 0, 2, 10], 7999);
     e.handle_probe(here, from, &probe, 6, t0 + Duration::from_millis(250));
     let out = drain(&mut e);
-    let acks: Vec<_> = out.iter().filter_map(|o| match o { Output::SendAck { from: f, to, msg } => { assert_eq!(*f, here); Some((*to, *msg)) } _ => None }).collect();
-    assert_eq!(acks, vec![(from, probe.ack(6))], "the ACK goes back to the probe's source");
-    assert!(events(&out).contains(&Event::Unblocked { side: Side::A, by: Unblocked::Probe }));
+    let acks: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendAck { from: f, to, msg } => {
+                assert_eq!(*f, here);
+                Some((*to, *msg))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        vec![(from, probe.ack(6))],
+        "the ACK goes back to the probe's source"
+    );
+    assert!(events(&out).contains(&Event::Unblocked {
+        side: Side::A,
+        by: Unblocked::Probe
+    }));
     assert_eq!(sends(&out), vec![(LOCAL_A, mp1_media, b"b1".to_vec())]);
     assert_eq!(e.status(id).unwrap()[0].unblocked, Some(Unblocked::Probe));
 }
@@ -328,12 +490,28 @@ fn a_probe_through_a_nat_is_acked_but_the_signalled_address_is_not_trusted() {
     e.handle_media(LOCAL_B, PHONE_B, b"b1", None, t0);
     drain(&mut e);
     let from: SocketAddr = "198.51.100.7:61000".parse().unwrap();
-    let probe = ProbeMessage { kind: Kind::Probe, nonce: 5, timestamp_ms: 5, session: 0, target: LOCAL_A, sender: mp1_media };
+    let probe = ProbeMessage {
+        kind: Kind::Probe,
+        nonce: 5,
+        timestamp_ms: 5,
+        session: 0,
+        target: LOCAL_A,
+        sender: mp1_media,
+    };
     e.handle_probe(ep([192, 0, 2, 10], 7999), from, &probe, 6, t0);
     let out = drain(&mut e);
-    assert!(out.iter().any(|o| matches!(o, Output::SendAck { to, .. } if *to == from)));
-    assert!(sends(&out).is_empty(), "held media is not sent to an address behind the NAT");
-    assert!(events(&out).contains(&Event::ProbedFromElsewhere { side: Side::A, from }));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::SendAck { to, .. } if *to == from))
+    );
+    assert!(
+        sends(&out).is_empty(),
+        "held media is not sent to an address behind the NAT"
+    );
+    assert!(events(&out).contains(&Event::ProbedFromElsewhere {
+        side: Side::A,
+        from
+    }));
     assert_eq!(e.status(id).unwrap()[0].unblocked, None);
     assert_eq!(e.status(id).unwrap()[1].held, 1);
 }
@@ -343,8 +521,21 @@ fn a_probe_for_an_unknown_endpoint_changes_nothing() {
     let (mut e, id) = one_relay(EngineConfig::default());
     drain(&mut e);
     let before = e.status(id);
-    let probe = ProbeMessage { kind: Kind::Probe, nonce: 1, timestamp_ms: 0, session: 0, target: ep([10, 9, 9, 9], 1), sender: ep([10, 9, 9, 8], 1) };
-    e.handle_probe(ep([10, 0, 1, 1], 7999), "10.9.9.8:7999".parse().unwrap(), &probe, 0, Instant::now());
+    let probe = ProbeMessage {
+        kind: Kind::Probe,
+        nonce: 1,
+        timestamp_ms: 0,
+        session: 0,
+        target: ep([10, 9, 9, 9], 1),
+        sender: ep([10, 9, 9, 8], 1),
+    };
+    e.handle_probe(
+        ep([10, 0, 1, 1], 7999),
+        "10.9.9.8:7999".parse().unwrap(),
+        &probe,
+        0,
+        Instant::now(),
+    );
     assert!(drain(&mut e).is_empty());
     assert_eq!(e.status(id), before);
     assert_eq!(e.counters().probes_unknown_session, 1);
@@ -357,7 +548,10 @@ fn probe_now_from_the_call_server_probes_immediately() {
     let p = probes(&drain(&mut e));
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, mp2_probe);
-    assert_eq!(e.unblock(id, Side::A, true, Instant::now()), Err(StreamError::NoNextRelay(Side::A)));
+    assert_eq!(
+        e.unblock(id, Side::A, true, Instant::now()),
+        Err(StreamError::NoNextRelay(Side::A))
+    );
     // Told without a probe: trusted at once.
     e.unblock(id, Side::A, false, Instant::now()).unwrap();
     assert_eq!(e.status(id).unwrap()[0].unblocked, Some(Unblocked::Command));
@@ -374,21 +568,36 @@ fn removing_a_stream_removes_its_flows_and_forgets_its_probes() {
     let out = drain(&mut e);
     assert_eq!(
         out,
-        vec![Output::RemoveFlow { key: LOCAL_A }, Output::RemoveFlow { key: LOCAL_B }]
+        vec![
+            Output::RemoveFlow { key: LOCAL_A },
+            Output::RemoveFlow { key: LOCAL_B }
+        ]
     );
     e.handle_ack(&probe.ack(0), t0 + Duration::from_millis(220));
     assert!(drain(&mut e).is_empty());
     e.handle_timeout(t0 + Duration::from_secs(10));
-    assert!(drain(&mut e).is_empty(), "stale timers of a removed stream do nothing");
+    assert!(
+        drain(&mut e).is_empty(),
+        "stale timers of a removed stream do nothing"
+    );
     assert_eq!(e.stream_count(), 0);
-    assert!(e.add_stream(StreamConfig::new(LOCAL_A, LOCAL_B)).is_ok(), "endpoints are free again");
+    assert!(
+        e.add_stream(StreamConfig::new(LOCAL_A, LOCAL_B)).is_ok(),
+        "endpoints are free again"
+    );
 }
 
 #[test]
 fn endpoints_cannot_be_shared_between_streams() {
     let (mut e, _) = one_relay(EngineConfig::default());
-    assert_eq!(e.add_stream(StreamConfig::new(LOCAL_A, ep([1, 1, 1, 1], 1))), Err(StreamError::LocalInUse(LOCAL_A)));
-    assert_eq!(e.add_stream(StreamConfig::new(LOCAL_A, LOCAL_A)), Err(StreamError::SameEndpoints));
+    assert_eq!(
+        e.add_stream(StreamConfig::new(LOCAL_A, ep([1, 1, 1, 1], 1))),
+        Err(StreamError::LocalInUse(LOCAL_A))
+    );
+    assert_eq!(
+        e.add_stream(StreamConfig::new(LOCAL_A, LOCAL_A)),
+        Err(StreamError::SameEndpoints)
+    );
 }
 
 #[test]
@@ -399,8 +608,12 @@ fn a_reinvite_keeps_forwarding_flows_and_latches() {
     e.handle_media(LOCAL_B, PHONE_B, b"b", None, t0);
     drain(&mut e);
     let new_b = ep([10, 0, 2, 9], 6000);
-    let upd = StreamUpdate { remote: [None, Some(new_b)], ..StreamUpdate::default() };
-    e.update_stream(id, &upd, t0 + Duration::from_secs(1)).unwrap();
+    let upd = StreamUpdate {
+        remote: [None, Some(new_b)],
+        ..StreamUpdate::default()
+    };
+    e.update_stream(id, &upd, t0 + Duration::from_secs(1))
+        .unwrap();
     // Latched B stays the destination; no flow changes for a mere SDP update.
     assert!(flows(&drain(&mut e)).is_empty());
     assert_eq!(e.status(id).unwrap()[1].remote, Some(new_b));
@@ -440,7 +653,10 @@ const HOP: Duration = Duration::from_millis(2);
 
 impl Net {
     fn new(probing: bool) -> Self {
-        let cfg = EngineConfig { probing, ..EngineConfig::default() };
+        let cfg = EngineConfig {
+            probing,
+            ..EngineConfig::default()
+        };
         let mut mp1 = Engine::new(cfg, 11);
         let mut mp2 = Engine::new(cfg, 22);
         let mut s1 = StreamConfig::new(MP1_A, MP1_B);
@@ -450,7 +666,10 @@ impl Net {
         let mut s2 = StreamConfig::new(MP2_A, MP2_B);
         // MP1 signalled its inside address; the NAT's address would not help either.
         s2.remote = [Some(MP1_B), Some(PHONE_B)];
-        s2.next_relay = [Some(Endpoint::v4(NAT_IP, 7999).socket_addr().unwrap()), None];
+        s2.next_relay = [
+            Some(Endpoint::v4(NAT_IP, 7999).socket_addr().unwrap()),
+            None,
+        ];
         mp2.add_stream(s2).unwrap();
         Self {
             mp1,
@@ -479,7 +698,8 @@ impl Net {
                 self.next_nat_port += 7; // a port-changing NAT
                 Endpoint::v4(NAT_IP, self.next_nat_port)
             });
-            self.nat_rev.insert(from, *self.nat.iter().find(|(_, o)| **o == from).unwrap().0);
+            self.nat_rev
+                .insert(from, *self.nat.iter().find(|(_, o)| **o == from).unwrap().0);
         }
         let mut to = to;
         if to.addr_v4() == &NAT_IP {
@@ -495,7 +715,11 @@ impl Net {
 
     fn apply(&mut self, which: u8, now: Instant) {
         loop {
-            let (e, k) = if which == 1 { (&mut self.mp1, &mut self.k1) } else { (&mut self.mp2, &mut self.k2) };
+            let (e, k) = if which == 1 {
+                (&mut self.mp1, &mut self.k1)
+            } else {
+                (&mut self.mp2, &mut self.k2)
+            };
             let Some(o) = e.poll_output() else { break };
             match o {
                 Output::Flow { key, spec } => {
@@ -508,7 +732,13 @@ impl Net {
                 Output::SendProbe { to, msg } => {
                     let src = if which == 1 { MP1_PROBE } else { MP2_PROBE };
                     let mut bytes = vec![1];
-                    bytes.extend_from_slice(&ProbeMessage { timestamp_ms: 1, ..msg }.emit(&[0; 16]));
+                    bytes.extend_from_slice(
+                        &ProbeMessage {
+                            timestamp_ms: 1,
+                            ..msg
+                        }
+                        .emit(&[0; 16]),
+                    );
                     self.send(now, src, Endpoint::from(to), bytes);
                 }
                 Output::SendAck { from: src, to, msg } => {
@@ -517,7 +747,11 @@ impl Net {
                     self.send(now, src, Endpoint::from(to), bytes);
                 }
                 Output::Event { event, .. } => {
-                    if which == 1 { self.events1.push(event) } else { self.events2.push(event) }
+                    if which == 1 {
+                        self.events1.push(event)
+                    } else {
+                        self.events2.push(event)
+                    }
                 }
             }
         }
@@ -527,7 +761,11 @@ impl Net {
     fn arrive(&mut self, which: u8, now: Instant, from: Endpoint, to: Endpoint, payload: Vec<u8>) {
         if to.port() == 7999 {
             let msg = ProbeMessage::parse(&payload[1..]).unwrap();
-            let e = if which == 1 { &mut self.mp1 } else { &mut self.mp2 };
+            let e = if which == 1 {
+                &mut self.mp1
+            } else {
+                &mut self.mp2
+            };
             match msg.kind {
                 Kind::Probe => e.handle_probe(to, from.socket_addr().unwrap(), &msg, 2, now),
                 Kind::Ack => e.handle_ack(&msg, now),
@@ -544,7 +782,11 @@ impl Net {
             }
             Some(_) => {
                 self.punted += 1;
-                let e = if which == 1 { &mut self.mp1 } else { &mut self.mp2 };
+                let e = if which == 1 {
+                    &mut self.mp1
+                } else {
+                    &mut self.mp2
+                };
                 e.handle_media(to, from, &payload, None, now);
                 self.apply(which, now);
             }
@@ -565,7 +807,8 @@ impl Net {
                 next_media += Duration::from_millis(20);
             }
             let due: Vec<_> = {
-                let (due, rest): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|(t, ..)| *t <= now);
+                let (due, rest): (Vec<_>, Vec<_>) =
+                    self.wire.drain(..).partition(|(t, ..)| *t <= now);
                 self.wire = rest;
                 due
             };
@@ -581,7 +824,11 @@ impl Net {
                 }
             }
             for which in [1, 2] {
-                let e = if which == 1 { &mut self.mp1 } else { &mut self.mp2 };
+                let e = if which == 1 {
+                    &mut self.mp1
+                } else {
+                    &mut self.mp2
+                };
                 if e.poll_timeout().is_some_and(|t| t <= now) {
                     e.handle_timeout(now);
                     self.apply(which, now);
@@ -597,9 +844,20 @@ fn two_relays_behind_a_nat_deadlock_without_probing() {
     let mut net = Net::new(false);
     let t0 = Instant::now();
     net.run(t0, Duration::from_secs(5));
-    assert!(net.delivered_a.is_empty() && net.delivered_b.is_empty(), "media flowed without probing");
-    assert!(net.events1.iter().any(|e| matches!(e, Event::BlockingSuspected { near: Side::A, .. })));
-    assert!(net.events2.iter().any(|e| matches!(e, Event::BlockingSuspected { near: Side::B, .. })));
+    assert!(
+        net.delivered_a.is_empty() && net.delivered_b.is_empty(),
+        "media flowed without probing"
+    );
+    assert!(
+        net.events1
+            .iter()
+            .any(|e| matches!(e, Event::BlockingSuspected { near: Side::A, .. }))
+    );
+    assert!(
+        net.events2
+            .iter()
+            .any(|e| matches!(e, Event::BlockingSuspected { near: Side::B, .. }))
+    );
 }
 
 #[test]
@@ -611,13 +869,30 @@ fn two_relays_behind_a_nat_unblock_with_probing() {
     let first_a = *net.delivered_a.first().expect("A never heard B");
     // Blocking timeout (200 ms) + probe and ACK (2 hops each) + the held packet's 3 hops.
     let unblock = first_b - t0;
-    assert!(unblock >= Duration::from_millis(200) && unblock <= Duration::from_millis(220), "A→B after {unblock:?}");
-    assert!(first_a - t0 <= Duration::from_millis(240), "B→A after {:?}", first_a - t0);
-    assert!(net.events1.iter().any(|e| matches!(e, Event::ProbeAcked { toward: Side::B, .. })));
+    assert!(
+        unblock >= Duration::from_millis(200) && unblock <= Duration::from_millis(220),
+        "A→B after {unblock:?}"
+    );
+    assert!(
+        first_a - t0 <= Duration::from_millis(240),
+        "B→A after {:?}",
+        first_a - t0
+    );
+    assert!(net.events1.iter().any(|e| matches!(
+        e,
+        Event::ProbeAcked {
+            toward: Side::B,
+            ..
+        }
+    )));
     // Steady state: the kernels forward everything; the punted packets are the ones before
     // the flips, a handful per stream.
     assert!(net.punted <= 30, "punted {}", net.punted);
-    assert!(net.kernel_forwarded > 500, "kernel forwarded {}", net.kernel_forwarded);
+    assert!(
+        net.kernel_forwarded > 500,
+        "kernel forwarded {}",
+        net.kernel_forwarded
+    );
     let (a, b) = (net.delivered_a.len(), net.delivered_b.len());
     assert!(a >= 135 && b >= 135, "delivered A {a}, B {b} of 150");
 }

@@ -37,7 +37,12 @@ fn run(c: &mut Calls, d: &Dict) -> Dict {
 }
 
 fn offer(c: &mut Calls, call: &str, extra: &[(&str, Value)]) -> Dict {
-    let mut d = req(&[("command", s("offer")), ("call-id", s(call)), ("from-tag", s("ft")), ("sdp", s(OFFER_SDP))]);
+    let mut d = req(&[
+        ("command", s("offer")),
+        ("call-id", s(call)),
+        ("from-tag", s("ft")),
+        ("sdp", s(OFFER_SDP)),
+    ]);
     if !extra.iter().any(|(k, _)| *k == "direction") {
         d.push("direction", Value::List(vec![s("internal"), s("external")]));
     }
@@ -48,7 +53,13 @@ fn offer(c: &mut Calls, call: &str, extra: &[(&str, Value)]) -> Dict {
 }
 
 fn answer(c: &mut Calls, call: &str, extra: &[(&str, Value)]) -> Dict {
-    let mut d = req(&[("command", s("answer")), ("call-id", s(call)), ("from-tag", s("ft")), ("to-tag", s("tt")), ("sdp", s(ANSWER_SDP))]);
+    let mut d = req(&[
+        ("command", s("answer")),
+        ("call-id", s(call)),
+        ("from-tag", s("ft")),
+        ("to-tag", s("tt")),
+        ("sdp", s(ANSWER_SDP)),
+    ]);
     for (k, v) in extra {
         d.push(k, v.clone());
     }
@@ -56,7 +67,13 @@ fn answer(c: &mut Calls, call: &str, extra: &[(&str, Value)]) -> Dict {
 }
 
 fn sdp_of(r: &Dict) -> String {
-    String::from_utf8(r.get("sdp").and_then(Value::as_bytes).expect("reply has sdp").to_vec()).unwrap()
+    String::from_utf8(
+        r.get("sdp")
+            .and_then(Value::as_bytes)
+            .expect("reply has sdp")
+            .to_vec(),
+    )
+    .unwrap()
 }
 
 fn m_port(sdp: &str) -> u16 {
@@ -79,23 +96,38 @@ fn offer_then_answer_rewrites_each_sdp_for_its_recipient() {
     // Goes to B: the relay's B-facing (external, advertised) address and port; the rest kept.
     let pb = m_port(&to_b);
     assert!((30000..30010).contains(&pb) && pb % 2 == 0);
-    assert_eq!(to_b, OFFER_SDP.replace("c=IN IP4 10.0.1.2", "c=IN IP4 203.0.113.7").replace("m=audio 4000", &format!("m=audio {pb}")));
+    assert_eq!(
+        to_b,
+        OFFER_SDP
+            .replace("c=IN IP4 10.0.1.2", "c=IN IP4 203.0.113.7")
+            .replace("m=audio 4000", &format!("m=audio {pb}"))
+    );
     assert_eq!(c.engine_ref().stream_count(), 2, "RTP and RTCP");
 
     let r = answer(&mut c, "c1", &[]);
     let to_a = sdp_of(&r);
     let pa = m_port(&to_a);
     assert_ne!(pa, pb);
-    assert_eq!(to_a, ANSWER_SDP.replace("c=IN IP4 10.0.2.2", "c=IN IP4 10.0.1.1").replace("m=audio 5000", &format!("m=audio {pa}")));
+    assert_eq!(
+        to_a,
+        ANSWER_SDP
+            .replace("c=IN IP4 10.0.2.2", "c=IN IP4 10.0.1.1")
+            .replace("m=audio 5000", &format!("m=audio {pa}"))
+    );
 
     // The engine knows both signalled addresses and the local ports.
-    let (id, _) = c.engine_ref().stream_of(&Endpoint::v4([10, 0, 1, 1], pa)).unwrap();
+    let (id, _) = c
+        .engine_ref()
+        .stream_of(&Endpoint::v4([10, 0, 1, 1], pa))
+        .unwrap();
     let st = c.engine_ref().status(id).unwrap();
     assert_eq!(st[0].remote, Some(Endpoint::v4([10, 0, 1, 2], 4000)));
     assert_eq!(st[1].remote, Some(Endpoint::v4([10, 0, 2, 2], 5000)));
     assert_eq!(st[1].local, Endpoint::v4([10, 0, 2, 1], pb));
     // Its flows start in HOLD.
-    let flows: Vec<_> = std::iter::from_fn(|| c.engine().poll_output()).filter(|o| matches!(o, Output::Flow { .. })).collect();
+    let flows: Vec<_> = std::iter::from_fn(|| c.engine().poll_output())
+        .filter(|o| matches!(o, Output::Flow { .. }))
+        .collect();
     assert_eq!(flows.len(), 4);
 }
 
@@ -104,14 +136,44 @@ fn a_reinvite_keeps_ports_and_updates_the_address() {
     let mut c = calls();
     let pb = m_port(&sdp_of(&offer(&mut c, "c1", &[])));
     answer(&mut c, "c1", &[]);
-    let moved = OFFER_SDP.replace("10.0.1.2", "10.0.1.9").replace("m=audio 4000", "m=audio 4100");
-    let r = run(&mut c, &req(&[("command", s("offer")), ("call-id", s("c1")), ("from-tag", s("ft")), ("to-tag", s("tt")), ("sdp", s(&moved))]));
-    assert_eq!(m_port(&sdp_of(&r)), pb, "same relay port after the re-INVITE");
-    let (id, _) = c.engine_ref().stream_of(&Endpoint::v4([10, 0, 2, 1], pb)).unwrap();
-    assert_eq!(c.engine_ref().status(id).unwrap()[0].remote, Some(Endpoint::v4([10, 0, 1, 9], 4100)));
+    let moved = OFFER_SDP
+        .replace("10.0.1.2", "10.0.1.9")
+        .replace("m=audio 4000", "m=audio 4100");
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("c1")),
+            ("from-tag", s("ft")),
+            ("to-tag", s("tt")),
+            ("sdp", s(&moved)),
+        ]),
+    );
+    assert_eq!(
+        m_port(&sdp_of(&r)),
+        pb,
+        "same relay port after the re-INVITE"
+    );
+    let (id, _) = c
+        .engine_ref()
+        .stream_of(&Endpoint::v4([10, 0, 2, 1], pb))
+        .unwrap();
+    assert_eq!(
+        c.engine_ref().status(id).unwrap()[0].remote,
+        Some(Endpoint::v4([10, 0, 1, 9], 4100))
+    );
     assert_eq!(c.ports_in_use(), 2);
     // A re-INVITE from the callee (its tag as from-tag) goes to A: A-facing ports.
-    let r = run(&mut c, &req(&[("command", s("offer")), ("call-id", s("c1")), ("from-tag", s("tt")), ("to-tag", s("ft")), ("sdp", s(ANSWER_SDP))]));
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("c1")),
+            ("from-tag", s("tt")),
+            ("to-tag", s("ft")),
+            ("sdp", s(ANSWER_SDP)),
+        ]),
+    );
     assert!(sdp_of(&r).contains("c=IN IP4 10.0.1.1"));
 }
 
@@ -119,36 +181,136 @@ fn a_reinvite_keeps_ports_and_updates_the_address() {
 fn errors_have_precise_reasons_and_allocate_nothing() {
     let mut c = calls();
     let cases: Vec<(Dict, &str)> = vec![
-        (req(&[("call-id", s("x"))]), "Dictionary contains no key \"command\""),
+        (
+            req(&[("call-id", s("x"))]),
+            "Dictionary contains no key \"command\"",
+        ),
         (req(&[("command", s("nonsense"))]), "Unrecognized command"),
-        (req(&[("command", s("offer")), ("call-id", s("x")), ("from-tag", s("f"))]), "No SDP body in message"),
-        (req(&[("command", s("offer")), ("from-tag", s("f")), ("sdp", s(OFFER_SDP))]), "No call-id in message"),
-        (req(&[("command", s("offer")), ("call-id", s("x")), ("sdp", s(OFFER_SDP))]), "No from-tag in message"),
-        (req(&[("command", s("answer")), ("call-id", s("x")), ("from-tag", s("f")), ("sdp", s(ANSWER_SDP))]), "No to-tag in message"),
-        (req(&[("command", s("answer")), ("call-id", s("nope")), ("from-tag", s("f")), ("to-tag", s("t")), ("sdp", s(ANSWER_SDP))]), "Unknown call-id"),
-        (req(&[("command", s("query")), ("call-id", s("nope"))]), "Unknown call-id"),
-        (req(&[("command", s("list")), ("limit", Value::Int(-1))]), "invalid limit, must be >= 0"),
+        (
+            req(&[
+                ("command", s("offer")),
+                ("call-id", s("x")),
+                ("from-tag", s("f")),
+            ]),
+            "No SDP body in message",
+        ),
+        (
+            req(&[
+                ("command", s("offer")),
+                ("from-tag", s("f")),
+                ("sdp", s(OFFER_SDP)),
+            ]),
+            "No call-id in message",
+        ),
+        (
+            req(&[
+                ("command", s("offer")),
+                ("call-id", s("x")),
+                ("sdp", s(OFFER_SDP)),
+            ]),
+            "No from-tag in message",
+        ),
+        (
+            req(&[
+                ("command", s("answer")),
+                ("call-id", s("x")),
+                ("from-tag", s("f")),
+                ("sdp", s(ANSWER_SDP)),
+            ]),
+            "No to-tag in message",
+        ),
+        (
+            req(&[
+                ("command", s("answer")),
+                ("call-id", s("nope")),
+                ("from-tag", s("f")),
+                ("to-tag", s("t")),
+                ("sdp", s(ANSWER_SDP)),
+            ]),
+            "Unknown call-id",
+        ),
+        (
+            req(&[("command", s("query")), ("call-id", s("nope"))]),
+            "Unknown call-id",
+        ),
+        (
+            req(&[("command", s("list")), ("limit", Value::Int(-1))]),
+            "invalid limit, must be >= 0",
+        ),
     ];
     for (d, reason) in cases {
         let r = run(&mut c, &d);
-        assert_eq!((r.get_str("result"), r.get_str("error-reason")), (Some("error"), Some(reason)), "{d:?}");
+        assert_eq!(
+            (r.get_str("result"), r.get_str("error-reason")),
+            (Some("error"), Some(reason)),
+            "{d:?}"
+        );
     }
-    let r = run(&mut c, &req(&[("command", s("offer")), ("call-id", s("x")), ("from-tag", s("f")), ("sdp", s("v=0\r\nm=audio x\r\n"))]));
-    assert!(r.get_str("error-reason").unwrap().starts_with("Failed to parse SDP"));
-    assert_eq!((c.call_count(), c.ports_in_use(), c.engine_ref().stream_count()), (0, 0, 0));
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("x")),
+            ("from-tag", s("f")),
+            ("sdp", s("v=0\r\nm=audio x\r\n")),
+        ]),
+    );
+    assert!(
+        r.get_str("error-reason")
+            .unwrap()
+            .starts_with("Failed to parse SDP")
+    );
+    assert_eq!(
+        (
+            c.call_count(),
+            c.ports_in_use(),
+            c.engine_ref().stream_count()
+        ),
+        (0, 0, 0)
+    );
 }
 
 #[test]
 fn an_exhausted_port_range_fails_cleanly_and_leaks_nothing() {
-    let mut c = Calls::new(CallsConfig { port_min: 30000, port_max: 30004, ..cfg() }, EngineConfig::default(), 1);
+    let mut c = Calls::new(
+        CallsConfig {
+            port_min: 30000,
+            port_max: 30004,
+            ..cfg()
+        },
+        EngineConfig::default(),
+        1,
+    );
     // 2 pairs per interface: one call fits (one media), the second call's offer does not.
     assert_eq!(offer(&mut c, "c1", &[]).get_str("result"), Some("ok"));
     assert_eq!(offer(&mut c, "c2", &[]).get_str("result"), Some("ok"));
     let two_media = format!("{OFFER_SDP}m=video 4002 RTP/AVP 96\r\n");
-    let r = run(&mut c, &req(&[("command", s("offer")), ("call-id", s("c3")), ("from-tag", s("f")), ("sdp", s(&two_media))]));
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("c3")),
+            ("from-tag", s("f")),
+            ("sdp", s(&two_media)),
+        ]),
+    );
     assert_eq!(r.get_str("error-reason"), Some("Ran out of ports"));
-    assert_eq!((c.call_count(), c.ports_in_use(), c.engine_ref().stream_count()), (2, 4, 4));
-    run(&mut c, &req(&[("command", s("delete")), ("call-id", s("c1")), ("delete-delay", Value::Int(0))]));
+    assert_eq!(
+        (
+            c.call_count(),
+            c.ports_in_use(),
+            c.engine_ref().stream_count()
+        ),
+        (2, 4, 4)
+    );
+    run(
+        &mut c,
+        &req(&[
+            ("command", s("delete")),
+            ("call-id", s("c1")),
+            ("delete-delay", Value::Int(0)),
+        ]),
+    );
     assert_eq!(c.ports_in_use(), 2, "a deleted call frees its ports");
     assert_eq!(offer(&mut c, "c4", &[]).get_str("result"), Some("ok"));
 }
@@ -156,28 +318,56 @@ fn an_exhausted_port_range_fails_cleanly_and_leaks_nothing() {
 #[test]
 fn unknown_flags_warn_and_known_ones_apply() {
     let mut c = calls();
-    let flags = Value::List(vec![s("trust address"), s("frobnicate"), s("strict source"), s("ICE=remove")]);
-    let r = offer(&mut c, "c1", &[("flags", flags), ("replace", Value::List(vec![s("origin")]))]);
+    let flags = Value::List(vec![
+        s("trust address"),
+        s("frobnicate"),
+        s("strict source"),
+        s("ICE=remove"),
+    ]);
+    let r = offer(
+        &mut c,
+        "c1",
+        &[
+            ("flags", flags),
+            ("replace", Value::List(vec![s("origin")])),
+        ],
+    );
     assert_eq!(r.get_str("result"), Some("ok"));
     assert_eq!(r.get_str("warning"), Some("unknown flag 'frobnicate'"));
     assert!(sdp_of(&r).contains("o=alice 2890844526 2890844526 IN IP4 203.0.113.7"));
     let flows: Vec<_> = std::iter::from_fn(|| c.engine().poll_output())
-        .filter_map(|o| match o { Output::Flow { spec, .. } => Some(spec), _ => None })
+        .filter_map(|o| match o {
+            Output::Flow { spec, .. } => Some(spec),
+            _ => None,
+        })
         .collect();
-    assert!(flows.iter().all(|f| f.mismatch == crate::dataplane::MismatchPolicy::Drop), "strict source");
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.mismatch == crate::dataplane::MismatchPolicy::Drop),
+        "strict source"
+    );
 }
 
 #[test]
 fn direction_and_address_family_pick_interfaces() {
     let mut c = Calls::new(
         CallsConfig {
-            interfaces: vec![Interface::parse("pub/10.0.2.1").unwrap(), Interface::parse("priv/10.0.1.1").unwrap(), Interface::parse("v6/fd00::1").unwrap()],
+            interfaces: vec![
+                Interface::parse("pub/10.0.2.1").unwrap(),
+                Interface::parse("priv/10.0.1.1").unwrap(),
+                Interface::parse("v6/fd00::1").unwrap(),
+            ],
             ..cfg()
         },
         EngineConfig::default(),
         1,
     );
-    let r = offer(&mut c, "c1", &[("direction", Value::List(vec![s("priv"), s("pub")]))]);
+    let r = offer(
+        &mut c,
+        "c1",
+        &[("direction", Value::List(vec![s("priv"), s("pub")]))],
+    );
     assert!(sdp_of(&r).contains("c=IN IP4 10.0.2.1"));
     let r = offer(&mut c, "c2", &[("address family", s("IP6"))]);
     assert!(sdp_of(&r).contains("c=IN IP6 fd00::1"), "{}", sdp_of(&r));
@@ -188,7 +378,10 @@ fn query_reports_tags_medias_and_relay_state() {
     let mut c = calls();
     offer(&mut c, "c1", &[]);
     answer(&mut c, "c1", &[("next-relay", s("10.0.2.2"))]);
-    let r = run(&mut c, &req(&[("command", s("query")), ("call-id", s("c1"))]));
+    let r = run(
+        &mut c,
+        &req(&[("command", s("query")), ("call-id", s("c1"))]),
+    );
     assert_eq!(r.get_str("result"), Some("ok"));
     let tags = r.get("tags").and_then(Value::as_dict).unwrap();
     let ft = tags.get("ft").and_then(Value::as_dict).unwrap();
@@ -203,28 +396,75 @@ fn query_reports_tags_medias_and_relay_state() {
     assert_eq!(mp.get_str("state"), Some("HOLD"));
     assert_eq!(mp.get_str("latched"), Some("no"));
     let tt = tags.get("tt").and_then(Value::as_dict).unwrap();
-    let rtp_b = tt.get("medias").and_then(Value::as_list).unwrap()[0].as_dict().unwrap().get("streams").and_then(Value::as_list).unwrap()[0].as_dict().unwrap().clone();
+    let rtp_b = tt.get("medias").and_then(Value::as_list).unwrap()[0]
+        .as_dict()
+        .unwrap()
+        .get("streams")
+        .and_then(Value::as_list)
+        .unwrap()[0]
+        .as_dict()
+        .unwrap()
+        .clone();
     let mp_b = rtp_b.get("mediaproxy").and_then(Value::as_dict).unwrap();
-    assert_eq!(mp_b.get_str("next relay"), Some("10.0.2.2:7999"), "next relay on the answerer's side");
-    assert!(r.get("totals").and_then(Value::as_dict).unwrap().get("RTP").is_some());
+    assert_eq!(
+        mp_b.get_str("next relay"),
+        Some("10.0.2.2:7999"),
+        "next relay on the answerer's side"
+    );
+    assert!(
+        r.get("totals")
+            .and_then(Value::as_dict)
+            .unwrap()
+            .get("RTP")
+            .is_some()
+    );
 }
 
 #[test]
 fn the_probe_command_probes_toward_the_next_relay() {
     let mut c = calls();
     offer(&mut c, "c1", &[]);
-    answer(&mut c, "c1", &[("flags", Value::List(vec![s("next-relay=10.0.2.2:7000")]))]);
+    answer(
+        &mut c,
+        "c1",
+        &[("flags", Value::List(vec![s("next-relay=10.0.2.2:7000")]))],
+    );
     std::iter::from_fn(|| c.engine().poll_output()).for_each(drop);
-    let r = run(&mut c, &req(&[("command", s("probe")), ("call-id", s("c1")), ("from-tag", s("tt"))]));
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("probe")),
+            ("call-id", s("c1")),
+            ("from-tag", s("tt")),
+        ]),
+    );
     assert_eq!(r.get_str("result"), Some("ok"), "{r:?}");
     let probes: Vec<_> = std::iter::from_fn(|| c.engine().poll_output())
-        .filter_map(|o| match o { Output::SendProbe { to, msg } => Some((to, msg)), _ => None })
+        .filter_map(|o| match o {
+            Output::SendProbe { to, msg } => Some((to, msg)),
+            _ => None,
+        })
         .collect();
     assert_eq!(probes.len(), 1);
     assert_eq!(probes[0].0, "10.0.2.2:7000".parse().unwrap());
-    assert_eq!(probes[0].1.target, Endpoint::v4([10, 0, 2, 2], 5000), "target: B's media address");
-    let r = run(&mut c, &req(&[("command", s("probe")), ("call-id", s("c1")), ("from-tag", s("ft"))]));
-    assert_eq!(r.get_str("result"), Some("error"), "no next relay on A's side");
+    assert_eq!(
+        probes[0].1.target,
+        Endpoint::v4([10, 0, 2, 2], 5000),
+        "target: B's media address"
+    );
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("probe")),
+            ("call-id", s("c1")),
+            ("from-tag", s("ft")),
+        ]),
+    );
+    assert_eq!(
+        r.get_str("result"),
+        Some("error"),
+        "no next relay on A's side"
+    );
 }
 
 #[test]
@@ -233,17 +473,57 @@ fn delete_with_delay_keeps_media_until_it_expires() {
     offer(&mut c, "c1", &[]);
     answer(&mut c, "c1", &[]);
     let t0 = Instant::now();
-    let r = c.handle(&req(&[("command", s("delete")), ("call-id", s("c1")), ("from-tag", s("ft")), ("delete-delay", s("5"))]), t0, SystemTime::now(), &());
+    let r = c.handle(
+        &req(&[
+            ("command", s("delete")),
+            ("call-id", s("c1")),
+            ("from-tag", s("ft")),
+            ("delete-delay", s("5")),
+        ]),
+        t0,
+        SystemTime::now(),
+        &(),
+    );
     assert_eq!(r.get_str("result"), Some("ok"));
-    assert!(r.get("tags").is_some(), "delete with a tag returns the call's statistics");
+    assert!(
+        r.get("tags").is_some(),
+        "delete with a tag returns the call's statistics"
+    );
     c.housekeeping(t0 + Duration::from_secs(4), &());
-    assert_eq!(c.ports_in_use(), 2, "one port pair per side, kept during the delay");
+    assert_eq!(
+        c.ports_in_use(),
+        2,
+        "one port pair per side, kept during the delay"
+    );
     c.housekeeping(t0 + Duration::from_secs(5), &());
-    assert_eq!((c.call_count(), c.ports_in_use(), c.engine_ref().stream_count()), (0, 0, 0));
-    let r = run(&mut c, &req(&[("command", s("delete")), ("call-id", s("c1"))]));
-    assert_eq!(r.get_str("warning"), Some("Call-ID not found or tags didn't match"));
-    let r = run(&mut c, &req(&[("command", s("delete")), ("call-id", s("c1")), ("flags", Value::List(vec![s("fatal")]))]));
-    assert_eq!(r.get_str("error-reason"), Some("Call-ID not found or tags didn't match"));
+    assert_eq!(
+        (
+            c.call_count(),
+            c.ports_in_use(),
+            c.engine_ref().stream_count()
+        ),
+        (0, 0, 0)
+    );
+    let r = run(
+        &mut c,
+        &req(&[("command", s("delete")), ("call-id", s("c1"))]),
+    );
+    assert_eq!(
+        r.get_str("warning"),
+        Some("Call-ID not found or tags didn't match")
+    );
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("delete")),
+            ("call-id", s("c1")),
+            ("flags", Value::List(vec![s("fatal")])),
+        ]),
+    );
+    assert_eq!(
+        r.get_str("error-reason"),
+        Some("Call-ID not found or tags didn't match")
+    );
 }
 
 struct Idle(Instant);
@@ -259,20 +539,58 @@ impl FlowStats for Idle {
 
 #[test]
 fn silent_media_times_out_and_is_reported() {
-    let mut c = Calls::new(CallsConfig { media_timeout: Duration::from_secs(10), ..cfg() }, EngineConfig::default(), 1);
+    let mut c = Calls::new(
+        CallsConfig {
+            media_timeout: Duration::from_secs(10),
+            ..cfg()
+        },
+        EngineConfig::default(),
+        1,
+    );
     offer(&mut c, "c1", &[]);
     let t0 = Instant::now();
     c.housekeeping(t0 + Duration::from_secs(5), &Idle(t0));
     assert_eq!(c.call_count(), 1);
     c.housekeeping(t0 + Duration::from_secs(11), &Idle(t0));
-    assert_eq!((c.call_count(), c.ports_in_use(), c.engine_ref().stream_count()), (0, 0, 0));
-    let r = run(&mut c, &req(&[("command", s("query")), ("call-id", s("c1"))]));
-    assert_eq!(r.get("mediaproxy").and_then(Value::as_dict).and_then(|d| d.get_str("state")), Some("timed out"));
+    assert_eq!(
+        (
+            c.call_count(),
+            c.ports_in_use(),
+            c.engine_ref().stream_count()
+        ),
+        (0, 0, 0)
+    );
+    let r = run(
+        &mut c,
+        &req(&[("command", s("query")), ("call-id", s("c1"))]),
+    );
+    assert_eq!(
+        r.get("mediaproxy")
+            .and_then(Value::as_dict)
+            .and_then(|d| d.get_str("state")),
+        Some("timed out")
+    );
     let r = run(&mut c, &req(&[("command", s("list"))]));
-    let states = r.get("mediaproxy").and_then(Value::as_dict).unwrap().get("calls").and_then(Value::as_list).unwrap();
-    assert_eq!(states[0].as_dict().unwrap().get_str("state"), Some("timed out"));
+    let states = r
+        .get("mediaproxy")
+        .and_then(Value::as_dict)
+        .unwrap()
+        .get("calls")
+        .and_then(Value::as_list)
+        .unwrap();
+    assert_eq!(
+        states[0].as_dict().unwrap().get_str("state"),
+        Some("timed out")
+    );
     c.housekeeping(t0 + Duration::from_secs(60), &Idle(t0));
-    assert_eq!(run(&mut c, &req(&[("command", s("list"))])).get("calls").and_then(Value::as_list).unwrap().len(), 0);
+    assert_eq!(
+        run(&mut c, &req(&[("command", s("list"))]))
+            .get("calls")
+            .and_then(Value::as_list)
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -284,6 +602,9 @@ fn statistics_has_rtpengine_sections() {
     for k in ["currentstatistics", "totalstatistics", "controlstatistics"] {
         assert!(st.get(k).is_some(), "{k}");
     }
-    let cur = st.get("currentstatistics").and_then(Value::as_dict).unwrap();
+    let cur = st
+        .get("currentstatistics")
+        .and_then(Value::as_dict)
+        .unwrap();
     assert_eq!(cur.get("sessionsown").and_then(Value::as_int), Some(1));
 }
