@@ -255,7 +255,9 @@ pub struct FlowCounters {
     pub punt_bytes: u64,
     /// Packets whose source was not the latched peer (dropped or punted by policy).
     pub mismatch_packets: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, 0 if none.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at jiffy resolution, which is all a media
+    /// timeout needs and costs a fraction of the precise clock) of the last accepted packet,
+    /// 0 if none.
     pub last_seen_ns: u64,
 }
 

@@ -1,6 +1,6 @@
 //! The per-packet decision: pass, punt to userspace, or forward.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use proxy_common::{Counter, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags};
 
 use crate::{
@@ -112,7 +112,7 @@ fn touch(counters: Option<*mut FlowCounters>) {
     if let Some(c) = counters {
         // SAFETY: the slot is a valid array element for the life of the program run; a plain
         // store (the latest writer wins, any of them is right).
-        unsafe { (*c).last_seen_ns = bpf_ktime_get_ns() };
+        unsafe { (*c).last_seen_ns = bpf_ktime_get_coarse_ns() };
     }
 }
 

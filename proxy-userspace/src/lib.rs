@@ -2,6 +2,7 @@
 //! ([`xsk`]) and the I/O thread ([`io`]), the sans-IO media logic ([`session`]) and call
 //! model ([`ng`]), and the daemon that wires them ([`daemon`]).
 
+pub mod bench;
 pub mod caps;
 pub mod daemon;
 pub mod dataplane;

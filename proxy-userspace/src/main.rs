@@ -57,6 +57,18 @@ enum Cmd {
     /// Build a namespace topology and show media flowing through one relay, and through two
     /// relays in series behind a NAT (the deadlock, and its resolution by probing).
     Demo(proxy_userspace::demo::DemoArgs),
+    /// Measure packet rates of every forwarding mode side by side (and rtpengine's).
+    Bench(proxy_userspace::bench::BenchArgs),
+    /// The benchmark's kernel-socket baseline relay (started by `bench`).
+    #[command(hide = true)]
+    BenchSocketRelay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        from: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -107,6 +119,10 @@ struct RunArgs {
     /// Flow table capacity (two flows per RTP or RTCP stream).
     #[arg(long, default_value_t = 65536)]
     max_flows: u32,
+    /// Never let XDP forward: every packet goes through userspace (AF_XDP in, rewrite, AF_XDP
+    /// out). For measuring that path; a relay in service does not want it.
+    #[arg(long)]
+    userspace_only: bool,
     /// Do not turn on forwarding on attached interfaces (bpf_fib_lookup needs it; without it
     /// FORWARD traffic goes through userspace).
     #[arg(long)]
@@ -146,6 +162,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Ctl(a) => ctl(&a),
         Cmd::Demo(a) => proxy_userspace::demo::run(&a),
+        Cmd::Bench(a) => proxy_userspace::bench::run(&a),
+        Cmd::BenchSocketRelay { listen, from, to } => proxy_userspace::bench::socket_relay(listen, from, to),
     }
 }
 
@@ -184,6 +202,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             probe_attempts: a.probe_attempts,
             relatch_after: (a.relatch_after_secs > 0)
                 .then(|| Duration::from_secs(a.relatch_after_secs)),
+            kernel_forwarding: !a.userspace_only,
             ..EngineConfig::default()
         },
         xdp_ifaces: a.xdp_ifaces,

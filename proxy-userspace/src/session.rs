@@ -134,6 +134,9 @@ pub struct EngineConfig {
     /// A new source may take over a latched side after the latched peer has been silent this
     /// long (a NAT rebinding, a re-INVITE to a new phone). `None`: never.
     pub relatch_after: Option<Duration>,
+    /// Let the kernel forward latched flows (FORWARD). Off: every packet goes through
+    /// userspace, for measuring that path.
+    pub kernel_forwarding: bool,
 }
 
 impl Default for EngineConfig {
@@ -145,6 +148,7 @@ impl Default for EngineConfig {
             probe_attempts: 6,
             held_capacity: 16,
             relatch_after: Some(Duration::from_secs(2)),
+            kernel_forwarding: true,
         }
     }
 }
@@ -360,7 +364,7 @@ impl Stream {
     }
 
     /// The kernel flow for packets arriving from `from`.
-    fn flow_spec(&self, from: Side) -> FlowSpec {
+    fn flow_spec(&self, from: Side, kernel_forwarding: bool) -> FlowSpec {
         let to = from.other();
         let peer = match self.cfg.latching[from.idx()] {
             Latching::Symmetric => self.side(from).latched,
@@ -376,7 +380,7 @@ impl Stream {
         } else {
             MismatchPolicy::Punt
         };
-        if let (true, Some(dst)) = (ready, self.destination(to)) {
+        if let (true, true, Some(dst)) = (kernel_forwarding, ready, self.destination(to)) {
             spec.state = FlowState::Forward;
             spec.peer = peer;
             spec.out_src = self.side(to).local;
@@ -1002,11 +1006,12 @@ impl Engine {
 
     /// Emits the kernel flows that changed.
     fn sync_flows(&mut self, id: StreamId) {
+        let kernel_forwarding = self.cfg.kernel_forwarding;
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
         for s in Side::BOTH {
-            let spec = stream.flow_spec(s);
+            let spec = stream.flow_spec(s, kernel_forwarding);
             if stream.installed[s.idx()] != Some(spec) {
                 stream.installed[s.idx()] = Some(spec);
                 self.out.push_back(Output::Flow {

@@ -218,6 +218,15 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     run(&mut c)?;
     if filter.is_none() {
         fuzz(20)?;
+        // The benchmark is a product feature: its quick profile must produce every figure.
+        let release = build_release()?;
+        let out = root().join("target/bench-smoke");
+        run(Command::new(&release)
+            .args(["bench", "--quick", "--json"])
+            .arg(out.join("bench.json"))
+            .arg("--svg")
+            .arg(out.join("bench.svg")))?;
+        run(Command::new(&release).args(["bench", "--check"]).arg(out.join("bench.json")))?;
     }
     println!(
         "test: all passed in {:.0} s{}",
