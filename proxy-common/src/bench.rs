@@ -114,7 +114,11 @@ mod tests {
     #[test]
     fn layouts() {
         assert_eq!(size_of::<GenConfig>(), 48);
-        assert_eq!(8 + 4 + 4 + 4 + 2 + 2 + 6 + 6 + 4 + 4 + 4, 48, "no implicit padding");
+        assert_eq!(
+            8 + 4 + 4 + 4 + 2 + 2 + 6 + 6 + 4 + 4 + 4,
+            48,
+            "no implicit padding"
+        );
         assert_eq!(core::mem::offset_of!(GenConfig, _pad) + 4, 48);
         assert_eq!(size_of::<GenState>(), 24);
         assert_eq!(size_of::<SinkState>(), 16);

@@ -163,7 +163,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ctl(a) => ctl(&a),
         Cmd::Demo(a) => proxy_userspace::demo::run(&a),
         Cmd::Bench(a) => proxy_userspace::bench::run(&a),
-        Cmd::BenchSocketRelay { listen, from, to } => proxy_userspace::bench::socket_relay(listen, from, to),
+        Cmd::BenchSocketRelay { listen, from, to } => {
+            proxy_userspace::bench::socket_relay(listen, from, to)
+        }
     }
 }
 

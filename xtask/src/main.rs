@@ -226,7 +226,9 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
             .arg(out.join("bench.json"))
             .arg("--svg")
             .arg(out.join("bench.svg")))?;
-        run(Command::new(&release).args(["bench", "--check"]).arg(out.join("bench.json")))?;
+        run(Command::new(&release)
+            .args(["bench", "--check"])
+            .arg(out.join("bench.json")))?;
     }
     println!(
         "test: all passed in {:.0} s{}",

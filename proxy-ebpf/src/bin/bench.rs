@@ -69,8 +69,16 @@ mod programs {
         let Some(f) = bytes::<FRAME_LEN>(&ctx, 0) else {
             return xdp_action::XDP_ABORTED;
         };
-        let flow = if cfg.flows > 1 { (st.sent % u64::from(cfg.flows)) as u32 } else { 0 };
-        let per_ip = if cfg.ports_per_ip == 0 { 1 } else { cfg.ports_per_ip };
+        let flow = if cfg.flows > 1 {
+            (st.sent % u64::from(cfg.flows)) as u32
+        } else {
+            0
+        };
+        let per_ip = if cfg.ports_per_ip == 0 {
+            1
+        } else {
+            cfg.ports_per_ip
+        };
         let dst_ip = (u32::from_be_bytes(cfg.dst_ip) + flow / per_ip).to_be_bytes();
         let dst_port = (u32::from(cfg.dst_port) + flow % per_ip) as u16;
         let seq = st.sent as u16;
@@ -79,7 +87,20 @@ mod programs {
         f[6..12].copy_from_slice(&cfg.src_mac);
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         let ip = offsets::IP;
-        f[ip..ip + 12].copy_from_slice(&[0x45, 0, 0, (FRAME_LEN - ip) as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f[ip..ip + 12].copy_from_slice(&[
+            0x45,
+            0,
+            0,
+            (FRAME_LEN - ip) as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
         f[ip + 12..ip + 16].copy_from_slice(&cfg.src_ip);
         f[ip + 16..ip + 20].copy_from_slice(&dst_ip);
         let hc = csum::of_bytes(&f[ip..ip + 20]);
@@ -99,8 +120,17 @@ mod programs {
         f[offsets::MAGIC..offsets::MAGIC + 4].copy_from_slice(&MAGIC);
         // A complete UDP checksum, as real senders (and their NICs) produce.
         // SAFETY: the UDP segment is 180 bytes (a multiple of 4) inside the checked frame.
-        let seg = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, f[udp..].as_mut_ptr().cast(), (8 + RTP_LEN) as u32, 0) };
-        let sum = u64::from(csum::fold(seg as u64).swap_bytes()) + csum::pseudo_header_v4(&cfg.src_ip, &dst_ip, (8 + RTP_LEN) as u16);
+        let seg = unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                f[udp..].as_mut_ptr().cast(),
+                (8 + RTP_LEN) as u32,
+                0,
+            )
+        };
+        let sum = u64::from(csum::fold(seg as u64).swap_bytes())
+            + csum::pseudo_header_v4(&cfg.src_ip, &dst_ip, (8 + RTP_LEN) as u16);
         f[udp + 6..udp + 8].copy_from_slice(&csum::udp_field(sum).to_be_bytes());
         st.sent += 1;
         // SAFETY: plain helper call.
