@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// Rtpengine); the ceiling is always measured. A partial run fails `--check`.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<String>,
+    /// Traffic both ways: generator → relay → sink and sink → relay → generator, the rate
+    /// split evenly (the flow scaling stays one-way).
+    #[arg(long)]
+    pub bidirectional: bool,
     /// Flow counts for the scaling figures (default: 1,1000,100000,1000000).
     #[arg(long, value_delimiter = ',')]
     pub flows: Vec<u64>,
@@ -178,6 +182,8 @@ pub struct Report {
     pub window_ms: u64,
     pub windows_per_trial: u32,
     pub frame_bytes: usize,
+    /// Both directions at once, rates in total.
+    pub bidirectional: bool,
     /// The most the generator pushed with nothing paced (its own ceiling).
     pub generator_ceiling_pps: u64,
     pub modes: Vec<ModeResult>,
@@ -219,10 +225,19 @@ struct Harness {
     generator_ns: Netns,
     relay: Netns,
     sink: Netns,
-    gen_ifindex: u32,
-    gen_mac: [u8; 6],
-    relay_in_mac: [u8; 6],
-    generator: Arc<Mutex<Ebpf>>,
+    /// Generator → relay → sink.
+    forward: Generator,
+    /// Sink → relay → generator, for bidirectional runs.
+    reverse: Option<Generator>,
+}
+
+/// One traffic source: a generator program sending out of one interface of its namespace.
+struct Generator {
+    ebpf: Arc<Mutex<Ebpf>>,
+    ifindex: u32,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Endpoint,
 }
 
 fn pin_to(cpu: usize) -> std::io::Result<()> {
@@ -264,8 +279,9 @@ fn load_bench(prog: &str, attach: Option<(&str, XdpMode)>) -> anyhow::Result<Ebp
 }
 
 impl Harness {
-    /// The harness, and the sink's program (its counters).
-    fn build() -> anyhow::Result<(Self, Ebpf)> {
+    /// The harness, and the sinks' programs (their counters): at the sink, and for
+    /// bidirectional runs at the generator too.
+    fn build(bidirectional: bool) -> anyhow::Result<(Self, Ebpf, Option<Ebpf>)> {
         let generator_ns = Netns::new("bg")?;
         let relay = Netns::new("br")?;
         let sink = Netns::new("bs")?;
@@ -347,25 +363,34 @@ impl Harness {
         // The relay's receive work in a NAPI thread on the relay's core (not on the
         // generator's, where veth would otherwise run it). GRO gives the veth a NAPI instance
         // in every mode (and lets it take XDP frames when no XDP program is attached).
-        relay.exec(&["ethtool", "-K", "r0", "gro", "on"])?;
-        relay.exec(&["sh", "-c", "echo 1 > /sys/class/net/r0/threaded"])?;
-        pin_napi_threads("r0", RELAY_CPU);
+        for i in ["r0", "r1"] {
+            relay.exec(&["ethtool", "-K", i, "gro", "on"])?;
+            relay.exec(&["sh", "-c", &format!("echo 1 > /sys/class/net/{i}/threaded")])?;
+            pin_napi_threads(i, RELAY_CPU);
+        }
         let sink_prog =
             sink.enter(|| load_bench("bench_sink", Some(("s0", XdpMode::Driver))))??;
-        let gen_ifindex = generator_ns.enter(|| crate::caps::ifindex("g0"))??;
-        let generator = generator_ns.enter(|| load_bench("bench_gen", None))??;
-        Ok((
-            Self {
-                generator_ns,
-                relay,
-                sink,
-                gen_ifindex,
-                gen_mac,
-                relay_in_mac,
-                generator: Arc::new(Mutex::new(generator)),
-            },
-            sink_prog,
-        ))
+        let forward = Generator {
+            ebpf: Arc::new(Mutex::new(generator_ns.enter(|| load_bench("bench_gen", None))??)),
+            ifindex: generator_ns.enter(|| crate::caps::ifindex("g0"))??,
+            src_mac: gen_mac,
+            dst_mac: relay_in_mac,
+            src: Endpoint::v4(GEN_IP, GEN_PORT),
+        };
+        let (reverse, reverse_sink) = if bidirectional {
+            let g = Generator {
+                ebpf: Arc::new(Mutex::new(sink.enter(|| load_bench("bench_gen", None))??)),
+                ifindex: sink.enter(|| crate::caps::ifindex("s0"))??,
+                src_mac: sink_mac,
+                dst_mac: relay_out_mac,
+                src: Endpoint::v4(SINK_IP, SINK_PORT),
+            };
+            let counter = generator_ns.enter(|| load_bench("bench_sink", Some(("g0", XdpMode::Driver))))??;
+            (Some(g), Some(counter))
+        } else {
+            (None, None)
+        };
+        Ok((Self { generator_ns, relay, sink, forward, reverse }, sink_prog, reverse_sink))
     }
 }
 
@@ -458,6 +483,10 @@ struct Target {
     dst_port: u16,
     flows: u32,
     ports_per_ip: u32,
+    /// The relay's port facing the sink, where the reverse generator sends.
+    reverse_port: u16,
+    /// Run the reverse generator too (bidirectional runs; never for the flow scaling).
+    both_ways: bool,
 }
 
 fn zero_sink(ebpf: &mut Ebpf) -> anyhow::Result<()> {
@@ -493,101 +522,101 @@ fn sink_histogram(ebpf: &Ebpf) -> anyhow::Result<Histogram<u64>> {
 }
 
 impl Harness {
-    /// Runs the generator at `rate` (0: flat out) for `window`; `sink` counts.
+    /// Runs the generators at `rate` in all (split between the directions; 0: flat out) for
+    /// `window`; `sinks` count.
     fn trial(
         &self,
-        sink: &mut Ebpf,
+        sinks: &mut [&mut Ebpf],
         target: Target,
         rate: u64,
         window: Duration,
     ) -> anyhow::Result<TrialResult> {
-        zero_sink(sink)?;
-        let cfg = GenConfig {
-            rate_pps: rate,
-            flows: target.flows.max(1),
-            ports_per_ip: target.ports_per_ip.max(1),
-            ifindex: self.gen_ifindex,
-            dst_port: target.dst_port,
-            src_port: GEN_PORT,
-            src_mac: self.gen_mac,
-            dst_mac: self.relay_in_mac,
-            src_ip: GEN_IP,
-            dst_ip: target.dst_ip,
-            _pad: [0; 4],
-        };
-        let n = nr_cpus().map_err(|(_, e)| e)?;
-        {
-            let mut g = self.generator.lock().expect("not poisoned");
-            let mut c: Array<_, GenConfig> =
-                Array::try_from(g.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
-            c.set(0, cfg, 0)?;
-            let mut s: PerCpuArray<_, GenState> =
-                PerCpuArray::try_from(g.map_mut("GEN_STATE").context("GEN_STATE")?)?;
-            s.set(0, PerCpuValues::try_from(vec![GenState::default(); n])?, 0)?;
+        for s in sinks.iter_mut() {
+            zero_sink(s)?;
         }
-        let tid = Arc::new(AtomicU64::new(0));
+        let n = nr_cpus().map_err(|(_, e)| e)?;
+        let reverse = self.reverse.as_ref().filter(|_| target.both_ways);
+        let share = if reverse.is_some() { rate / 2 } else { rate };
+        let mut gens: Vec<(&Netns, &Generator, GenConfig)> = vec![(
+            &self.generator_ns,
+            &self.forward,
+            GenConfig {
+                rate_pps: share,
+                flows: target.flows.max(1),
+                ports_per_ip: target.ports_per_ip.max(1),
+                ifindex: self.forward.ifindex,
+                dst_port: target.dst_port,
+                src_port: self.forward.src.port(),
+                src_mac: self.forward.src_mac,
+                dst_mac: self.forward.dst_mac,
+                src_ip: *self.forward.src.addr_v4(),
+                dst_ip: target.dst_ip,
+                _pad: [0; 4],
+            },
+        )];
+        if let Some(r) = reverse {
+            gens.push((
+                &self.sink,
+                r,
+                GenConfig {
+                    rate_pps: share,
+                    flows: 1,
+                    ports_per_ip: 1,
+                    ifindex: r.ifindex,
+                    dst_port: target.reverse_port,
+                    src_port: r.src.port(),
+                    src_mac: r.src_mac,
+                    dst_mac: r.dst_mac,
+                    src_ip: *r.src.addr_v4(),
+                    dst_ip: [10, 0, 2, 1],
+                    _pad: [0; 4],
+                },
+            ));
+        }
+        for (_, g, cfg) in &gens {
+            let mut e = g.ebpf.lock().expect("not poisoned");
+            let mut c: Array<_, GenConfig> = Array::try_from(e.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
+            c.set(0, *cfg, 0)?;
+            let mut st: PerCpuArray<_, GenState> = PerCpuArray::try_from(e.map_mut("GEN_STATE").context("GEN_STATE")?)?;
+            st.set(0, PerCpuValues::try_from(vec![GenState::default(); n])?, 0)?;
+        }
         let busy0 = cpu_busy_ns(RELAY_CPU);
         let t0 = Instant::now();
-        let generator = self.generator.clone();
-        let ifindex = self.gen_ifindex;
-        let tid2 = tid.clone();
-        let runner = std::thread::scope(|scope| -> anyhow::Result<()> {
-            let h = std::thread::Builder::new().spawn_scoped(scope, || {
-                self.generator_ns.enter(move || -> anyhow::Result<()> {
-                    pin_to(GEN_CPU)?;
-                    // SAFETY: pthread_self has no preconditions.
-                    tid2.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
-                    let g = generator.lock().expect("not poisoned");
-                    let p: &Xdp = g.program("bench_gen").context("bench_gen")?.try_into()?;
-                    let md = [0u32, FRAME_LEN as u32, 0, ifindex, 0, 0];
-                    // SAFETY: [u32; 6] is plain data: struct xdp_md.
-                    let md_bytes =
-                        unsafe { std::slice::from_raw_parts(md.as_ptr().cast::<u8>(), 24) };
-                    let frame = [0u8; FRAME_LEN];
-                    let r = p.test_run(TestRunOptions {
-                        data_in: Some(&frame),
-                        ctx_in: Some(md_bytes),
-                        repeat: u32::MAX,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..TestRunOptions::default()
-                    });
-                    match r {
-                        Ok(_) => Ok(()),
-                        Err(e)
-                            if format!("{e:?}").contains("Interrupted")
-                                || format!("{e:?}").contains("EINTR")
-                                || format!("{e:?}").contains("code: 4") =>
-                        {
-                            Ok(())
-                        }
-                        Err(e) => Err(e.into()),
-                    }
-                })?
-            })?;
-            std::thread::sleep(window);
-            while tid.load(Ordering::SeqCst) == 0 {
-                std::thread::sleep(Duration::from_millis(1));
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let mut running = Vec::new();
+            for (ns, g, _) in &gens {
+                let tid = Arc::new(AtomicU64::new(0));
+                let tid2 = tid.clone();
+                let h = std::thread::Builder::new().spawn_scoped(scope, move || ns.enter(move || run_generator(g, &tid2))?)?;
+                running.push((tid, h));
             }
-            // SAFETY: the thread is alive until join; the signal ends its test run.
-            unsafe {
-                libc::pthread_kill(tid.load(Ordering::SeqCst) as libc::pthread_t, libc::SIGUSR1)
-            };
-            h.join()
-                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+            std::thread::sleep(window);
+            for (tid, _) in &running {
+                while tid.load(Ordering::SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // SAFETY: the thread is alive until joined below; the signal ends its run.
+                unsafe { libc::pthread_kill(tid.load(Ordering::SeqCst) as libc::pthread_t, libc::SIGUSR1) };
+            }
+            for (_, h) in running {
+                h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+            }
             Ok(())
-        });
-        runner?;
+        })?;
         let seconds = t0.elapsed().as_secs_f64();
         // Frames still in flight arrive within a few ms.
         std::thread::sleep(Duration::from_millis(50));
         let busy = cpu_busy_ns(RELAY_CPU).saturating_sub(busy0);
-        let sent: u64 = {
-            let g = self.generator.lock().expect("not poisoned");
-            let s: PerCpuArray<_, GenState> =
-                PerCpuArray::try_from(g.map("GEN_STATE").context("GEN_STATE")?)?;
-            s.get(&0, 0)?.iter().map(|s| s.sent).sum()
-        };
-        let received = sink_count(sink)?;
+        let mut sent = 0u64;
+        for (_, g, _) in &gens {
+            let e = g.ebpf.lock().expect("not poisoned");
+            let st: PerCpuArray<_, GenState> = PerCpuArray::try_from(e.map("GEN_STATE").context("GEN_STATE")?)?;
+            sent += st.get(&0, 0)?.iter().map(|s| s.sent).sum::<u64>();
+        }
+        let mut received = 0u64;
+        for s in sinks.iter() {
+            received += sink_count(s)?;
+        }
         if std::env::var_os("MEDIAPROXY_BENCH_DEBUG").is_some() {
             let mib = |k| crate::testbed::udp_mib(&self.relay, k).unwrap_or(0);
             eprintln!(
@@ -607,6 +636,32 @@ impl Harness {
     }
 }
 
+/// One long live-frames test run of `g`'s program, until a signal ends it.
+fn run_generator(g: &Generator, tid: &AtomicU64) -> anyhow::Result<()> {
+    pin_to(GEN_CPU)?;
+    // SAFETY: pthread_self has no preconditions.
+    tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+    let e = g.ebpf.lock().expect("not poisoned");
+    let p: &Xdp = e.program("bench_gen").context("bench_gen")?.try_into()?;
+    let md = [0u32, FRAME_LEN as u32, 0, g.ifindex, 0, 0];
+    // SAFETY: [u32; 6] is plain data: struct xdp_md.
+    let md_bytes = unsafe { std::slice::from_raw_parts(md.as_ptr().cast::<u8>(), 24) };
+    let frame = [0u8; FRAME_LEN];
+    let r = p.test_run(TestRunOptions {
+        data_in: Some(&frame),
+        ctx_in: Some(md_bytes),
+        repeat: u32::MAX,
+        attrs: TestRunAttrs::new().xdp_live_frames(64),
+        ..TestRunOptions::default()
+    });
+    match r {
+        Ok(_) => Ok(()),
+        // EINTR is how the trial ends.
+        Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 struct Plan {
     window: Duration,
     /// Windows per trial; the median decides.
@@ -621,7 +676,7 @@ struct Plan {
 /// return a new target.
 fn loss_free(
     h: &Harness,
-    sink: &mut Ebpf,
+    sinks: &mut [&mut Ebpf],
     mut target: Target,
     hi: u64,
     plan: &Plan,
@@ -644,7 +699,7 @@ fn loss_free(
             let mut windows = Vec::new();
             let before = snapshot();
             for _ in 0..plan.repeats {
-                windows.push(h.trial(sink, target, rate, plan.window)?);
+                windows.push(h.trial(sinks, target, rate, plan.window)?);
             }
             let progs = prog_ns(before, snapshot());
             windows.sort_by(|a, b| a.loss().total_cmp(&b.loss()));
@@ -749,7 +804,8 @@ struct Search {
 /// What runs as the relay; dropping it stops it.
 enum RelayUnderTest {
     Process { _child: Guarded },
-    Drop(Ebpf),
+    /// XDP_DROP counters at the relay's ingress (the ceiling), one per direction.
+    Drop(Vec<Ebpf>),
 }
 
 fn spawn_pinned(ns: &Netns, args: &[&str], log: &Path) -> anyhow::Result<Guarded> {
@@ -784,8 +840,8 @@ fn wait_ng(ns: &Netns, addr: SocketAddr) -> anyhow::Result<NgClient> {
     }
 }
 
-/// Sets up one call over ng and returns the port the generator must send to.
-fn ng_call(c: &NgClient, call: &str) -> anyhow::Result<u16> {
+/// Sets up one call over ng; returns the relay ports the generator and the sink send to.
+fn ng_call(c: &NgClient, call: &str) -> anyhow::Result<(u16, u16)> {
     let dir = Value::List(vec![Value::str("internal"), Value::str("external")]);
     let o = scenario::ng(
         c,
@@ -797,7 +853,7 @@ fn ng_call(c: &NgClient, call: &str) -> anyhow::Result<u16> {
             ("direction", dir),
         ],
     )?;
-    let _to_sink = sdp_media(&sdp_of(&o)?)?;
+    let from_sink = sdp_media(&sdp_of(&o)?)?.port();
     let a = scenario::ng(
         c,
         "answer",
@@ -808,7 +864,7 @@ fn ng_call(c: &NgClient, call: &str) -> anyhow::Result<u16> {
             ("sdp", Value::str(&sdp("10.0.2.2", SINK_PORT))),
         ],
     )?;
-    Ok(sdp_media(&sdp_of(&a)?)?.port())
+    Ok((sdp_media(&sdp_of(&a)?)?.port(), from_sink))
 }
 
 fn rtpengine_args(log_dir: &Path) -> Vec<String> {
@@ -841,6 +897,8 @@ impl Harness {
             dst_port: 30000,
             flows: 1,
             ports_per_ip: 1,
+            reverse_port: 30002,
+            both_ways: self.reverse.is_some(),
         };
         let relay = match mode {
             Mode::XdpNative | Mode::XdpSkb | Mode::UserspaceAfXdp => {
@@ -865,7 +923,7 @@ impl Harness {
                 let g = spawn_pinned(&self.relay, &args, &dir.join(format!("{mode:?}.log")))?;
                 let ng_addr: SocketAddr = "127.0.0.1:22222".parse()?;
                 let c = wait_ng(&self.relay, ng_addr)?;
-                target.dst_port = ng_call(&c, "bench")?;
+                target.dst_port = ng_call(&c, "bench")?.0;
                 // Latch both sides: one packet from the sink, a short burst from the generator.
                 let relay_b = {
                     let q = scenario::ng(&c, "query", &[("call-id", Value::str("bench"))])?;
@@ -887,6 +945,7 @@ impl Harness {
                         .context("relay port facing the sink")?;
                     SocketAddr::new([10, 0, 2, 1].into(), u16::try_from(port)?)
                 };
+                target.reverse_port = relay_b.port();
                 self.sink.enter(move || -> anyhow::Result<()> {
                     let s = std::net::UdpSocket::bind("10.0.2.2:5000")?;
                     s.send_to(&crate::rtp::RtpHeader::g711_packet(0x5, 0), relay_b)?;
@@ -906,6 +965,8 @@ impl Harness {
                         "10.0.2.1:30002",
                         "--to",
                         "10.0.2.2:5000",
+                        "--back-to",
+                        "10.0.1.2:4000",
                     ],
                     &dir.join("sockets.log"),
                 )?;
@@ -917,15 +978,19 @@ impl Harness {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let g = spawn_pinned(&self.relay, &args, &dir.join("rtpengine.log"))?;
                 let c = wait_ng(&self.relay, "127.0.0.1:2223".parse()?)?;
-                target.dst_port = ng_call(&c, "bench")?;
+                (target.dst_port, target.reverse_port) = ng_call(&c, "bench")?;
                 RelayUnderTest::Process { _child: g }
             }
-            Mode::XdpDropCeiling => RelayUnderTest::Drop(
-                self.relay
-                    .enter(|| load_bench("bench_sink", Some(("r0", XdpMode::Driver))))??,
-            ),
+            Mode::XdpDropCeiling => {
+                let mut progs = vec![self.relay.enter(|| load_bench("bench_sink", Some(("r0", XdpMode::Driver))))??];
+                if self.reverse.is_some() {
+                    progs.push(self.relay.enter(|| load_bench("bench_sink", Some(("r1", XdpMode::Driver))))??);
+                }
+                RelayUnderTest::Drop(progs)
+            }
         };
         pin_napi_threads("r0", RELAY_CPU);
+        pin_napi_threads("r1", RELAY_CPU);
         Ok((relay, target))
     }
 }
@@ -952,6 +1017,15 @@ impl Harness {
         }
         Ok(format!("generator's flow in {got} after warm-up"))
     }
+}
+
+/// The sinks of a run: at the sink, and at the generator for bidirectional runs.
+fn both<'a>(sink: &'a mut Ebpf, reverse: &'a mut Option<Ebpf>) -> Vec<&'a mut Ebpf> {
+    let mut v = vec![sink];
+    if let Some(r) = reverse.as_mut() {
+        v.push(r);
+    }
+    v
 }
 
 /// Sets up `calls` calls through the daemon, one offer/answer pair at a time, and keeps them.
@@ -1140,7 +1214,7 @@ fn program_timing(dp: &mut Dataplane, ingress: u32) -> anyhow::Result<(f64, f64)
 /// Installs `n` FORWARD flows and measures the loss-free rate through them.
 fn scale_point(
     h: &Harness,
-    sink: &mut Ebpf,
+    sinks: &mut [&mut Ebpf],
     n: u64,
     ceiling: u64,
     plan: &Plan,
@@ -1179,10 +1253,12 @@ fn scale_point(
         dst_port: 10_000,
         flows: u32::try_from(n)?,
         ports_per_ip: PER_IP as u32,
+        reverse_port: 0,
+        both_ways: false,
     };
     let s = loss_free(
         h,
-        sink,
+        sinks,
         target,
         ceiling,
         plan,
@@ -1220,74 +1296,84 @@ fn scale_point(
 
 /// The classic userspace relay, as a baseline: one socket in, one out, recvmmsg/sendmmsg in
 /// batches of 64. Runs as `mediaproxy bench-socket-relay` in the relay's namespace.
-pub fn socket_relay(listen: SocketAddr, from: SocketAddr, to: SocketAddr) -> anyhow::Result<()> {
+pub fn socket_relay(listen: SocketAddr, from: SocketAddr, to: SocketAddr, back_to: SocketAddr) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let rx = std::net::UdpSocket::bind(listen)?;
-    // A tuned relay takes a large receive buffer (SO_RCVBUFFORCE: root may exceed rmem_max).
-    let size: libc::c_int = 4 << 20;
-    // SAFETY: valid int option.
-    unsafe {
-        libc::setsockopt(
-            rx.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            std::ptr::from_ref(&size).cast(),
-            4,
-        )
-    };
-    let tx = std::net::UdpSocket::bind(from)?;
-    tx.connect(to)?;
+    let a = std::net::UdpSocket::bind(listen)?;
+    let b = std::net::UdpSocket::bind(from)?;
+    for s in [&a, &b] {
+        // A tuned relay takes a large receive buffer (SO_RCVBUFFORCE: root may exceed
+        // rmem_max).
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: valid int option.
+        unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, std::ptr::from_ref(&size).cast(), 4) };
+    }
+    // The reverse direction, on its own thread (both on the relay's core).
+    let (a2, b2) = (a.try_clone()?, b.try_clone()?);
+    std::thread::spawn(move || relay_loop(&b2, &a2, back_to));
+    relay_loop(&a, &b, to);
+    Ok(())
+}
+
+/// Moves datagrams from `rx` to `to` through `tx` in batches of 64 (recvmmsg/sendmmsg).
+fn relay_loop(rx: &std::net::UdpSocket, tx: &std::net::UdpSocket, to: SocketAddr) {
+    use std::os::fd::AsRawFd as _;
     const BATCH: usize = 64;
     let mut bufs = vec![[0u8; 2048]; BATCH];
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: mmsghdr is plain data; each points at its own iovec.
-    let mut msgs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .map(|v| {
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = std::ptr::from_mut(v);
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
     loop {
+        let mut iov: Vec<libc::iovec> = bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        // SAFETY: mmsghdr is plain data; each points at its own iovec.
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = std::ptr::from_mut(v);
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
         // SAFETY: msgs describes BATCH valid buffers.
-        let n = unsafe {
-            libc::recvmmsg(
-                rx.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
+        let n = unsafe { libc::recvmmsg(rx.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
         if n <= 0 {
             continue;
         }
         let n = n as usize;
-        let mut out: Vec<libc::mmsghdr> = Vec::with_capacity(n);
-        let mut out_iov: Vec<libc::iovec> = (0..n)
-            .map(|i| libc::iovec {
-                iov_base: bufs[i].as_mut_ptr().cast(),
-                iov_len: msgs[i].msg_len as usize,
+        let (addr, len) = sockaddr(to);
+        let mut out_iov: Vec<libc::iovec> = (0..n).map(|i| libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: msgs[i].msg_len as usize }).collect();
+        let mut out: Vec<libc::mmsghdr> = out_iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: as above.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = std::ptr::from_mut(v);
+                m.msg_hdr.msg_iovlen = 1;
+                m.msg_hdr.msg_name = std::ptr::from_ref(&addr).cast_mut().cast();
+                m.msg_hdr.msg_namelen = len;
+                m
             })
             .collect();
-        for v in &mut out_iov {
-            // SAFETY: as above.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = std::ptr::from_mut(v);
-            m.msg_hdr.msg_iovlen = 1;
-            out.push(m);
-        }
-        // SAFETY: out describes n valid buffers; tx is connected.
+        // SAFETY: out describes n valid buffers and a valid destination.
         unsafe { libc::sendmmsg(tx.as_raw_fd(), out.as_mut_ptr(), n as u32, 0) };
     }
+}
+
+fn sockaddr(sa: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data and large enough for either family.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match sa {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: a.port().to_be(), sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) }, sin_zero: [0; 8] };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut st).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 { sin6_family: libc::AF_INET6 as u16, sin6_port: a.port().to_be(), sin6_flowinfo: 0, sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() }, sin6_scope_id: 0 };
+            // SAFETY: as above.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut st).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (st, len as libc::socklen_t)
 }
 
 fn machine() -> String {
@@ -1354,7 +1440,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         if a.quick { "quick" } else { "full" },
         plan.window.as_millis()
     );
-    let (h, mut sink) = Harness::build()?;
+    let (h, mut sink, mut rsink) = Harness::build(a.bidirectional)?;
     let mut report = Report {
         machine: machine(),
         kernel: kernel(),
@@ -1367,15 +1453,17 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         window_ms: plan.window.as_millis() as u64,
         windows_per_trial: plan.repeats,
         frame_bytes: FRAME_LEN,
+        bidirectional: a.bidirectional,
         ..Report::default()
     };
 
     // The generator's own ceiling: flat out, into XDP_DROP at the relay's ingress.
     let (drop_relay, drop_target) = h.start(Mode::XdpDropCeiling)?;
-    let RelayUnderTest::Drop(mut drop_prog) = drop_relay else {
+    let RelayUnderTest::Drop(mut drop_progs) = drop_relay else {
         unreachable!()
     };
-    let flat = h.trial(&mut drop_prog, drop_target, 0, plan.window)?;
+    let mut drop_sinks: Vec<&mut Ebpf> = drop_progs.iter_mut().collect();
+    let flat = h.trial(&mut drop_sinks, drop_target, 0, plan.window)?;
     report.generator_ceiling_pps = (flat.sent as f64 / flat.seconds) as u64;
     let ceiling = report.generator_ceiling_pps;
     eprintln!(
@@ -1385,7 +1473,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     );
     let s = loss_free(
         &h,
-        &mut drop_prog,
+        &mut drop_sinks,
         drop_target,
         ceiling,
         &plan,
@@ -1402,7 +1490,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         trials: s.trials,
         ..ModeResult::default()
     });
-    drop(drop_prog);
+    drop(drop_sinks);
+    drop(drop_progs);
 
     let wanted = |m: Mode| {
         m == Mode::XdpDropCeiling
@@ -1419,11 +1508,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let (relay, target) = h.start(mode)?;
         let mut relay = Some(relay);
         // Warm up (and latch the generator's side).
-        h.trial(&mut sink, target, 1000, Duration::from_millis(200))?;
+        h.trial(&mut both(&mut sink, &mut rsink), target, 1000, Duration::from_millis(200))?;
         let note = h.check_state(mode)?;
         let s = loss_free(
             &h,
-            &mut sink,
+            &mut both(&mut sink, &mut rsink),
             target,
             ceiling,
             &plan,
@@ -1478,10 +1567,13 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     };
     for mode in Mode::ALL.into_iter().filter(|m| wanted(*m)) {
         let (relay, target) = h.start(mode)?;
-        let measure = |prog: &mut Ebpf| -> anyhow::Result<(Latency, f64)> {
-            h.trial(prog, target, 1000, Duration::from_millis(200))?;
-            let r = h.trial(prog, target, common, plan.window * plan.repeats)?;
-            let hist = sink_histogram(prog)?;
+        let measure = |progs: &mut [&mut Ebpf]| -> anyhow::Result<(Latency, f64)> {
+            h.trial(progs, target, 1000, Duration::from_millis(200))?;
+            let r = h.trial(progs, target, common, plan.window * plan.repeats)?;
+            let mut hist = sink_histogram(progs[0])?;
+            for p in progs.iter().skip(1) {
+                hist.add(sink_histogram(p)?)?;
+            }
             let lat = Latency {
                 offered_pps: common,
                 p50_us: percentile_us(&hist, 0.5),
@@ -1497,9 +1589,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             ))
         };
         let (lat, cpu) = match relay {
-            RelayUnderTest::Drop(mut p) => measure(&mut p)?,
+            RelayUnderTest::Drop(mut p) => measure(&mut p.iter_mut().collect::<Vec<_>>())?,
             other => {
-                let m = measure(&mut sink)?;
+                let m = measure(&mut both(&mut sink, &mut rsink))?;
                 drop(other);
                 m
             }
@@ -1519,7 +1611,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         eprintln!("  XDP native with {n} flows ...");
         report
             .scaling
-            .push(scale_point(&h, &mut sink, n, ceiling, &plan)?);
+            .push(scale_point(&h, &mut [&mut sink], n, ceiling, &plan)?);
     }
 
     report.ng = ng_load(&h, if a.quick { 2_000 } else { 30_000 })?;

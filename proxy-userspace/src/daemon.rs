@@ -251,11 +251,19 @@ impl Control {
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping));
             let timeout = wake.saturating_duration_since(now);
             select! {
-                recv(self.io.rx) -> p => if let Ok(p) = p {
-                    self.on_punted(&p);
-                    // Drain a burst before looking at timers again.
-                    for p in self.io.rx.try_iter().take(255).collect::<Vec<_>>() {
+                recv(self.io.rx) -> p => match p {
+                    Ok(p) => {
                         self.on_punted(&p);
+                        // Drain a burst before looking at timers again.
+                        for p in self.io.rx.try_iter().take(255).collect::<Vec<_>>() {
+                            self.on_punted(&p);
+                        }
+                    }
+                    Err(_) => {
+                        // Without the I/O thread nothing reaches userspace any more: stop, so
+                        // that a supervisor restarts the relay, rather than spin.
+                        log::error!("the AF_XDP I/O thread stopped");
+                        break;
                     }
                 },
                 recv(commands) -> c => match c {

@@ -179,9 +179,9 @@ fn two_relays(a: &DemoArgs, packets: u16, probing: bool) -> anyhow::Result<()> {
                 y.as_millis()
             ),
             _ => println!(
-                "  => media did NOT flow in both directions (see {} and {})",
-                r1.log.display(),
-                r2.log.display()
+                "  => media did NOT flow in both directions; MP1's log:\n{}\nMP2's log:\n{}",
+                r1.log_text(),
+                r2.log_text()
             ),
         }
     } else if ab.distinct == 0 && ba.distinct == 0 {

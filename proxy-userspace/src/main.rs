@@ -68,6 +68,8 @@ enum Cmd {
         from: SocketAddr,
         #[arg(long)]
         to: SocketAddr,
+        #[arg(long)]
+        back_to: SocketAddr,
     },
 }
 
@@ -163,8 +165,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ctl(a) => ctl(&a),
         Cmd::Demo(a) => proxy_userspace::demo::run(&a),
         Cmd::Bench(a) => proxy_userspace::bench::run(&a),
-        Cmd::BenchSocketRelay { listen, from, to } => {
-            proxy_userspace::bench::socket_relay(listen, from, to)
+        Cmd::BenchSocketRelay { listen, from, to, back_to } => {
+            proxy_userspace::bench::socket_relay(listen, from, to, back_to)
         }
     }
 }

@@ -57,6 +57,15 @@ pub struct Relay {
     _child: Guarded,
 }
 
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The daemon read its secret at start; its log is only for a failing test's message.
+        if let Some(dir) = self.log.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 pub const SECRET: &str = "demo-deployment-secret-0123456789";
 
 impl Relay {
