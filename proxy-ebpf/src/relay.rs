@@ -32,13 +32,10 @@ pub fn handle(ctx: &XdpContext) -> Result<Verdict, Error> {
     let counters = maps::flow_counters(entry.counter_slot);
     let payload = u64::from(pkt.udp_len) - 8;
 
-    if entry.state() == FlowState::Hold {
-        touch(counters);
-        return punt_counted(ctx, counters, payload, Counter::PuntHold);
-    }
+    // The source check comes first, in HOLD too: a strict flow drops a spoofer before
+    // userspace ever sees it, and only the peer's packets count as the flow's activity (a
+    // spoofer must not keep a silent flow alive or block a re-latch).
     if entry.has_flag(flow_flags::REQUIRE_PEER) && pkt.src != entry.peer {
-        // Not the peer: does not count as the flow's activity (a spoofer must not keep a
-        // silent flow alive or block a re-latch).
         add(counters, |c| &mut c.mismatch_packets, 1);
         if entry.has_flag(flow_flags::MISMATCH_DROP) {
             return Err(Error::Mismatch);
@@ -46,6 +43,9 @@ pub fn handle(ctx: &XdpContext) -> Result<Verdict, Error> {
         return punt_counted(ctx, counters, payload, Counter::PuntMismatch);
     }
     touch(counters);
+    if entry.state() == FlowState::Hold {
+        return punt_counted(ctx, counters, payload, Counter::PuntHold);
+    }
     forward_flow(ctx, &pkt, entry, counters, payload)
 }
 

@@ -197,6 +197,7 @@ fn ipv4_fixtures() {
         };
         let fwd = forward_spec(Some(a), relay_b, b);
         let hold = FlowSpec::hold();
+        let hold_strict = FlowSpec { peer: Some(a), mismatch: MismatchPolicy::Drop, ..FlowSpec::hold() };
         let mut mismatch_drop = fwd;
         mismatch_drop.mismatch = MismatchPolicy::Drop;
         let mut other_family = fwd;
@@ -227,6 +228,25 @@ fn ipv4_fixtures() {
             Case {
                 name: "HOLD: punted to AF_XDP",
                 flows: vec![(relay_a, hold)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntHold,
+            },
+            Case {
+                name: "HOLD, latched, strict: a spoofer is dropped before userspace",
+                flows: vec![(relay_a, hold_strict)],
+                input: FrameBuilder::udp(v4([10, 0, 1, 66], 4000), relay_a)
+                    .macs(PEER0_MAC, RELAY0_MAC)
+                    .payload(&payload)
+                    .build(),
+                action: XDP_DROP,
+                output: Out::Same,
+                counter: Counter::DropMismatch,
+            },
+            Case {
+                name: "HOLD, latched, strict: the peer is punted",
+                flows: vec![(relay_a, hold_strict)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Same,
