@@ -371,7 +371,9 @@ impl Harness {
         let sink_prog =
             sink.enter(|| load_bench("bench_sink", Some(("s0", XdpMode::Driver))))??;
         let forward = Generator {
-            ebpf: Arc::new(Mutex::new(generator_ns.enter(|| load_bench("bench_gen", None))??)),
+            ebpf: Arc::new(Mutex::new(
+                generator_ns.enter(|| load_bench("bench_gen", None))??,
+            )),
             ifindex: generator_ns.enter(|| crate::caps::ifindex("g0"))??,
             src_mac: gen_mac,
             dst_mac: relay_in_mac,
@@ -385,12 +387,23 @@ impl Harness {
                 dst_mac: relay_out_mac,
                 src: Endpoint::v4(SINK_IP, SINK_PORT),
             };
-            let counter = generator_ns.enter(|| load_bench("bench_sink", Some(("g0", XdpMode::Driver))))??;
+            let counter = generator_ns
+                .enter(|| load_bench("bench_sink", Some(("g0", XdpMode::Driver))))??;
             (Some(g), Some(counter))
         } else {
             (None, None)
         };
-        Ok((Self { generator_ns, relay, sink, forward, reverse }, sink_prog, reverse_sink))
+        Ok((
+            Self {
+                generator_ns,
+                relay,
+                sink,
+                forward,
+                reverse,
+            },
+            sink_prog,
+            reverse_sink,
+        ))
     }
 }
 
@@ -575,9 +588,11 @@ impl Harness {
         }
         for (_, g, cfg) in &gens {
             let mut e = g.ebpf.lock().expect("not poisoned");
-            let mut c: Array<_, GenConfig> = Array::try_from(e.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
+            let mut c: Array<_, GenConfig> =
+                Array::try_from(e.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
             c.set(0, *cfg, 0)?;
-            let mut st: PerCpuArray<_, GenState> = PerCpuArray::try_from(e.map_mut("GEN_STATE").context("GEN_STATE")?)?;
+            let mut st: PerCpuArray<_, GenState> =
+                PerCpuArray::try_from(e.map_mut("GEN_STATE").context("GEN_STATE")?)?;
             st.set(0, PerCpuValues::try_from(vec![GenState::default(); n])?, 0)?;
         }
         let busy0 = cpu_busy_ns(RELAY_CPU);
@@ -587,7 +602,8 @@ impl Harness {
             for (ns, g, _) in &gens {
                 let tid = Arc::new(AtomicU64::new(0));
                 let tid2 = tid.clone();
-                let h = std::thread::Builder::new().spawn_scoped(scope, move || ns.enter(move || run_generator(g, &tid2))?)?;
+                let h = std::thread::Builder::new()
+                    .spawn_scoped(scope, move || ns.enter(move || run_generator(g, &tid2))?)?;
                 running.push((tid, h));
             }
             std::thread::sleep(window);
@@ -596,10 +612,13 @@ impl Harness {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 // SAFETY: the thread is alive until joined below; the signal ends its run.
-                unsafe { libc::pthread_kill(tid.load(Ordering::SeqCst) as libc::pthread_t, libc::SIGUSR1) };
+                unsafe {
+                    libc::pthread_kill(tid.load(Ordering::SeqCst) as libc::pthread_t, libc::SIGUSR1)
+                };
             }
             for (_, h) in running {
-                h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
             }
             Ok(())
         })?;
@@ -610,7 +629,8 @@ impl Harness {
         let mut sent = 0u64;
         for (_, g, _) in &gens {
             let e = g.ebpf.lock().expect("not poisoned");
-            let st: PerCpuArray<_, GenState> = PerCpuArray::try_from(e.map("GEN_STATE").context("GEN_STATE")?)?;
+            let st: PerCpuArray<_, GenState> =
+                PerCpuArray::try_from(e.map("GEN_STATE").context("GEN_STATE")?)?;
             sent += st.get(&0, 0)?.iter().map(|s| s.sent).sum::<u64>();
         }
         let mut received = 0u64;
@@ -657,7 +677,11 @@ fn run_generator(g: &Generator, tid: &AtomicU64) -> anyhow::Result<()> {
     match r {
         Ok(_) => Ok(()),
         // EINTR is how the trial ends.
-        Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINTR) => Ok(()),
+        Err(aya::programs::ProgramError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::EINTR) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -803,7 +827,9 @@ struct Search {
 
 /// What runs as the relay; dropping it stops it.
 enum RelayUnderTest {
-    Process { _child: Guarded },
+    Process {
+        _child: Guarded,
+    },
     /// XDP_DROP counters at the relay's ingress (the ceiling), one per direction.
     Drop(Vec<Ebpf>),
 }
@@ -982,9 +1008,15 @@ impl Harness {
                 RelayUnderTest::Process { _child: g }
             }
             Mode::XdpDropCeiling => {
-                let mut progs = vec![self.relay.enter(|| load_bench("bench_sink", Some(("r0", XdpMode::Driver))))??];
+                let mut progs = vec![
+                    self.relay
+                        .enter(|| load_bench("bench_sink", Some(("r0", XdpMode::Driver))))??,
+                ];
                 if self.reverse.is_some() {
-                    progs.push(self.relay.enter(|| load_bench("bench_sink", Some(("r1", XdpMode::Driver))))??);
+                    progs.push(
+                        self.relay
+                            .enter(|| load_bench("bench_sink", Some(("r1", XdpMode::Driver))))??,
+                    );
                 }
                 RelayUnderTest::Drop(progs)
             }
@@ -1296,7 +1328,12 @@ fn scale_point(
 
 /// The classic userspace relay, as a baseline: one socket in, one out, recvmmsg/sendmmsg in
 /// batches of 64. Runs as `mediaproxy bench-socket-relay` in the relay's namespace.
-pub fn socket_relay(listen: SocketAddr, from: SocketAddr, to: SocketAddr, back_to: SocketAddr) -> anyhow::Result<()> {
+pub fn socket_relay(
+    listen: SocketAddr,
+    from: SocketAddr,
+    to: SocketAddr,
+    back_to: SocketAddr,
+) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
     let a = std::net::UdpSocket::bind(listen)?;
     let b = std::net::UdpSocket::bind(from)?;
@@ -1305,7 +1342,15 @@ pub fn socket_relay(listen: SocketAddr, from: SocketAddr, to: SocketAddr, back_t
         // rmem_max).
         let size: libc::c_int = 4 << 20;
         // SAFETY: valid int option.
-        unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, std::ptr::from_ref(&size).cast(), 4) };
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&size).cast(),
+                4,
+            )
+        };
     }
     // The reverse direction, on its own thread (both on the relay's core).
     let (a2, b2) = (a.try_clone()?, b.try_clone()?);
@@ -1320,7 +1365,13 @@ fn relay_loop(rx: &std::net::UdpSocket, tx: &std::net::UdpSocket, to: SocketAddr
     const BATCH: usize = 64;
     let mut bufs = vec![[0u8; 2048]; BATCH];
     loop {
-        let mut iov: Vec<libc::iovec> = bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
         // SAFETY: mmsghdr is plain data; each points at its own iovec.
         let mut msgs: Vec<libc::mmsghdr> = iov
             .iter_mut()
@@ -1332,13 +1383,26 @@ fn relay_loop(rx: &std::net::UdpSocket, tx: &std::net::UdpSocket, to: SocketAddr
             })
             .collect();
         // SAFETY: msgs describes BATCH valid buffers.
-        let n = unsafe { libc::recvmmsg(rx.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                rx.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
         if n <= 0 {
             continue;
         }
         let n = n as usize;
         let (addr, len) = sockaddr(to);
-        let mut out_iov: Vec<libc::iovec> = (0..n).map(|i| libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: msgs[i].msg_len as usize }).collect();
+        let mut out_iov: Vec<libc::iovec> = (0..n)
+            .map(|i| libc::iovec {
+                iov_base: bufs[i].as_mut_ptr().cast(),
+                iov_len: msgs[i].msg_len as usize,
+            })
+            .collect();
         let mut out: Vec<libc::mmsghdr> = out_iov
             .iter_mut()
             .map(|v| {
@@ -1361,13 +1425,28 @@ fn sockaddr(sa: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match sa {
         SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: a.port().to_be(), sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) }, sin_zero: [0; 8] };
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
             unsafe { std::ptr::write(std::ptr::from_mut(&mut st).cast(), sin) };
             size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 { sin6_family: libc::AF_INET6 as u16, sin6_port: a.port().to_be(), sin6_flowinfo: 0, sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() }, sin6_scope_id: 0 };
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
             // SAFETY: as above.
             unsafe { std::ptr::write(std::ptr::from_mut(&mut st).cast(), sin6) };
             size_of::<libc::sockaddr_in6>()
@@ -1508,7 +1587,12 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let (relay, target) = h.start(mode)?;
         let mut relay = Some(relay);
         // Warm up (and latch the generator's side).
-        h.trial(&mut both(&mut sink, &mut rsink), target, 1000, Duration::from_millis(200))?;
+        h.trial(
+            &mut both(&mut sink, &mut rsink),
+            target,
+            1000,
+            Duration::from_millis(200),
+        )?;
         let note = h.check_state(mode)?;
         let s = loss_free(
             &h,

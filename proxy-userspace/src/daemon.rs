@@ -402,7 +402,19 @@ impl Control {
             }
             return;
         }
-        let last_seen = Kernel(&self.dp).last_seen(&f.dst);
+        // The engine only weighs the kernel's last-seen time when a packet comes from someone
+        // other than the latched peer (may it re-latch?). Ask the kernel (a map lookup, a
+        // syscall) only then; our mirror of the flow knows the peer without one.
+        let key = FlowKey::new(f.dst);
+        let foreign = self
+            .dp
+            .flow_spec(key)
+            .is_ok_and(|spec| spec.peer.is_some_and(|peer| peer != f.src));
+        let last_seen = if foreign {
+            Kernel(&self.dp).last_seen(&f.dst)
+        } else {
+            None
+        };
         self.calls
             .engine()
             .handle_media(f.dst, f.src, payload, last_seen, p.at);
@@ -482,7 +494,6 @@ impl Control {
                         debug!("kernel path to {to_sa}: {e}");
                     }
                 }
-                self.resolver.forget(to_sa.ip());
             }
         }
     }

@@ -395,13 +395,6 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Bytes of kernel memory per flow entry: key, value and counters, without the hash
-    /// table's own overhead (see the benchmark for the measured figure).
-    #[must_use]
-    pub const fn map_bytes_per_flow() -> usize {
-        size_of::<FlowKey>() + size_of::<FlowEntry>() + size_of::<FlowCounters>()
-    }
-
     /// The program's fd, for BPF_PROG_TEST_RUN.
     pub fn program(&self) -> anyhow::Result<&Xdp> {
         Ok(self

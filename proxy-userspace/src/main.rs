@@ -165,9 +165,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ctl(a) => ctl(&a),
         Cmd::Demo(a) => proxy_userspace::demo::run(&a),
         Cmd::Bench(a) => proxy_userspace::bench::run(&a),
-        Cmd::BenchSocketRelay { listen, from, to, back_to } => {
-            proxy_userspace::bench::socket_relay(listen, from, to, back_to)
-        }
+        Cmd::BenchSocketRelay {
+            listen,
+            from,
+            to,
+            back_to,
+        } => proxy_userspace::bench::socket_relay(listen, from, to, back_to),
     }
 }
 

@@ -57,6 +57,7 @@ pub struct Resolver {
 }
 
 const READY_TTL: Duration = Duration::from_secs(1);
+/// Short: the kernel path resolves the neighbour meanwhile, and AF_XDP should take over soon.
 const UNRESOLVED_TTL: Duration = Duration::from_millis(50);
 
 impl Resolver {
@@ -115,11 +116,6 @@ impl Resolver {
         }
         self.cache.insert(dst, (r, now));
         Ok(r)
-    }
-
-    /// Forgets a cached answer, for example after the kernel path was used to resolve it.
-    pub fn forget(&mut self, dst: IpAddr) {
-        self.cache.remove(&dst);
     }
 
     fn lookup(&mut self, dst: IpAddr) -> io::Result<Resolution> {

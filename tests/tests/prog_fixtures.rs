@@ -197,7 +197,11 @@ fn ipv4_fixtures() {
         };
         let fwd = forward_spec(Some(a), relay_b, b);
         let hold = FlowSpec::hold();
-        let hold_strict = FlowSpec { peer: Some(a), mismatch: MismatchPolicy::Drop, ..FlowSpec::hold() };
+        let hold_strict = FlowSpec {
+            peer: Some(a),
+            mismatch: MismatchPolicy::Drop,
+            ..FlowSpec::hold()
+        };
         let mut mismatch_drop = fwd;
         mismatch_drop.mismatch = MismatchPolicy::Drop;
         let mut other_family = fwd;
