@@ -180,16 +180,36 @@ pub mod flow_flags {
     /// A packet from another source is dropped (and counted); without this bit it is punted to
     /// userspace, which may re-latch.
     pub const MISMATCH_DROP: u8 = 1 << 1;
+    /// The next hop (egress interface, MAC addresses, MTU) is resolved and filled in. Without
+    /// it a FORWARD packet goes to userspace, which hands it to the kernel's stack: the stack
+    /// resolves the neighbour, and userspace fills the next hop in when it is known.
+    pub const NEXT_HOP: u8 = 1 << 2;
+    /// The egress interface delivers frames that native (driver) XDP transmits: `XDP_TX` on a
+    /// veth, or a DEVMAP redirect into it, is dropped silently unless its peer runs XDP or
+    /// GRO. Without this bit native XDP passes the packet to the TC program, whose redirect
+    /// goes through the egress device's normal transmit path.
+    pub const NATIVE_TX: u8 = 1 << 3;
+    /// Send with a DEVMAP redirect even out of the interface the packet came in on, never
+    /// with `XDP_TX`. For a veth: it schedules its peer's receive only for `XDP_TX` frames
+    /// when the peer runs XDP, so with GRO alone on the peer they would sit in its ring;
+    /// a redirect's flush always schedules it.
+    pub const TX_REDIRECT: u8 = 1 << 4;
 }
 
 /// Flow table value: what to do with packets arriving on a [`FlowKey`]. Written only by
 /// userspace; the kernel only reads it.
+///
+/// The next hop lives in the entry, resolved by userspace from the kernel's routes and
+/// neighbours and refreshed when they change, so the fast path needs no FIB lookup (which
+/// would also require `forwarding=1`, turning the relay into a router).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FlowEntry {
     state: u8,
     pub flags: u8,
-    _pad: [u8; 2],
+    /// The largest IP packet (IP header included) the egress takes; a larger one goes to
+    /// userspace, which has the kernel fragment it, as a socket relay would.
+    pub mtu: u16,
     /// Index of this flow's [`FlowCounters`] in the counters array.
     pub counter_slot: u32,
     /// The latched source of the far peer; checked when `REQUIRE_PEER` is set.
@@ -198,8 +218,10 @@ pub struct FlowEntry {
     pub out_src: Endpoint,
     /// New destination.
     pub out_dst: Endpoint,
-    /// Egress interface, or 0 to let the FIB decide.
+    /// Next hop (valid with `NEXT_HOP`): the egress interface and the MAC addresses.
     pub egress_ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 impl FlowEntry {
@@ -209,12 +231,14 @@ impl FlowEntry {
         Self {
             state: FlowState::Hold as u8,
             flags: 0,
-            _pad: [0; 2],
+            mtu: 0,
             counter_slot,
             peer: Endpoint::UNSET,
             out_src: Endpoint::UNSET,
             out_dst: Endpoint::UNSET,
             egress_ifindex: 0,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
         }
     }
 
@@ -262,19 +286,21 @@ pub struct FlowCounters {
 }
 
 /// Global counters, one `u64` per CPU per counter in a per-CPU array. The index is the
-/// discriminant.
+/// discriminant. The XDP program counts every frame once; the TC program counts only what it
+/// does with a flow's packets (everything else it leaves alone, uncounted).
 #[repr(u32)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Counter {
-    /// Every frame the program saw.
+    /// Every frame the XDP program saw.
     Frames = 0,
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
     PassNotIp,
     /// VLAN-tagged: passed to the kernel's VLAN devices, never relayed.
     PassVlan,
-    /// Not UDP, or IPv6 with extension headers: passed.
+    /// Not UDP, or IPv6 with extension headers (fragments among them): passed. The kernel
+    /// reassembles fragments, and the fallback socket hands a flow's datagrams to userspace.
     PassNotUdp,
-    /// IPv4 fragments: passed, the kernel reassembles.
+    /// IPv4 fragments: passed, the kernel reassembles (as above).
     PassFragment,
     /// Headers cut short before the UDP header was complete: passed, the kernel drops them.
     PassTruncated,
@@ -290,10 +316,9 @@ pub enum Counter {
     PuntProbe,
     /// Punted: wrong source on a flow with the punt policy.
     PuntMismatch,
-    /// Punted: FORWARD but the FIB gave no usable answer: no route, the neighbour not
-    /// resolved yet, or larger than the egress MTU (userspace hands it to the kernel's
-    /// stack, which resolves or fragments).
-    PuntNoRoute,
+    /// Punted: FORWARD, but the next hop is not resolved yet (userspace hands the packet to
+    /// the kernel's stack, which resolves the neighbour).
+    PuntNoNextHop,
     /// Punted: FORWARD across address families, which XDP does not translate.
     PuntFamily,
     /// No AF_XDP socket on this rx queue: dropped.
@@ -302,16 +327,29 @@ pub enum Counter {
     FwdTx,
     /// Forwarded with a DEVMAP redirect.
     FwdRedirect,
-    /// The egress interface is not in the DEVMAP (not attached): punted.
-    PuntNoDevmap,
-    /// The DEVMAP redirect failed after the rewrite: dropped.
+    /// Passed to the TC program: FORWARD, but the egress takes no native XDP frames (a veth
+    /// whose peer runs neither XDP nor GRO, as in a container), or generic XDP met a partial
+    /// checksum that only the kernel's checksum state can finish right.
+    PassSkbPath,
+    /// The DEVMAP redirect failed after the rewrite (the egress left the map): dropped.
     DropRedirect,
     /// A partial checksum over a payload longer than XDP finishes (1536 bytes): punted.
     PuntOversize,
+    /// Punted: larger than the egress MTU (userspace has the kernel fragment it).
+    PuntTooBig,
+    /// TC: forwarded (rewritten and redirected out of the egress device).
+    TcFwd,
+    /// TC: a flow's packet handed to the stack, where the fallback socket gives it to
+    /// userspace: HOLD without XDP, no next hop, too big, or a wrong source to re-check.
+    TcToUserspace,
+    /// TC: wrong source on a flow with the drop policy: dropped.
+    TcDropMismatch,
+    /// TC: the redirect failed: the packet was handed to the stack unchanged.
+    TcRedirectFailed,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::PuntOversize as usize + 1;
+    pub const COUNT: usize = Counter::TcRedirectFailed as usize + 1;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Frames,
@@ -326,14 +364,19 @@ impl Counter {
         Counter::PuntHold,
         Counter::PuntProbe,
         Counter::PuntMismatch,
-        Counter::PuntNoRoute,
+        Counter::PuntNoNextHop,
         Counter::PuntFamily,
         Counter::DropNoSocket,
         Counter::FwdTx,
         Counter::FwdRedirect,
-        Counter::PuntNoDevmap,
+        Counter::PassSkbPath,
         Counter::DropRedirect,
         Counter::PuntOversize,
+        Counter::PuntTooBig,
+        Counter::TcFwd,
+        Counter::TcToUserspace,
+        Counter::TcDropMismatch,
+        Counter::TcRedirectFailed,
     ];
 
     #[must_use]
@@ -351,14 +394,19 @@ impl Counter {
             Counter::PuntHold => "punt_hold",
             Counter::PuntProbe => "punt_probe",
             Counter::PuntMismatch => "punt_mismatch",
-            Counter::PuntNoRoute => "punt_no_route",
+            Counter::PuntNoNextHop => "punt_no_next_hop",
             Counter::PuntFamily => "punt_family",
             Counter::DropNoSocket => "drop_no_socket",
             Counter::FwdTx => "fwd_tx",
             Counter::FwdRedirect => "fwd_redirect",
-            Counter::PuntNoDevmap => "punt_no_devmap",
+            Counter::PassSkbPath => "pass_skb_path",
             Counter::DropRedirect => "drop_redirect",
             Counter::PuntOversize => "punt_oversize",
+            Counter::PuntTooBig => "punt_too_big",
+            Counter::TcFwd => "tc_fwd",
+            Counter::TcToUserspace => "tc_to_userspace",
+            Counter::TcDropMismatch => "tc_drop_mismatch",
+            Counter::TcRedirectFailed => "tc_redirect_failed",
         }
     }
 }
@@ -415,9 +463,11 @@ mod tests {
         assert_packed!(FlowKey, 20, 1, [Endpoint]);
         assert_packed!(
             FlowEntry,
-            72,
+            84,
             4,
-            [u8, u8, [u8; 2], u32, Endpoint, Endpoint, Endpoint, u32]
+            [
+                u8, u8, u16, u32, Endpoint, Endpoint, Endpoint, u32, [u8; 6], [u8; 6]
+            ]
         );
         assert_packed!(FlowCounters, 48, 8, [u64, u64, u64, u64, u64, u64]);
         assert_packed!(RelayConfig, 4, 1, [[u8; 2], [u8; 2]]);
@@ -430,6 +480,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FlowEntry, out_src), 28);
         assert_eq!(core::mem::offset_of!(FlowEntry, out_dst), 48);
         assert_eq!(core::mem::offset_of!(FlowEntry, egress_ifindex), 68);
+        assert_eq!(core::mem::offset_of!(FlowEntry, src_mac), 72);
+        assert_eq!(core::mem::offset_of!(FlowEntry, dst_mac), 78);
         assert_eq!(core::mem::offset_of!(Endpoint, port), 16);
     }
 

@@ -1,9 +1,40 @@
-//! The one bounds-checked accessor for packet memory. Nothing else in the program does
+//! The one bounds-checked accessor for packet memory. Nothing else in the programs does
 //! pointer arithmetic on packet data.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 use crate::error::Error;
+
+/// A context with direct packet access: XDP frames and TC socket buffers alike, so that the
+/// parser is written once for both programs.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
 
 /// A pointer to a `T` at `offset` bytes into the packet, or `Error::Truncated` if the packet
 /// ends before `offset + size_of::<T>()`.
@@ -11,7 +42,7 @@ use crate::error::Error;
 /// `T` must be one of the alignment-1 wire types of `proxy_common::wire` (or a byte array).
 /// Callers dereference the pointer; each such site says why that is sound.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Error> {
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Result<*mut T, Error> {
     let start = ctx.data();
     let end = ctx.data_end();
     // Offsets come from header fields, so bound them before the addition: the verifier needs

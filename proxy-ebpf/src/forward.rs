@@ -1,17 +1,18 @@
-//! FORWARD: find the next hop, rewrite addresses, ports and checksums, and send.
+//! FORWARD in XDP: rewrite addresses, ports, MACs and checksums from the flow entry, and send.
 //!
-//! The FIB lookup comes first, on the entry's addresses, so that a packet we cannot send yet
-//! (no route, neighbour not resolved, MTU) reaches userspace unmodified and userspace can hand
-//! it to the kernel's stack, which resolves the neighbour. Nothing is dropped for want of ARP.
+//! Everything that decides whether XDP can send the packet comes before the first write, so
+//! a packet we cannot send (no next hop yet, larger than the egress MTU, an egress that drops
+//! native frames) leaves this module unmodified: userspace, or the TC program, takes it as
+//! it came.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup},
-    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_xdp_load_bytes},
+    bindings::xdp_action,
+    helpers::{bpf_csum_diff, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use proxy_common::{
     Counter, FlowEntry, csum,
-    flow::family,
+    flow::{family, flow_flags},
     rewrite::{self, UdpChecksum},
     wire::{EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
 };
@@ -23,8 +24,6 @@ use crate::{
     parse::{L3_OFF, Parsed},
 };
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 /// Bytes summed per `bpf_csum_diff` call (at most 512, a multiple of 4; a stack buffer).
 const CSUM_CHUNK: usize = 64;
 /// Payloads up to 1536 bytes (a 1500-byte MTU) get their partial checksum finished in XDP;
@@ -34,22 +33,32 @@ const MAX_CSUM_CHUNKS: usize = 24;
 pub enum Sent {
     Tx,
     Redirect(u32),
+    /// Not sent: for the TC program, which sends through the egress device's stack path.
+    /// The packet is unmodified.
+    SkbPath,
     /// Not sent: the counter says why; the packet is unmodified.
     NotYet(Counter),
 }
 
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Parsed, entry: &FlowEntry) -> Result<Sent, Error> {
+pub fn forward<const SKB: bool>(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    entry: &FlowEntry,
+) -> Result<Sent, Error> {
     if entry.out_src.family() != pkt.family || entry.out_dst.family() != pkt.family {
         return Ok(Sent::NotYet(Counter::PuntFamily));
     }
-    let ingress = ctx.ingress_ifindex() as u32;
-    let Some(fib) = next_hop(ctx, pkt, entry, ingress) else {
-        return Ok(Sent::NotYet(Counter::PuntNoRoute));
-    };
-    let egress = fib.ifindex;
-    if egress != ingress && EGRESS.get(egress).is_none() {
-        return Ok(Sent::NotYet(Counter::PuntNoDevmap));
+    if !entry.has_flag(flow_flags::NEXT_HOP) {
+        return Ok(Sent::NotYet(Counter::PuntNoNextHop));
+    }
+    if pkt.ip_len > entry.mtu {
+        return Ok(Sent::NotYet(Counter::PuntTooBig));
+    }
+    // Native frames reach an egress only if its driver takes them (userspace knows from the
+    // kernel's xdp-features); generic XDP transmits through the device's own path.
+    if !SKB && !entry.has_flag(flow_flags::NATIVE_TX) {
+        return Ok(Sent::SkbPath);
     }
 
     let payload_off = pkt.udp_off + core::mem::size_of::<UdpHdr>();
@@ -61,6 +70,11 @@ pub fn forward(ctx: &XdpContext, pkt: &Parsed, entry: &FlowEntry) -> Result<Sent
     if pkt.family == family::V4 {
         let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, L3_OFF)? };
         let payload_sum = match rewrite::classify_v4(ip, udp) {
+            // Under generic XDP a partial checksum means an skb in CHECKSUM_PARTIAL state,
+            // which the egress NIC (or skb_checksum_help) will finish from the pseudo-header
+            // sum: a completed field would then be summed twice. TC's checksum helpers know
+            // the skb's state and update it right.
+            UdpChecksum::Partial if SKB => return Ok(Sent::SkbPath),
             UdpChecksum::Partial if !finishable => return Ok(Sent::NotYet(Counter::PuntOversize)),
             UdpChecksum::Partial => packet_sum(ctx, payload_off, payload_len)?,
             _ => 0,
@@ -69,6 +83,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Parsed, entry: &FlowEntry) -> Result<Sent
     } else {
         let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, L3_OFF)? };
         let payload_sum = match rewrite::classify_v6(ip, udp) {
+            UdpChecksum::Partial if SKB => return Ok(Sent::SkbPath),
             UdpChecksum::Partial if !finishable => return Ok(Sent::NotYet(Counter::PuntOversize)),
             UdpChecksum::Partial => packet_sum(ctx, payload_off, payload_len)?,
             _ => 0,
@@ -77,70 +92,17 @@ pub fn forward(ctx: &XdpContext, pkt: &Parsed, entry: &FlowEntry) -> Result<Sent
     }
     // SAFETY: bounds-checked by ptr_at; alignment 1.
     let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0)? };
-    eth.dst = fib.dmac;
-    eth.src = fib.smac;
+    eth.dst = entry.dst_mac;
+    eth.src = entry.src_mac;
 
-    if egress == ingress {
+    let egress = entry.egress_ifindex;
+    if egress == ctx.ingress_ifindex() as u32 && !entry.has_flag(flow_flags::TX_REDIRECT) {
         return Ok(Sent::Tx);
     }
     match EGRESS.redirect(egress, 0) {
-        Ok(action) => Ok(Sent::Redirect(action)),
-        Err(_) => Err(Error::RedirectFailed),
+        Ok(action) if action == xdp_action::XDP_REDIRECT => Ok(Sent::Redirect(action)),
+        _ => Err(Error::RedirectFailed),
     }
-}
-
-/// The FIB's answer for the rewritten packet, if it can be sent now.
-#[inline(always)]
-fn next_hop(
-    ctx: &XdpContext,
-    pkt: &Parsed,
-    entry: &FlowEntry,
-    ingress: u32,
-) -> Option<bpf_fib_lookup> {
-    // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented neutral input.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.l4_protocol = proxy_common::wire::ip_proto::UDP;
-    fib.sport = u16::from_ne_bytes(*entry.out_src.port_be());
-    fib.dport = u16::from_ne_bytes(*entry.out_dst.port_be());
-    // Host order: the kernel compares it with the route's MTU and answers FRAG_NEEDED.
-    fib.__bindgen_anon_1.tot_len = pkt.ip_len;
-    let mut flags = 0;
-    fib.ifindex = if entry.egress_ifindex != 0 {
-        // Pinned egress: look up as the output path of that interface.
-        flags = BPF_FIB_LOOKUP_OUTPUT;
-        entry.egress_ifindex
-    } else {
-        ingress
-    };
-    if pkt.family == family::V4 {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(*entry.out_src.addr_v4());
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*entry.out_dst.addr_v4());
-    } else {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = words(entry.out_src.addr_v6());
-        fib.__bindgen_anon_4.ipv6_dst = words(entry.out_dst.addr_v6());
-    }
-    // SAFETY: ctx.ctx is the live xdp_md; fib is a valid, correctly sized buffer.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            flags,
-        )
-    };
-    (rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS)).then_some(fib)
-}
-
-#[inline(always)]
-fn words(addr: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
-        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
-        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-    ]
 }
 
 /// One's-complement sum (big-endian words, as `csum::add_bytes`) of `len` packet bytes at

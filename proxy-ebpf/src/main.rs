@@ -1,8 +1,9 @@
 //! The mediaproxy XDP program: the media relay's fast path.
 //!
-//! This file holds only policy: which outcome maps to which XDP action, and the one place
-//! that counts it. Parsing lives in `parse`, the flow decision in `relay`, the FORWARD
-//! rewrite in `forward`, and every map in `maps`.
+//! This file holds only policy: which outcome maps to which action, and the one place that
+//! counts it. Parsing lives in `parse`, the XDP flow decision in `relay`, its FORWARD rewrite
+//! in `forward`, the skb-path FORWARD in `tc`, the fallback socket's steering in `lookup`,
+//! and every map in `maps`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -23,24 +24,31 @@ mod error;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
+mod lookup;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod relay;
+#[cfg(target_arch = "bpf")]
+mod tc;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::{TC_ACT_OK, xdp_action},
+        macros::{classifier, sk_lookup, xdp},
+        programs::{SkLookupContext, TcContext, XdpContext},
+    };
     use proxy_common::Counter;
 
-    use crate::{maps, relay};
+    use crate::{lookup, maps, relay, tc};
 
-    /// Attached to every interface that carries media.
-    #[xdp]
-    pub fn mediaproxy(ctx: XdpContext) -> u32 {
+    #[inline(always)]
+    fn xdp_entry<const SKB: bool>(ctx: &XdpContext) -> u32 {
         maps::count(Counter::Frames);
-        let (action, counter) = match relay::handle(&ctx) {
+        let (action, counter) = match relay::handle::<SKB>(ctx) {
             Ok(verdict) => (verdict.action, verdict.counter),
             Err(e) => (e.action(), e.counter()),
         };
@@ -48,8 +56,42 @@ mod programs {
         action
     }
 
+    /// Attached in native (driver) mode to every interface that carries media.
+    #[xdp]
+    pub fn mediaproxy(ctx: XdpContext) -> u32 {
+        xdp_entry::<false>(&ctx)
+    }
+
+    /// The same program for generic (SKB) mode: there XDP_TX and redirects go through the
+    /// egress device's normal transmit path, so they are delivered on any device.
+    #[xdp]
+    pub fn mediaproxy_skb(ctx: XdpContext) -> u32 {
+        xdp_entry::<true>(&ctx)
+    }
+
+    /// TC ingress on the same interfaces: forwards what XDP passed because its egress takes
+    /// no native frames.
+    #[classifier]
+    pub fn mediaproxy_tc(ctx: TcContext) -> i32 {
+        match tc::handle(&ctx) {
+            Some((action, counter)) => {
+                maps::count(counter);
+                action
+            }
+            None => TC_ACT_OK as i32,
+        }
+    }
+
+    /// Steers the stack's datagrams for a flow (reassembled fragments, what TC left) to the
+    /// fallback socket.
+    #[sk_lookup]
+    pub fn mediaproxy_lookup(ctx: SkLookupContext) -> u32 {
+        lookup::handle(&ctx)
+    }
+
     /// Attached to the far end of a veth that the relay redirects into: a native-mode
-    /// redirect into a veth only delivers when its peer runs an XDP program.
+    /// redirect into a veth only delivers when its peer runs an XDP program. For test rigs
+    /// and the benchmark; a container's peer never has one, which the relay handles itself.
     #[xdp]
     pub fn pass(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS

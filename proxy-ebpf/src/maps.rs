@@ -8,13 +8,14 @@
 //! | `CONFIG`        | 0                    | userspace at start-up                        |
 //! | `XSK_BASE`      | ifindex              | userspace: where the interface's sockets start in `XSKS` |
 //! | `XSKS`          | base + rx queue      | userspace, one AF_XDP socket per queue       |
-//! | `EGRESS`        | ifindex              | userspace, each attached interface           |
+//! | `EGRESS`        | ifindex              | userspace, each egress a next hop uses       |
+//! | `SOCKETS`       | 0: IPv4, 1: IPv6     | userspace: the fallback sockets sk_lookup assigns |
 //!
 //! Userspace may resize `FLOWS` and `FLOW_COUNTERS` at load time (`--max-flows`).
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, XskMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, SockMap, XskMap},
 };
 use proxy_common::{Counter, FlowCounters, FlowEntry, FlowKey, RelayConfig};
 
@@ -43,6 +44,9 @@ pub static XSKS: XskMap = XskMap::with_max_entries(MAX_INTERFACES * MAX_QUEUES_P
 
 #[map]
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+#[map]
+pub static SOCKETS: SockMap = SockMap::with_max_entries(2, 0);
 
 #[inline(always)]
 pub fn count(counter: Counter) {

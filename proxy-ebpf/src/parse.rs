@@ -1,4 +1,5 @@
-//! Ethernet → IPv4/IPv6 → UDP, as far as the relay needs it.
+//! Ethernet → IPv4/IPv6 → UDP, as far as the relay needs it; the XDP and the TC program
+//! share it.
 //!
 //! Rules, in order: VLAN-tagged frames go to the kernel (its VLAN devices own them); anything
 //! but IPv4/IPv6 carrying UDP goes to the kernel; IPv4 fragments and IPv6 extension headers go
@@ -6,14 +7,16 @@
 //! Length consistency is checked here but enforced by the caller only for flows that are ours,
 //! so that the host's other traffic is never judged by us.
 
-use aya_ebpf::programs::XdpContext;
 use proxy_common::{
     Endpoint,
     flow::family,
     wire::{EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, ether_type, ip_proto},
 };
 
-use crate::{access::ptr_at, error::Error};
+use crate::{
+    access::{Packet, ptr_at},
+    error::Error,
+};
 
 pub const L3_OFF: usize = core::mem::size_of::<EthHdr>();
 
@@ -32,7 +35,7 @@ pub struct Parsed {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Error> {
+pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Error> {
     // SAFETY: ptr_at checked that the header lies inside the packet; EthHdr has alignment 1.
     let eth = unsafe { &*ptr_at::<EthHdr>(ctx, 0)? };
     match eth.ether_type() {
@@ -44,12 +47,12 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Error> {
 }
 
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> usize {
+fn frame_len<C: Packet>(ctx: &C) -> usize {
     ctx.data_end() - ctx.data()
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext) -> Result<Parsed, Error> {
+fn parse_v4<C: Packet>(ctx: &C) -> Result<Parsed, Error> {
     // SAFETY: bounds checked by ptr_at; alignment 1.
     let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, L3_OFF)? };
     if ip.version() != 4 {
@@ -85,7 +88,7 @@ fn parse_v4(ctx: &XdpContext) -> Result<Parsed, Error> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext) -> Result<Parsed, Error> {
+fn parse_v6<C: Packet>(ctx: &C) -> Result<Parsed, Error> {
     // SAFETY: bounds checked by ptr_at; alignment 1.
     let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, L3_OFF)? };
     if ip.version() != 6 {

@@ -1,4 +1,5 @@
-//! The per-packet decision: pass, punt to userspace, or forward.
+//! The XDP program's per-packet decision: pass, punt to userspace, forward, or hand the
+//! packet to the TC program.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use proxy_common::{Counter, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags};
@@ -16,8 +17,10 @@ pub struct Verdict {
     pub counter: Counter,
 }
 
+/// `SKB`: the program runs as generic (SKB-mode) XDP, whose `XDP_TX` and redirects go
+/// through the egress device's normal transmit path and are delivered on any device.
 #[inline(always)]
-pub fn handle(ctx: &XdpContext) -> Result<Verdict, Error> {
+pub fn handle<const SKB: bool>(ctx: &XdpContext) -> Result<Verdict, Error> {
     let pkt = parse::parse(ctx)?;
 
     let probe_port = maps::probe_port();
@@ -46,37 +49,33 @@ pub fn handle(ctx: &XdpContext) -> Result<Verdict, Error> {
     if entry.state() == FlowState::Hold {
         return punt_counted(ctx, counters, payload, Counter::PuntHold);
     }
-    forward_flow(ctx, &pkt, entry, counters, payload)
+    forward_flow::<SKB>(ctx, &pkt, entry, counters, payload)
 }
 
 #[inline(always)]
-fn forward_flow(
+fn forward_flow<const SKB: bool>(
     ctx: &XdpContext,
     pkt: &Parsed,
     entry: &FlowEntry,
     counters: Option<*mut FlowCounters>,
     payload: u64,
 ) -> Result<Verdict, Error> {
-    match forward::forward(ctx, pkt, entry)? {
-        forward::Sent::Tx => {
-            add(counters, |c| &mut c.fwd_packets, 1);
-            add(counters, |c| &mut c.fwd_bytes, payload);
-            Ok(Verdict {
-                action: xdp_action::XDP_TX,
-                counter: Counter::FwdTx,
-            })
+    let (action, counter) = match forward::forward::<SKB>(ctx, pkt, entry)? {
+        forward::Sent::Tx => (xdp_action::XDP_TX, Counter::FwdTx),
+        forward::Sent::Redirect(action) => (action, Counter::FwdRedirect),
+        // Untouched: the TC program forwards it (and counts it in the flow's counters).
+        forward::Sent::SkbPath => {
+            return Ok(Verdict {
+                action: xdp_action::XDP_PASS,
+                counter: Counter::PassSkbPath,
+            });
         }
-        forward::Sent::Redirect(action) => {
-            add(counters, |c| &mut c.fwd_packets, 1);
-            add(counters, |c| &mut c.fwd_bytes, payload);
-            Ok(Verdict {
-                action,
-                counter: Counter::FwdRedirect,
-            })
-        }
-        // The packet is untouched: userspace hands it to the kernel's stack.
-        forward::Sent::NotYet(why) => punt_counted(ctx, counters, payload, why),
-    }
+        // Untouched: userspace hands it to the kernel's stack.
+        forward::Sent::NotYet(why) => return punt_counted(ctx, counters, payload, why),
+    };
+    add(counters, |c| &mut c.fwd_packets, 1);
+    add(counters, |c| &mut c.fwd_bytes, payload);
+    Ok(Verdict { action, counter })
 }
 
 #[inline(always)]
@@ -108,7 +107,7 @@ fn punt(ctx: &XdpContext, why: Counter) -> Result<Verdict, Error> {
 
 /// Records the time of the flow's latest accepted packet.
 #[inline(always)]
-fn touch(counters: Option<*mut FlowCounters>) {
+pub fn touch(counters: Option<*mut FlowCounters>) {
     if let Some(c) = counters {
         // SAFETY: the slot is a valid array element for the life of the program run; a plain
         // store (the latest writer wins, any of them is right).
@@ -119,7 +118,7 @@ fn touch(counters: Option<*mut FlowCounters>) {
 /// Adds to one per-flow counter. Flows share no slot, but a flow's packets can arrive on
 /// several CPUs at once, hence the atomic add.
 #[inline(always)]
-fn add(
+pub fn add(
     counters: Option<*mut FlowCounters>,
     field: impl FnOnce(&mut FlowCounters) -> &mut u64,
     n: u64,

@@ -42,8 +42,8 @@ use proxy_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneConfig, FlowSpec, MismatchPolicy},
-    nexthop::interface_mac,
+    dataplane::{AttachMode, Dataplane, DataplaneConfig, Egress, FlowSpec, MismatchPolicy},
+    netlink::interface_mac,
     ng::{bencode::Value, client::NgClient},
     scenario::{self, binary, sdp, sdp_media, sdp_of},
     testbed::{Guarded, Netns, link},
@@ -1194,6 +1194,23 @@ static PROGRAM_FACTS: Mutex<ProgramFacts> = Mutex::new(ProgramFacts {
     test_run_ns_forward: 0.0,
 });
 
+/// The next hop from `from` to `to` in the relay's namespace (static neighbours there). The
+/// sink's side runs an XDP program, so native frames are delivered.
+fn bench_egress(from: Endpoint, to: Endpoint) -> anyhow::Result<Egress> {
+    let (Some(src), Some(dst)) = (from.ip(), to.ip()) else {
+        bail!("unset endpoint");
+    };
+    let (_, r) = crate::nexthop::Resolver::new()?.resolve(Some(src), dst)?;
+    let hop = r
+        .ready()
+        .with_context(|| format!("no resolved next hop to {dst} in the relay's namespace"))?;
+    Ok(Egress {
+        hop,
+        native: true,
+        redirect_only: true,
+    })
+}
+
 /// Times the relay program with BPF_PROG_TEST_RUN. A FORWARD packet is rewritten in place and
 /// the next repeat runs on the result, so two flows forward into each other: gen → sink →
 /// gen ... and every repeat is a FORWARD.
@@ -1208,9 +1225,9 @@ fn program_timing(dp: &mut Dataplane, ingress: u32) -> anyhow::Result<(f64, f64)
             mismatch: MismatchPolicy::Drop,
             out_src: key,
             out_dst: peer,
-            egress_ifindex: 0,
         };
-        dp.add_flow(FlowKey::new(key), &spec)?;
+        let egress = bench_egress(key, peer)?;
+        dp.add_flow(FlowKey::new(key), &spec, Some(egress))?;
     }
     let md = [0u32, FRAME_LEN as u32, 0, ingress, 0, 0];
     // SAFETY: [u32; 6] is plain data: struct xdp_md.
@@ -1260,20 +1277,20 @@ fn scale_point(
             max_flows,
             probe_port: 0,
         })?;
-        dp.attach("r0", XdpMode::Driver)?;
-        dp.attach("r1", XdpMode::Driver)?;
+        dp.attach("r0", AttachMode::Native)?;
+        dp.attach("r1", AttachMode::Native)?;
         let spec = FlowSpec {
             state: FlowState::Forward,
             peer: Some(Endpoint::v4(GEN_IP, GEN_PORT)),
             mismatch: MismatchPolicy::Drop,
             out_src: Endpoint::v4([10, 0, 2, 1], 40_000),
             out_dst: Endpoint::v4(SINK_IP, SINK_PORT),
-            egress_ifindex: 0,
         };
+        let egress = bench_egress(spec.out_src, spec.out_dst)?;
         for i in 0..n {
             let ip = u32::from_be_bytes([10, 0, 1, 10]) + (i / PER_IP) as u32;
             let key = Endpoint::v4(ip.to_be_bytes(), 10_000 + (i % PER_IP) as u16);
-            dp.add_flow(FlowKey::new(key), &spec)?;
+            dp.add_flow(FlowKey::new(key), &spec, Some(egress))?;
         }
         Ok(dp)
     })??;

@@ -1,32 +1,42 @@
 //! The relay daemon: wires the sans-IO logic ([`Calls`] and its session engine) to the kernel
-//! ([`Dataplane`]), the AF_XDP I/O thread, and the ng listener.
+//! ([`Dataplane`]), the AF_XDP I/O thread, the next hops ([`Egresses`]) and the ng listener.
 //!
 //! Threads:
-//! - the **control thread** owns the dataplane, the calls and the engine. It waits on the
-//!   punted frames, the ng requests and the engine's next timer, feeds each to the logic and
-//!   carries out what comes back: flow updates, frames to send, replies;
-//! - the **I/O thread** (`io`) owns the AF_XDP sockets;
+//! - the **control thread** owns the dataplane, the calls, the engine and the next hops. It
+//!   waits on the punted packets, the ng requests, the kernel's network changes and the
+//!   engine's next timer, feeds each to the logic and carries out what comes back: flow
+//!   updates, packets to send, replies;
+//! - the **I/O thread** (`io`) owns the AF_XDP sockets and the fallback sockets;
+//! - the **monitor thread** turns rtnetlink and netdev notifications into messages;
 //! - the **tokio runtime** on the main thread serves the ng protocol over UDP and handles
 //!   SIGINT/SIGTERM, after which the control thread drops the dataplane, which detaches XDP.
+//!
+//! The daemon changes nothing on the host but its own programs and sockets: no sysctl. The
+//! fast path needs no `forwarding=1` because next hops come from userspace, not from
+//! `bpf_fib_lookup`.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
+    os::fd::AsRawFd,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::programs::XdpMode;
 use crossbeam_channel::{Receiver, Sender, select};
 use log::{debug, info, warn};
 use proxy_common::{Endpoint, FlowCounters, FlowKey, probe::Kind};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneConfig},
+    dataplane::{AttachMode, Dataplane, DataplaneConfig, Egress},
+    egress::{Change, Egresses},
+    fallback::FallbackSocket,
     frame::{FrameBuilder, UdpFrame},
-    io::{self, IoHandle, Punted, TxFrame},
-    nexthop::{KernelPath, Resolution, Resolver},
+    io::{self, IoHandle, Packet, Punted, TxFrame},
+    netdev::FeatureMonitor,
+    netlink::{Monitor, NetEvent, Rtnl},
+    nexthop::{KernelPath, Resolution},
     ng::{
         bencode::{self, Dict, Value},
         calls::{Calls, CallsConfig, FlowStats},
@@ -36,20 +46,45 @@ use crate::{
     xsk::{self, XskConfig, XskSocket},
 };
 
+/// Which XDP mode the daemon attaches in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpModeChoice {
+    /// Native where the driver takes it, else generic.
+    #[default]
+    Auto,
+    /// Native, or fail to start.
+    Native,
+    /// Generic (SKB) everywhere.
+    Skb,
+}
+
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub calls: CallsConfig,
     pub engine: EngineConfig,
     /// Extra interfaces to attach XDP to, besides those carrying the media addresses.
     pub xdp_ifaces: Vec<String>,
-    pub xdp_mode: XdpMode,
+    pub xdp_mode: XdpModeChoice,
     pub listen_ng: SocketAddr,
     /// None: probing off (no secret, no probe port).
     pub probe_secret: Option<Vec<u8>>,
     pub max_flows: u32,
-    /// Turn on IPv4/IPv6 forwarding on attached interfaces (needed by bpf_fib_lookup).
-    pub set_forwarding: bool,
 }
+
+/// How often the daemon expires calls and checks devices for undelivered native frames.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often in-use neighbours are re-validated (`NTF_USE`). Below the kernel's default
+/// base_reachable_time (30 s), so an entry the fast path uses does not sit STALE for long.
+const NEIGHBOUR_KICK: Duration = Duration::from_secs(5);
+/// Network changes come in bursts (a link going down removes its routes one by one): the
+/// re-resolution waits this long after the first of a burst.
+const RESYNC_DEBOUNCE: Duration = Duration::from_millis(10);
+/// How often the debug report line is logged.
+const REPORT: Duration = Duration::from_secs(10);
+/// Punted packets handled before timers are looked at again.
+const PUNT_BURST: usize = 256;
+/// Depth of the queue of ng requests into the control thread.
+const COMMAND_QUEUE: usize = 1024;
 
 /// Per-daemon counters for the log line and `statistics`.
 #[derive(Default, Debug)]
@@ -59,10 +94,16 @@ struct DaemonCounters {
     sent_af_xdp: u64,
     sent_kernel: u64,
     send_errors: u64,
+    /// Packets userspace would have sent to an address with no unicast route (local,
+    /// broadcast, multicast, anycast, unreachable): not sent.
+    send_refused: u64,
     flow_errors: u64,
     blocking_suspected: u64,
     probes_acked: u64,
     probes_failed: u64,
+    /// Datagrams the fallback socket received (reassembled fragments, what TC left).
+    datagrams: u64,
+    reattached: u64,
 }
 
 /// A request from the ng listener; the reply goes back on the oneshot.
@@ -104,65 +145,119 @@ impl FlowStats for Kernel<'_> {
     }
 }
 
+/// What the kernel told the monitor thread.
+enum NetChange {
+    Net(Vec<NetEvent>),
+    /// `(ifindex, xdp features)`; `None` when notifications were lost.
+    Features(Option<Vec<(u32, u64)>>),
+}
+
+/// Polls the rtnetlink and netdev notification sockets and forwards what they say.
+fn spawn_monitor(
+    mut rtnl: Monitor,
+    mut features: Option<FeatureMonitor>,
+) -> std::io::Result<Receiver<NetChange>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("mediaproxy-netmon".into())
+        .spawn(move || {
+            loop {
+                let mut pfds = vec![libc::pollfd {
+                    fd: rtnl.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                if let Some(f) = &features {
+                    pfds.push(libc::pollfd {
+                        fd: f.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                }
+                // SAFETY: a valid pollfd array. A second's timeout notices a stopped daemon.
+                unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
+                let events = rtnl.read();
+                if !events.is_empty() && tx.send(NetChange::Net(events)).is_err() {
+                    return;
+                }
+                if let Some(f) = &mut features {
+                    let msg = match f.read() {
+                        Ok(v) if v.is_empty() => None,
+                        Ok(v) => Some(NetChange::Features(Some(v))),
+                        Err(_) => Some(NetChange::Features(None)),
+                    };
+                    if let Some(m) = msg
+                        && tx.send(m).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// An interface the relay serves, by name: it may be deleted and created again.
+#[derive(Debug)]
+struct Iface {
+    name: String,
+    /// `None` while the device does not exist.
+    ifindex: Option<u32>,
+    mode: Option<AttachMode>,
+    /// Up with carrier: AF_XDP sockets are (re)built on the transition to it.
+    running: bool,
+    queues: u32,
+    /// `xdp_tx_errors` + `xdp_xmit_errors` last read, for the runtime check.
+    xdp_errors: Option<u64>,
+}
+
 struct Control {
     dp: Dataplane,
     io: IoHandle,
     calls: Calls,
-    resolver: Resolver,
+    egresses: Egresses,
     kernel: KernelPath,
     auth: Option<ProbeAuth>,
     probe_port: u16,
-    attached: Vec<u32>,
+    mode: XdpModeChoice,
+    ifaces: Vec<Iface>,
+    net: Receiver<NetChange>,
+    resync_at: Option<Instant>,
     counters: DaemonCounters,
 }
 
-/// The netdev that carries `addr`, from getifaddrs.
-fn netdev_of(addr: IpAddr) -> anyhow::Result<String> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getifaddrs");
-    }
-    let mut found = None;
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: cur walks the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr points to a sockaddr of the family it says.
-        let ip = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                    Some(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => None,
-            }
-        };
-        if ip == Some(addr) {
-            // SAFETY: ifa_name is NUL-terminated.
-            found = Some(
-                unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            break;
+/// The interfaces that carry the media addresses, plus the extra ones, by name.
+fn media_devices(cfg: &DaemonConfig) -> anyhow::Result<Vec<String>> {
+    let mut rtnl = Rtnl::new().context("rtnetlink")?;
+    let addrs = rtnl.addresses().context("listing addresses")?;
+    let links = rtnl.links().context("listing links")?;
+    let mut names: Vec<String> = Vec::new();
+    for i in &cfg.calls.interfaces {
+        let ifindex = addrs
+            .iter()
+            .find(|(_, a)| *a == i.addr)
+            .map(|(ix, _)| *ix)
+            .ok_or_else(|| {
+                anyhow!(
+                    "no interface in this network namespace has the address {}",
+                    i.addr
+                )
+            })?;
+        let name = links
+            .iter()
+            .find(|l| l.index == ifindex)
+            .map(|l| l.name.clone())
+            .ok_or_else(|| anyhow!("the interface carrying {} vanished", i.addr))?;
+        if !names.contains(&name) {
+            names.push(name);
         }
     }
-    // SAFETY: frees what getifaddrs allocated.
-    unsafe { libc::freeifaddrs(ifap) };
-    found.ok_or_else(|| anyhow!("no interface in this network namespace has the address {addr}"))
-}
-
-fn write_sysctl(path: &str, value: &str) -> anyhow::Result<()> {
-    std::fs::write(path, value).with_context(|| format!("writing {path}"))
+    for x in &cfg.xdp_ifaces {
+        if !names.contains(x) {
+            names.push(x.clone());
+        }
+    }
+    Ok(names)
 }
 
 impl Control {
@@ -176,87 +271,148 @@ impl Control {
             max_flows: cfg.max_flows,
             probe_port,
         })?;
-        let mut ifnames: Vec<String> = Vec::new();
-        for i in &cfg.calls.interfaces {
-            let dev = netdev_of(i.addr)?;
-            if !ifnames.contains(&dev) {
-                ifnames.push(dev);
-            }
-        }
-        for x in &cfg.xdp_ifaces {
-            if !ifnames.contains(x) {
-                ifnames.push(x.clone());
-            }
-        }
-        let mut sockets = Vec::new();
-        let mut attached = Vec::new();
-        for name in &ifnames {
-            if cfg.set_forwarding {
-                for p in [
-                    format!("/proc/sys/net/ipv4/conf/{name}/forwarding"),
-                    format!("/proc/sys/net/ipv6/conf/{name}/forwarding"),
-                ] {
-                    if std::fs::read_to_string(&p).is_ok_and(|v| v.trim() == "0") {
-                        write_sysctl(&p, "1")?;
-                        info!(
-                            "set {p} = 1: bpf_fib_lookup only answers for interfaces that forward"
-                        );
-                    }
-                }
-            } else if std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/forwarding"))
-                .is_ok_and(|v| v.trim() == "0")
-            {
+        let names = media_devices(cfg)?;
+        let fallback = vec![
+            FallbackSocket::bind(false).context("the IPv4 fallback socket")?,
+            FallbackSocket::bind(true).context("the IPv6 fallback socket")?,
+        ];
+        dp.attach_lookup(&fallback[0], &fallback[1])?;
+        let io = io::spawn(Vec::new(), fallback)?;
+        let egresses = Egresses::new().context("rtnetlink for next hops")?;
+        let monitor = Monitor::new().context("subscribing to rtnetlink notifications")?;
+        let features = match egresses.netdev().map(crate::netdev::Netdev::monitor) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
                 warn!(
-                    "forwarding is off on {name}: XDP cannot look up next hops there, so FORWARD flows are sent by userspace (see --keep-sysctls)"
+                    "no xdp-features notifications ({e}): a veth peer that gains or loses XDP later is noticed only by its error counters"
                 );
+                None
             }
-            let ifindex = dp.attach(name, cfg.xdp_mode)?;
-            let queues = xsk::rx_queues(name);
-            for q in 0..queues {
-                let s = XskSocket::bind(ifindex, q, XskConfig::default())
-                    .with_context(|| format!("AF_XDP socket on {name} queue {q}"))?;
-                dp.register_socket(ifindex, q, &s)?;
-                sockets.push(s);
-            }
-            info!(
-                "attached XDP to {name} (ifindex {ifindex}, {:?} mode, {queues} rx queue(s))",
-                cfg.xdp_mode
-            );
-            attached.push(ifindex);
-        }
-        let io = io::spawn(sockets)?;
+            None => None,
+        };
+        let net = spawn_monitor(monitor, features)?;
         let seed = u64::from_ne_bytes(rand::random::<[u8; 8]>());
-        Ok(Self {
+        let mut c = Self {
             dp,
             io,
             calls: Calls::new(cfg.calls.clone(), cfg.engine, seed),
-            resolver: Resolver::new()?,
+            egresses,
             kernel: KernelPath::new().context("raw sockets for the kernel path")?,
             auth: cfg.probe_secret.as_deref().map(ProbeAuth::new),
             probe_port,
-            attached,
+            mode: cfg.xdp_mode,
+            ifaces: Vec::new(),
+            net,
+            resync_at: None,
             counters: DaemonCounters::default(),
-        })
+        };
+        for name in names {
+            let mut iface = Iface {
+                name,
+                ifindex: None,
+                mode: None,
+                running: false,
+                queues: 0,
+                xdp_errors: None,
+            };
+            c.attach(&mut iface)?;
+            c.sockets(&mut iface)?;
+            c.ifaces.push(iface);
+        }
+        Ok(c)
+    }
+
+    /// Attaches the programs to the interface in the chosen mode.
+    fn attach(&mut self, iface: &mut Iface) -> anyhow::Result<()> {
+        let name = iface.name.clone();
+        let (mode, ifindex) = match self.mode {
+            XdpModeChoice::Native => (
+                AttachMode::Native,
+                self.dp.attach(&name, AttachMode::Native)?,
+            ),
+            XdpModeChoice::Skb => (AttachMode::Skb, self.dp.attach(&name, AttachMode::Skb)?),
+            XdpModeChoice::Auto => match self.dp.attach(&name, AttachMode::Native) {
+                Ok(i) => (AttachMode::Native, i),
+                Err(e) => {
+                    warn!("{e:#}; attaching to {name} in generic (SKB) mode instead");
+                    (AttachMode::Skb, self.dp.attach(&name, AttachMode::Skb)?)
+                }
+            },
+        };
+        iface.ifindex = Some(ifindex);
+        iface.mode = Some(mode);
+        iface.xdp_errors = crate::ethtool::xdp_errors(&name);
+        let link = self.egresses.resolver().link(ifindex).ok().flatten();
+        iface.running = link.as_ref().is_some_and(|l| l.up && l.lower_up);
+        let egress_path = self
+            .egresses
+            .device(ifindex)
+            .map(|d| (d.path(), d.features));
+        let (path, features) = egress_path.unwrap_or(("unknown", None));
+        let features = features.map_or_else(|| "unknown".to_owned(), |f| format!("{f:#x}"));
+        match mode {
+            AttachMode::Native => info!(
+                "attached to {name} (ifindex {ifindex}): native XDP{}; xdp-features {features}: flows leaving through {name} are sent by {path}",
+                if self.mode == XdpModeChoice::Native {
+                    " as asked"
+                } else {
+                    ""
+                },
+            ),
+            AttachMode::Skb => info!(
+                "attached to {name} (ifindex {ifindex}): generic (SKB) XDP, which delivers on any egress; xdp-features {features}"
+            ),
+        }
+        if mode == AttachMode::Native && path != "native XDP" {
+            info!(
+                "{name} does not take native XDP frames (a veth whose peer runs neither XDP nor GRO, as in a container): native XDP hands those flows to the TC program, which sends them through the device's normal transmit path"
+            );
+        }
+        Ok(())
+    }
+
+    /// (Re)builds the interface's AF_XDP sockets, one per rx queue.
+    fn sockets(&mut self, iface: &mut Iface) -> anyhow::Result<()> {
+        let Some(ifindex) = iface.ifindex else {
+            return Ok(());
+        };
+        self.io.remove_interface(ifindex);
+        let queues = xsk::rx_queues(&iface.name);
+        let mut socks = Vec::new();
+        for q in 0..queues {
+            let s = XskSocket::bind(ifindex, q, XskConfig::default())
+                .with_context(|| format!("AF_XDP socket on {} queue {q}", iface.name))?;
+            self.dp.register_socket(ifindex, q, &s)?;
+            socks.push(s);
+        }
+        iface.queues = queues;
+        self.io.add_sockets(socks);
+        debug!("{}: {queues} AF_XDP socket(s)", iface.name);
+        Ok(())
     }
 
     fn run(mut self, commands: &Receiver<Command>) {
-        let mut next_housekeeping = Instant::now() + Duration::from_secs(1);
-        let mut next_report = Instant::now() + Duration::from_secs(10);
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        let mut next_kick = Instant::now() + NEIGHBOUR_KICK;
+        let mut next_report = Instant::now() + REPORT;
         loop {
             let now = Instant::now();
-            let wake = self
+            let mut wake = self
                 .calls
                 .engine_ref()
                 .poll_timeout()
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping));
+            if let Some(t) = self.resync_at {
+                wake = wake.min(t);
+            }
             let timeout = wake.saturating_duration_since(now);
             select! {
                 recv(self.io.rx) -> p => match p {
                     Ok(p) => {
-                        self.on_punted(&p);
+                        self.on_punted(p);
                         // Drain a burst before looking at timers again.
-                        for p in self.io.rx.try_iter().take(255).collect::<Vec<_>>() {
-                            self.on_punted(&p);
+                        for p in self.io.rx.try_iter().take(PUNT_BURST - 1).collect::<Vec<_>>() {
+                            self.on_punted(p);
                         }
                     }
                     Err(_) => {
@@ -276,17 +432,34 @@ impl Control {
                     }
                     Ok(Command::Stop) | Err(_) => break,
                 },
+                recv(self.net) -> n => match n {
+                    Ok(change) => self.on_net(change),
+                    Err(_) => {
+                        log::error!("the network monitor thread stopped");
+                        break;
+                    }
+                },
                 default(timeout) => {}
             }
             let now = Instant::now();
             self.calls.engine().handle_timeout(now);
+            if self.resync_at.is_some_and(|t| now >= t) {
+                self.resync_at = None;
+                let changes = self.egresses.resync();
+                self.apply_changes(changes);
+            }
             if now >= next_housekeeping {
                 self.calls.housekeeping(now, &Kernel(&self.dp));
-                next_housekeeping = now + Duration::from_secs(1);
+                self.check_devices();
+                next_housekeeping = now + HOUSEKEEPING;
+            }
+            if now >= next_kick {
+                self.egresses.kick();
+                next_kick = now + NEIGHBOUR_KICK;
             }
             self.apply_outputs();
             if now >= next_report {
-                next_report = now + Duration::from_secs(10);
+                next_report = now + REPORT;
                 self.report();
             }
         }
@@ -296,8 +469,142 @@ impl Control {
         }
     }
 
+    fn schedule_resync(&mut self) {
+        if self.resync_at.is_none() {
+            self.resync_at = Some(Instant::now() + RESYNC_DEBOUNCE);
+        }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        for (key, egress) in changes {
+            if let Err(e) = self.dp.set_egress(key, egress) {
+                self.counters.flow_errors += 1;
+                debug!("next hop of flow {}: {e:#}", key.local);
+            }
+        }
+    }
+
+    fn on_net(&mut self, change: NetChange) {
+        match change {
+            NetChange::Features(Some(list)) => {
+                for (ifindex, f) in list {
+                    let changes = self.egresses.on_features(ifindex, f);
+                    self.apply_changes(changes);
+                }
+            }
+            NetChange::Features(None) => {
+                // Lost notifications: forget every device, so that each is asked again.
+                let known: Vec<u32> = self.egresses.devices().keys().copied().collect();
+                for i in known {
+                    self.egresses.forget_link(i);
+                }
+                self.schedule_resync();
+            }
+            NetChange::Net(events) => {
+                for e in events {
+                    self.on_net_event(e);
+                }
+            }
+        }
+    }
+
+    fn on_net_event(&mut self, e: NetEvent) {
+        match e {
+            NetEvent::Neighbour { ifindex, ip, mac } => {
+                let changes = self.egresses.on_neighbour(ifindex, ip, mac);
+                self.apply_changes(changes);
+            }
+            NetEvent::Route | NetEvent::Address { .. } | NetEvent::Overflow => {
+                self.schedule_resync()
+            }
+            NetEvent::LinkGone { index, name } => {
+                self.egresses.forget_link(index);
+                self.schedule_resync();
+                if let Some(i) = self.ifaces.iter().position(|f| f.ifindex == Some(index)) {
+                    warn!(
+                        "{name} (ifindex {index}) was deleted: detached; it is attached again when a device of that name appears"
+                    );
+                    self.io.remove_interface(index);
+                    if let Err(e) = self.dp.detach(index) {
+                        debug!("{e:#}");
+                    }
+                    let f = &mut self.ifaces[i];
+                    f.ifindex = None;
+                    f.running = false;
+                } else {
+                    self.dp.forget_device(index);
+                }
+            }
+            NetEvent::Link(link) => {
+                self.egresses.forget_link(link.index);
+                self.schedule_resync();
+                let Some(i) = self.ifaces.iter().position(|f| f.name == link.name) else {
+                    return;
+                };
+                let mut iface = std::mem::replace(
+                    &mut self.ifaces[i],
+                    Iface {
+                        name: String::new(),
+                        ifindex: None,
+                        mode: None,
+                        running: false,
+                        queues: 0,
+                        xdp_errors: None,
+                    },
+                );
+                if iface.ifindex != Some(link.index) {
+                    if let Some(old) = iface.ifindex {
+                        self.io.remove_interface(old);
+                        let _ = self.dp.detach(old);
+                    }
+                    match self.attach(&mut iface) {
+                        Ok(()) => {
+                            self.counters.reattached += 1;
+                            info!(
+                                "{} is back (ifindex {}): attached again",
+                                iface.name, link.index
+                            );
+                        }
+                        Err(e) => warn!("attaching to the new {}: {e:#}", iface.name),
+                    }
+                    iface.running = false;
+                }
+                let running = link.up && link.lower_up;
+                if running && !iface.running && iface.ifindex.is_some() {
+                    // After a down/up or a re-creation the queues may be new: new sockets.
+                    if let Err(e) = self.sockets(&mut iface) {
+                        warn!("AF_XDP sockets on {}: {e:#}", iface.name);
+                    }
+                }
+                iface.running = running;
+                self.ifaces[i] = iface;
+            }
+        }
+    }
+
+    /// The runtime half of delivery detection: a device whose driver counts native frames
+    /// it could not deliver (a veth's xdp_tx_errors and xdp_xmit_errors) and whose count
+    /// grew is moved to the TC path, whatever its xdp-features said.
+    fn check_devices(&mut self) {
+        let mut demote = Vec::new();
+        for f in &mut self.ifaces {
+            let Some(ifindex) = f.ifindex else { continue };
+            let now = crate::ethtool::xdp_errors(&f.name);
+            if let (Some(before), Some(after)) = (f.xdp_errors, now)
+                && after > before
+            {
+                demote.push(ifindex);
+            }
+            f.xdp_errors = now;
+        }
+        for ifindex in demote {
+            let changes = self.egresses.demote(ifindex);
+            self.apply_changes(changes);
+        }
+    }
+
     /// The daemon's own figures, under `statistics.mediaproxy`.
-    fn add_statistics(&self, reply: &mut Dict) {
+    fn add_statistics(&mut self, reply: &mut Dict) {
         let mut xdp = Dict::new();
         if let Ok(g) = self.dp.global_counters() {
             for c in proxy_common::Counter::ALL {
@@ -314,7 +621,8 @@ impl Control {
                 Value::from(c.probes_rejected.get(k).copied().unwrap_or(0)),
             );
         }
-        let mp = crate::ng_dict! {
+        let (dsts, ready) = self.egresses.summary();
+        let mut mp = crate::ng_dict! {
             "xdp" => xdp,
             "af_xdp" => crate::ng_dict! {
                 "rx frames" => io.rx_frames,
@@ -336,24 +644,79 @@ impl Control {
             "sent over af_xdp" => c.sent_af_xdp,
             "sent via kernel" => c.sent_kernel,
             "send errors" => c.send_errors,
+            "sends refused" => c.send_refused,
+            "fallback datagrams" => c.datagrams,
             "flow errors" => c.flow_errors,
             "unparsable frames" => c.frames_unparsable,
             "flows" => self.dp.flow_count(),
+            "next hops" => crate::ng_dict! {
+                "destinations" => dsts,
+                "resolved" => ready,
+                "lookup errors" => self.egresses.errors,
+            },
+            "interfaces reattached" => c.reattached,
         };
+        mp.push("interfaces", Value::List(self.interface_report()));
         if let Some((_, Value::Dict(st))) = reply.0.iter_mut().find(|(k, _)| k == b"statistics") {
             st.push("mediaproxy", Value::Dict(mp));
         }
+    }
+
+    /// Per interface: the XDP mode, whether native frames are delivered there, and which
+    /// path flows leaving through it take.
+    fn interface_report(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for i in 0..self.ifaces.len() {
+            let (name, ifindex, mode, queues, errors) = {
+                let f = &self.ifaces[i];
+                (f.name.clone(), f.ifindex, f.mode, f.queues, f.xdp_errors)
+            };
+            let mut d = crate::ng_dict! { "name" => name.as_str() };
+            match ifindex {
+                Some(ix) => {
+                    d.push("ifindex", Value::from(u64::from(ix)));
+                    d.push(
+                        "xdp mode",
+                        Value::str(mode.map_or("none", AttachMode::name)),
+                    );
+                    d.push("rx queues", Value::from(u64::from(queues)));
+                    if let Some(dev) = self.egresses.device(ix) {
+                        d.push(
+                            "native frames delivered",
+                            Value::str(if dev.native() { "yes" } else { "no" }),
+                        );
+                        d.push("egress path", Value::str(dev.path()));
+                        d.push(
+                            "xdp features",
+                            Value::str(
+                                &dev.features
+                                    .map_or_else(|| "unknown".to_owned(), |f| format!("{f:#x}")),
+                            ),
+                        );
+                    }
+                    if let Some(e) = errors {
+                        d.push("undelivered native frames", Value::from(e));
+                    }
+                }
+                None => {
+                    d.push("state", Value::str("deleted: waiting for it to come back"));
+                }
+            }
+            out.push(Value::Dict(d));
+        }
+        out
     }
 
     fn report(&self) {
         let g = self.dp.global_counters().unwrap_or_default();
         let io = self.io.stats();
         debug!(
-            "calls {} ports {} flows {} | xdp: fwd {} punt {} | af_xdp rx {} tx {} | {:?}",
+            "calls {} ports {} flows {} | xdp: fwd {} tc {} punt {} | af_xdp rx {} tx {} | {:?}",
             self.calls.call_count(),
             self.calls.ports_in_use(),
             self.dp.flow_count(),
             g.get(proxy_common::Counter::FwdTx) + g.get(proxy_common::Counter::FwdRedirect),
+            g.get(proxy_common::Counter::TcFwd),
             g.get(proxy_common::Counter::PuntHold),
             io.rx_frames,
             io.tx_frames,
@@ -361,30 +724,35 @@ impl Control {
         );
     }
 
-    fn on_punted(&mut self, p: &Punted) {
-        let f = match UdpFrame::parse(&p.frame) {
-            Ok(f) => f,
-            Err(e) => {
-                self.counters.frames_unparsable += 1;
-                debug!("unparsable punted frame on ifindex {}: {e}", p.ifindex);
-                return;
+    fn on_punted(&mut self, p: Punted) {
+        let (src, dst, payload) = match &p.packet {
+            Packet::Frame(frame) => match UdpFrame::parse(frame) {
+                Ok(f) => (f.src, f.dst, f.payload(frame)),
+                Err(e) => {
+                    self.counters.frames_unparsable += 1;
+                    debug!("unparsable punted frame on ifindex {}: {e}", p.ifindex);
+                    return;
+                }
+            },
+            Packet::Datagram { src, dst, payload } => {
+                self.counters.datagrams += 1;
+                (*src, *dst, payload.as_slice())
             }
         };
-        let payload = f.payload(&p.frame);
-        if self.probe_port != 0 && f.dst.port() == self.probe_port {
+        if self.probe_port != 0 && dst.port() == self.probe_port {
             let Some(auth) = self.auth.as_mut() else {
                 return;
             };
             match auth.verify(payload, unix_ms()) {
                 Ok(msg) => {
-                    let Some(from) = f.src.socket_addr() else {
+                    let Some(from) = src.socket_addr() else {
                         return;
                     };
                     match msg.kind {
                         Kind::Probe => {
                             self.calls
                                 .engine()
-                                .handle_probe(f.dst, from, &msg, unix_ms(), p.at)
+                                .handle_probe(dst, from, &msg, unix_ms(), p.at)
                         }
                         Kind::Ack => self.calls.engine().handle_ack(&msg, p.at),
                     }
@@ -397,7 +765,7 @@ impl Control {
                         Rejected::Replayed => "replayed",
                     };
                     *self.counters.probes_rejected.entry(key).or_default() += 1;
-                    debug!("probe message from {} refused: {why}", f.src);
+                    debug!("probe message from {src} refused: {why}");
                 }
             }
             return;
@@ -405,19 +773,20 @@ impl Control {
         // The engine only weighs the kernel's last-seen time when a packet comes from someone
         // other than the latched peer (may it re-latch?). Ask the kernel (a map lookup, a
         // syscall) only then; our mirror of the flow knows the peer without one.
-        let key = FlowKey::new(f.dst);
+        let key = FlowKey::new(dst);
         let foreign = self
             .dp
             .flow_spec(key)
-            .is_ok_and(|spec| spec.peer.is_some_and(|peer| peer != f.src));
+            .is_ok_and(|spec| spec.peer.is_some_and(|peer| peer != src));
         let last_seen = if foreign {
-            Kernel(&self.dp).last_seen(&f.dst)
+            Kernel(&self.dp).last_seen(&dst)
         } else {
             None
         };
+        let payload = payload.to_vec();
         self.calls
             .engine()
-            .handle_media(f.dst, f.src, payload, last_seen, p.at);
+            .handle_media(dst, src, &payload, last_seen, p.at);
     }
 
     fn apply_outputs(&mut self) {
@@ -425,10 +794,11 @@ impl Control {
             match o {
                 Output::Flow { key, spec } => {
                     let k = FlowKey::new(key);
+                    let egress: Option<Egress> = self.egresses.egress_for(k, &spec);
                     let r = if self.dp.has_flow(k) {
-                        self.dp.update_flow(k, &spec)
+                        self.dp.update_flow(k, &spec, egress)
                     } else {
-                        self.dp.add_flow(k, &spec)
+                        self.dp.add_flow(k, &spec, egress)
                     };
                     if let Err(e) = r {
                         self.counters.flow_errors += 1;
@@ -436,8 +806,10 @@ impl Control {
                     }
                 }
                 Output::RemoveFlow { key } => {
-                    if self.dp.has_flow(FlowKey::new(key))
-                        && let Err(e) = self.dp.remove_flow(FlowKey::new(key))
+                    let k = FlowKey::new(key);
+                    self.egresses.forget_flow(k);
+                    if self.dp.has_flow(k)
+                        && let Err(e) = self.dp.remove_flow(k)
                     {
                         warn!("removing flow {key}: {e:#}");
                     }
@@ -470,31 +842,43 @@ impl Control {
     }
 
     /// Sends a UDP payload from a relay endpoint: as a complete frame over AF_XDP when the
-    /// next hop is known and attached, else through the kernel's stack (which resolves it).
+    /// next hop is known, attached and large enough, else through the kernel's stack (which
+    /// resolves the neighbour or fragments). Never to an address without a unicast route:
+    /// that is how a spoofed local source would turn the relay into a path to its own
+    /// sockets.
     fn send_udp(&mut self, from: Endpoint, to: Endpoint, payload: &[u8]) {
-        let (Some(to_sa), true) = (to.socket_addr(), from.family() == to.family()) else {
+        let (Some(to_ip), true) = (to.ip(), from.family() == to.family()) else {
             self.counters.send_errors += 1;
             return;
         };
-        let builder = FrameBuilder::udp(from, to).payload(payload);
-        match self.resolver.resolve(to_sa.ip()) {
-            Ok(Resolution::Ready(hop)) if self.attached.contains(&hop.ifindex) => {
+        let ip_header = if to_ip.is_ipv4() { 20 } else { 40 };
+        let ip_len = ip_header + 8 + payload.len();
+        let attached = |ix: u32, ifaces: &[Iface]| ifaces.iter().any(|f| f.ifindex == Some(ix));
+        match self.egresses.for_send(from, to_ip, Instant::now()) {
+            Resolution::Unreachable => {
+                self.counters.send_refused += 1;
+                debug!("not sending to {to}: no unicast route");
+            }
+            Resolution::Ready { hop, .. }
+                if attached(hop.ifindex, &self.ifaces) && ip_len <= usize::from(hop.mtu) =>
+            {
+                let frame = FrameBuilder::udp(from, to)
+                    .macs(hop.src_mac, hop.dst_mac)
+                    .payload(payload)
+                    .build();
                 self.io.send(TxFrame {
                     ifindex: hop.ifindex,
-                    frame: builder.macs(hop.src_mac, hop.dst_mac).build(),
+                    frame,
                 });
                 self.counters.sent_af_xdp += 1;
             }
-            _ => {
-                let frame = builder.build();
-                match self.kernel.send(&frame[14..], to_sa) {
-                    Ok(()) => self.counters.sent_kernel += 1,
-                    Err(e) => {
-                        self.counters.send_errors += 1;
-                        debug!("kernel path to {to_sa}: {e}");
-                    }
+            _ => match self.kernel.send(from, to, payload) {
+                Ok(()) => self.counters.sent_kernel += 1,
+                Err(e) => {
+                    self.counters.send_errors += 1;
+                    debug!("kernel path to {to}: {e}");
                 }
-            }
+            },
         }
     }
 }
@@ -639,7 +1023,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         );
     }
     let control = Control::new(&cfg)?;
-    let (tx, rx) = crossbeam_channel::bounded::<Command>(1024);
+    let (tx, rx) = crossbeam_channel::bounded::<Command>(COMMAND_QUEUE);
     let thread = std::thread::Builder::new()
         .name("mediaproxy-control".into())
         .spawn(move || control.run(&rx))?;

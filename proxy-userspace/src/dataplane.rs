@@ -1,23 +1,36 @@
-//! The one module that owns aya and the XDP program's maps.
+//! The one module that owns aya and the programs' maps.
 //!
 //! Everything else talks to the fast path through [`Dataplane`]'s typed methods. Userspace
 //! keeps a mirror of every flow entry it wrote, so reads of configuration never go to the
 //! kernel, and the kernel's maps are only written here, from the control thread.
+//!
+//! Programs: `mediaproxy` (XDP, native mode) or `mediaproxy_skb` (XDP, generic mode) on each
+//! media interface, `mediaproxy_tc` on the same interfaces' TC ingress (the skb path for
+//! egresses that drop native frames), and `mediaproxy_lookup` on the network namespace (the
+//! fallback socket's steering).
 
-use std::{collections::HashMap, os::fd::AsRawFd};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsRawFd,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, SockMap, XskMap},
+    programs::{
+        SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode, sk_lookup::SkLookupLinkId,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use proxy_common::{
     Counter, Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, RelayConfig,
     flow::{MAX_INTERFACES, MAX_QUEUES_PER_INTERFACE, flow_flags},
 };
 
-/// The compiled XDP program, built by build.rs.
+use crate::nexthop::NextHop;
+
+/// The compiled programs, built by build.rs.
 #[cfg(feature = "ebpf")]
 pub static XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mediaproxy-xdp"));
@@ -32,6 +45,11 @@ fn object() -> anyhow::Result<&'static [u8]> {
     Ok(XDP_OBJECT)
 }
 
+const XDP_NATIVE: &str = "mediaproxy";
+const XDP_SKB: &str = "mediaproxy_skb";
+const TC: &str = "mediaproxy_tc";
+const LOOKUP: &str = "mediaproxy_lookup";
+
 /// How the kernel treats a packet whose source is not the latched peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MismatchPolicy {
@@ -43,7 +61,8 @@ pub enum MismatchPolicy {
     Drop,
 }
 
-/// What userspace asks of one flow.
+/// What the session logic asks of one flow. Where its packets leave (the next hop) is the
+/// daemon's business: see [`Egress`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowSpec {
     pub state: FlowState,
@@ -54,8 +73,6 @@ pub struct FlowSpec {
     pub out_src: Endpoint,
     /// The destination, unset until known.
     pub out_dst: Endpoint,
-    /// 0: let the FIB decide.
-    pub egress_ifindex: u32,
 }
 
 impl FlowSpec {
@@ -67,11 +84,10 @@ impl FlowSpec {
             mismatch: MismatchPolicy::default(),
             out_src: Endpoint::UNSET,
             out_dst: Endpoint::UNSET,
-            egress_ifindex: 0,
         }
     }
 
-    fn entry(&self, counter_slot: u32) -> FlowEntry {
+    fn entry(&self, counter_slot: u32, egress: Option<&Egress>) -> FlowEntry {
         let mut e = FlowEntry::hold(counter_slot);
         e.set_state(self.state);
         if let Some(peer) = self.peer {
@@ -83,8 +99,65 @@ impl FlowSpec {
         }
         e.out_src = self.out_src;
         e.out_dst = self.out_dst;
-        e.egress_ifindex = self.egress_ifindex;
+        if let Some(g) = egress {
+            e.flags |= flow_flags::NEXT_HOP;
+            if g.native {
+                e.flags |= flow_flags::NATIVE_TX;
+            }
+            if g.redirect_only {
+                e.flags |= flow_flags::TX_REDIRECT;
+            }
+            e.egress_ifindex = g.hop.ifindex;
+            e.src_mac = g.hop.src_mac;
+            e.dst_mac = g.hop.dst_mac;
+            e.mtu = g.hop.mtu;
+        }
         e
+    }
+}
+
+/// Where a FORWARD flow's packets leave, and whether native XDP frames are delivered there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Egress {
+    pub hop: NextHop,
+    /// The egress device takes frames from native XDP (`XDP_TX`, DEVMAP redirect). Without
+    /// it native XDP hands the packet to the TC program.
+    pub native: bool,
+    /// Never `XDP_TX`, a DEVMAP redirect even back out of the ingress interface (a veth:
+    /// see `flow_flags::TX_REDIRECT`).
+    pub redirect_only: bool,
+}
+
+/// The XDP attachment mode of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (SKB) XDP.
+    Skb,
+}
+
+impl AttachMode {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            AttachMode::Native => XDP_NATIVE,
+            AttachMode::Skb => XDP_SKB,
+        }
+    }
+
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
     }
 }
 
@@ -131,8 +204,17 @@ impl GlobalCounters {
 struct Attachment {
     ifname: String,
     ifindex: u32,
-    mode: XdpMode,
-    link: XdpLinkId,
+    mode: AttachMode,
+    xdp: XdpLinkId,
+    tc: Option<SchedClassifierLinkId>,
+}
+
+/// What userspace wrote for one flow.
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    spec: FlowSpec,
+    egress: Option<Egress>,
+    entry: FlowEntry,
 }
 
 pub struct Dataplane {
@@ -142,19 +224,22 @@ pub struct Dataplane {
     counters: PerCpuArray<MapData, u64>,
     xsks: XskMap<MapData>,
     xsk_base: BpfHashMap<MapData, u32, u32>,
-    /// Interfaces with sockets, in the order of their XSKS ranges.
+    /// Interfaces with sockets, by XSKS range; 0 marks a free range.
     xsk_bases: Vec<u32>,
     egress: DevMapHash<MapData>,
+    egress_devices: HashSet<u32>,
+    sockets: SockMap<MapData>,
     attachments: Vec<Attachment>,
+    lookup: Option<SkLookupLinkId>,
     /// Userspace's copy of every entry in `FLOWS`.
-    mirror: HashMap<FlowKey, FlowEntry>,
+    mirror: HashMap<FlowKey, Flow>,
     free_slots: Vec<u32>,
     next_slot: u32,
     max_flows: u32,
 }
 
 impl Dataplane {
-    /// Loads and verifies the program and creates its maps; attaches nothing yet.
+    /// Loads and verifies the programs and creates their maps; attaches nothing yet.
     pub fn load(cfg: &DataplaneConfig) -> anyhow::Result<Self> {
         crate::caps::raise_memlock();
         let mut ebpf = EbpfLoader::new()
@@ -162,11 +247,26 @@ impl Dataplane {
             .map_max_entries("FLOW_COUNTERS", cfg.max_flows)
             .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut("mediaproxy")
-            .ok_or_else(|| anyhow!("program `mediaproxy` missing from the object"))?
+        for name in [XDP_NATIVE, XDP_SKB] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program `{name}` missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| crate::caps::explain_program_error(&e))?;
+        }
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(TC)
+            .ok_or_else(|| anyhow!("program `{TC}` missing from the object"))?
             .try_into()?;
-        prog.load()
+        tc.load()
+            .map_err(|e| crate::caps::explain_program_error(&e))?;
+        let lookup: &mut SkLookup = ebpf
+            .program_mut(LOOKUP)
+            .ok_or_else(|| anyhow!("program `{LOOKUP}` missing from the object"))?
+            .try_into()?;
+        lookup
+            .load()
             .map_err(|e| crate::caps::explain_program_error(&e))?;
 
         let flows = BpfHashMap::try_from(take(&mut ebpf, "FLOWS")?)?;
@@ -175,6 +275,7 @@ impl Dataplane {
         let xsks = XskMap::try_from(take(&mut ebpf, "XSKS")?)?;
         let xsk_base = BpfHashMap::try_from(take(&mut ebpf, "XSK_BASE")?)?;
         let egress = DevMapHash::try_from(take(&mut ebpf, "EGRESS")?)?;
+        let sockets = SockMap::try_from(take(&mut ebpf, "SOCKETS")?)?;
         let mut config: Array<MapData, RelayConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)?;
         config
             .set(0, RelayConfig::new(cfg.probe_port), 0)
@@ -188,7 +289,10 @@ impl Dataplane {
             xsk_base,
             xsk_bases: Vec::new(),
             egress,
+            egress_devices: HashSet::new(),
+            sockets,
             attachments: Vec::new(),
+            lookup: None,
             mirror: HashMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
@@ -196,55 +300,171 @@ impl Dataplane {
         })
     }
 
-    /// Attaches the program to `ifname` with a bpf_link, so it goes away with this process,
-    /// and lets XDP redirect out of it.
-    pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> anyhow::Result<u32> {
+    /// Attaches the XDP program in `mode` and the TC program to `ifname`, each with a
+    /// bpf_link, so that they go away with this process.
+    pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> anyhow::Result<u32> {
         let ifindex = crate::caps::ifindex(ifname)?;
         let prog: &mut Xdp = self
             .ebpf
-            .program_mut("mediaproxy")
-            .ok_or_else(|| anyhow!("program `mediaproxy` missing"))?
+            .program_mut(mode.program())
+            .ok_or_else(|| anyhow!("program `{}` missing", mode.program()))?
             .try_into()?;
-        let link = prog
-            .attach_to_if_index(ifindex, mode)
-            .map_err(|e| crate::caps::explain_attach_error(&e, ifname, mode))?;
-        self.allow_egress(ifindex)?;
+        let xdp = prog
+            .attach_to_if_index(ifindex, mode.xdp_mode())
+            .map_err(|e| crate::caps::explain_attach_error(&e, ifname, mode.xdp_mode()))?;
+        let tc_prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(TC)
+            .ok_or_else(|| anyhow!("program `{TC}` missing"))?
+            .try_into()?;
+        let tc = match tc_prog.attach(ifname, TcAttachType::Ingress) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // Undo the XDP half: an interface is attached whole or not at all.
+                if let Ok(p) = self.xdp_program(mode) {
+                    let _ = p.detach(xdp);
+                }
+                return Err(anyhow!(
+                    "attaching the TC program to {ifname} ingress failed: {e} (the skb path for egresses that drop native XDP frames needs TCX, Linux 6.6, or a clsact qdisc)"
+                ));
+            }
+        };
         self.attachments.push(Attachment {
             ifname: ifname.to_owned(),
             ifindex,
             mode,
-            link,
+            xdp,
+            tc,
         });
         Ok(ifindex)
     }
 
-    /// Lets XDP redirect out of `ifindex` (attached interfaces are added by [`Self::attach`]).
-    pub fn allow_egress(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        self.egress
-            .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("adding ifindex {ifindex} to the EGRESS devmap"))
+    fn xdp_program(&mut self, mode: AttachMode) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(mode.program())
+            .ok_or_else(|| anyhow!("program `{}` missing", mode.program()))?
+            .try_into()?)
     }
 
-    /// Detaches from every interface. Dropping the `Dataplane` does the same.
-    pub fn detach_all(&mut self) -> anyhow::Result<()> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut("mediaproxy")
-            .ok_or_else(|| anyhow!("program `mediaproxy` missing"))?
-            .try_into()?;
-        for a in self.attachments.drain(..) {
-            prog.detach(a.link)
-                .with_context(|| format!("detaching from {}", a.ifname))?;
-            let _ = self.egress.remove(a.ifindex);
+    /// Detaches from one interface (it went away, or gets attached anew) and forgets its
+    /// AF_XDP range and its DEVMAP slot.
+    pub fn detach(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        let Some(i) = self.attachments.iter().position(|a| a.ifindex == ifindex) else {
+            return Ok(());
+        };
+        let a = self.attachments.remove(i);
+        let mut errors = Vec::new();
+        if let Err(e) = self.xdp_program(a.mode).and_then(|p| Ok(p.detach(a.xdp)?)) {
+            errors.push(format!("XDP: {e:#}"));
         }
-        Ok(())
+        if let Some(tc) = a.tc {
+            let r: anyhow::Result<()> = (|| {
+                let p: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(TC)
+                    .ok_or_else(|| anyhow!("program `{TC}` missing"))?
+                    .try_into()?;
+                Ok(p.detach(tc)?)
+            })();
+            if let Err(e) = r {
+                errors.push(format!("TC: {e:#}"));
+            }
+        }
+        self.forget_device(ifindex);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("detaching from {}: {}", a.ifname, errors.join("; "))
+        }
+    }
+
+    /// Drops the AF_XDP range and the DEVMAP slot of a device (gone, or re-attached).
+    pub fn forget_device(&mut self, ifindex: u32) {
+        if let Some(slot) = self.xsk_bases.iter().position(|&i| i == ifindex) {
+            self.xsk_bases[slot] = 0;
+            let _ = self.xsk_base.remove(&ifindex);
+        }
+        if self.egress_devices.remove(&ifindex) {
+            let _ = self.egress.remove(ifindex);
+        }
+    }
+
+    /// Detaches from every interface and the namespace. Dropping the `Dataplane` does the same.
+    pub fn detach_all(&mut self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        for ifindex in self
+            .attachments
+            .iter()
+            .map(|a| a.ifindex)
+            .collect::<Vec<_>>()
+        {
+            if let Err(e) = self.detach(ifindex) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if let Some(l) = self.lookup.take() {
+            let r: anyhow::Result<()> = (|| {
+                let p: &mut SkLookup = self
+                    .ebpf
+                    .program_mut(LOOKUP)
+                    .ok_or_else(|| anyhow!("program `{LOOKUP}` missing"))?
+                    .try_into()?;
+                Ok(p.detach(l)?)
+            })();
+            if let Err(e) = r {
+                errors.push(format!("sk_lookup: {e:#}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errors.join("; "))
+        }
     }
 
     /// `(ifname, ifindex, mode)` of each attachment.
-    pub fn attachments(&self) -> impl Iterator<Item = (&str, u32, XdpMode)> {
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, u32, AttachMode)> {
         self.attachments
             .iter()
             .map(|a| (a.ifname.as_str(), a.ifindex, a.mode))
+    }
+
+    /// Steers the stack's datagrams for flows to these sockets (IPv4, IPv6): attaches the
+    /// sk_lookup program to the calling thread's network namespace.
+    pub fn attach_lookup(&mut self, v4: &impl AsRawFd, v6: &impl AsRawFd) -> anyhow::Result<()> {
+        self.sockets
+            .set(0, v4, 0)
+            .context("adding the IPv4 fallback socket to SOCKETS")?;
+        self.sockets
+            .set(1, v6, 0)
+            .context("adding the IPv6 fallback socket to SOCKETS")?;
+        let netns = std::fs::File::open("/proc/thread-self/ns/net")
+            .context("opening this thread's network namespace")?;
+        let p: &mut SkLookup = self
+            .ebpf
+            .program_mut(LOOKUP)
+            .ok_or_else(|| anyhow!("program `{LOOKUP}` missing"))?
+            .try_into()?;
+        self.lookup = Some(
+            p.attach(netns)
+                .context("attaching the sk_lookup program to the network namespace")?,
+        );
+        Ok(())
+    }
+
+    /// Lets native XDP redirect into `ifindex` (an egress that some next hop uses). The
+    /// kernel resolves the ifindex in the network namespace of the calling thread, so flows
+    /// with a next hop must be written from the relay's namespace.
+    fn ensure_egress(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        if self.egress_devices.insert(ifindex)
+            && let Err(e) = self.egress.insert(ifindex, ifindex, None, 0)
+        {
+            self.egress_devices.remove(&ifindex);
+            return Err(e)
+                .with_context(|| format!("adding ifindex {ifindex} to the EGRESS devmap"));
+        }
+        Ok(())
     }
 
     /// Routes punted packets of rx queue `queue` of `ifindex` to this AF_XDP socket, which
@@ -260,20 +480,26 @@ impl Dataplane {
                 "rx queue {queue} of ifindex {ifindex}: only {MAX_QUEUES_PER_INTERFACE} queues per interface can punt"
             );
         }
-        let base = match self.xsk_bases.iter().position(|&i| i == ifindex) {
-            Some(slot) => slot as u32 * MAX_QUEUES_PER_INTERFACE,
+        let slot = match self.xsk_bases.iter().position(|&i| i == ifindex) {
+            Some(slot) => slot,
             None => {
-                if self.xsk_bases.len() as u32 >= MAX_INTERFACES {
-                    bail!("more than {MAX_INTERFACES} interfaces with AF_XDP sockets");
-                }
-                let base = self.xsk_bases.len() as u32 * MAX_QUEUES_PER_INTERFACE;
+                let slot = match self.xsk_bases.iter().position(|&i| i == 0) {
+                    Some(free) => free,
+                    None if (self.xsk_bases.len() as u32) < MAX_INTERFACES => {
+                        self.xsk_bases.push(0);
+                        self.xsk_bases.len() - 1
+                    }
+                    None => bail!("more than {MAX_INTERFACES} interfaces with AF_XDP sockets"),
+                };
+                let base = slot as u32 * MAX_QUEUES_PER_INTERFACE;
                 self.xsk_base
                     .insert(ifindex, base, 0)
                     .with_context(|| format!("registering ifindex {ifindex} in XSK_BASE"))?;
-                self.xsk_bases.push(ifindex);
-                base
+                self.xsk_bases[slot] = ifindex;
+                slot
             }
         };
+        let base = slot as u32 * MAX_QUEUES_PER_INTERFACE;
         self.xsks
             .set(base + queue, socket.as_raw_fd(), 0)
             .with_context(|| {
@@ -282,12 +508,20 @@ impl Dataplane {
     }
 
     /// Creates a flow. Fails if it exists or the table is full; nothing changes then.
-    pub fn add_flow(&mut self, key: FlowKey, spec: &FlowSpec) -> anyhow::Result<()> {
+    pub fn add_flow(
+        &mut self,
+        key: FlowKey,
+        spec: &FlowSpec,
+        egress: Option<Egress>,
+    ) -> anyhow::Result<()> {
         if self.mirror.contains_key(&key) {
             bail!("flow {:?} exists", key.local);
         }
+        if let Some(g) = egress {
+            self.ensure_egress(g.hop.ifindex)?;
+        }
         let slot = self.alloc_slot()?;
-        let entry = spec.entry(slot);
+        let entry = spec.entry(slot, egress.as_ref());
         if let Err(e) = self
             .flow_counters
             .set(slot, FlowCounters::default(), 0)
@@ -296,25 +530,52 @@ impl Dataplane {
             self.free_slots.push(slot);
             return Err(e).with_context(|| format!("adding flow {:?}", key.local));
         }
-        self.mirror.insert(key, entry);
+        self.mirror.insert(
+            key,
+            Flow {
+                spec: *spec,
+                egress,
+                entry,
+            },
+        );
         Ok(())
     }
 
     /// Replaces a flow's settings in one map update; its counters carry on.
-    pub fn update_flow(&mut self, key: FlowKey, spec: &FlowSpec) -> anyhow::Result<()> {
+    pub fn update_flow(
+        &mut self,
+        key: FlowKey,
+        spec: &FlowSpec,
+        egress: Option<Egress>,
+    ) -> anyhow::Result<()> {
         let old = *self
             .mirror
             .get(&key)
             .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
-        let entry = spec.entry(old.counter_slot);
-        if entry == old {
-            return Ok(());
+        if let Some(g) = egress {
+            self.ensure_egress(g.hop.ifindex)?;
         }
-        self.flows
-            .insert(key, entry, 0)
-            .with_context(|| format!("updating flow {:?}", key.local))?;
-        self.mirror.insert(key, entry);
+        let entry = spec.entry(old.entry.counter_slot, egress.as_ref());
+        if entry != old.entry {
+            self.flows
+                .insert(key, entry, 0)
+                .with_context(|| format!("updating flow {:?}", key.local))?;
+        }
+        self.mirror.insert(
+            key,
+            Flow {
+                spec: *spec,
+                egress,
+                entry,
+            },
+        );
         Ok(())
+    }
+
+    /// Gives a flow a new next hop (or none), keeping what the session logic asked.
+    pub fn set_egress(&mut self, key: FlowKey, egress: Option<Egress>) -> anyhow::Result<()> {
+        let spec = self.flow_spec(key)?;
+        self.update_flow(key, &spec, egress)
     }
 
     /// Flips a flow to FORWARD toward `out_dst`, from `out_src`, accepting only `peer`.
@@ -324,38 +585,34 @@ impl Dataplane {
         peer: Option<Endpoint>,
         out_src: Endpoint,
         out_dst: Endpoint,
+        egress: Option<Egress>,
     ) -> anyhow::Result<()> {
         let mut spec = self.flow_spec(key)?;
         spec.state = FlowState::Forward;
         spec.peer = peer;
         spec.out_src = out_src;
         spec.out_dst = out_dst;
-        self.update_flow(key, &spec)
+        self.update_flow(key, &spec, egress)
     }
 
     /// The settings of a flow as userspace last wrote them.
     pub fn flow_spec(&self, key: FlowKey) -> anyhow::Result<FlowSpec> {
-        let e = self
+        Ok(self
             .mirror
             .get(&key)
-            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
-        Ok(FlowSpec {
-            state: e.state(),
-            peer: e.has_flag(flow_flags::REQUIRE_PEER).then_some(e.peer),
-            mismatch: if e.has_flag(flow_flags::MISMATCH_DROP) {
-                MismatchPolicy::Drop
-            } else {
-                MismatchPolicy::Punt
-            },
-            out_src: e.out_src,
-            out_dst: e.out_dst,
-            egress_ifindex: e.egress_ifindex,
-        })
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?
+            .spec)
+    }
+
+    /// The next hop a flow was given.
+    #[must_use]
+    pub fn flow_egress(&self, key: FlowKey) -> Option<Egress> {
+        self.mirror.get(&key).and_then(|f| f.egress)
     }
 
     /// Removes a flow and returns its final counters.
     pub fn remove_flow(&mut self, key: FlowKey) -> anyhow::Result<FlowCounters> {
-        let entry = self
+        let flow = self
             .mirror
             .remove(&key)
             .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
@@ -364,18 +621,18 @@ impl Dataplane {
             .with_context(|| format!("removing flow {:?}", key.local))?;
         let counters = self
             .flow_counters
-            .get(&entry.counter_slot, 0)
+            .get(&flow.entry.counter_slot, 0)
             .unwrap_or_default();
-        self.free_slots.push(entry.counter_slot);
+        self.free_slots.push(flow.entry.counter_slot);
         Ok(counters)
     }
 
     pub fn flow_stats(&self, key: FlowKey) -> anyhow::Result<FlowCounters> {
-        let e = self
+        let f = self
             .mirror
             .get(&key)
             .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
-        Ok(self.flow_counters.get(&e.counter_slot, 0)?)
+        Ok(self.flow_counters.get(&f.entry.counter_slot, 0)?)
     }
 
     pub fn has_flow(&self, key: FlowKey) -> bool {
@@ -395,12 +652,26 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// The program's fd, for BPF_PROG_TEST_RUN.
+    /// The native XDP program, for BPF_PROG_TEST_RUN.
     pub fn program(&self) -> anyhow::Result<&Xdp> {
+        self.program_of(AttachMode::Native)
+    }
+
+    /// The XDP program of `mode`, for BPF_PROG_TEST_RUN.
+    pub fn program_of(&self, mode: AttachMode) -> anyhow::Result<&Xdp> {
         Ok(self
             .ebpf
-            .program("mediaproxy")
-            .ok_or_else(|| anyhow!("program `mediaproxy` missing"))?
+            .program(mode.program())
+            .ok_or_else(|| anyhow!("program `{}` missing", mode.program()))?
+            .try_into()?)
+    }
+
+    /// The TC program, for BPF_PROG_TEST_RUN.
+    pub fn tc_program(&self) -> anyhow::Result<&SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program(TC)
+            .ok_or_else(|| anyhow!("program `{TC}` missing"))?
             .try_into()?)
     }
 
@@ -421,7 +692,7 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
-/// The XDP_PASS program, for the far end of a veth that the relay redirects into.
+/// The XDP_PASS program, for the far end of a veth that a test rig redirects into natively.
 /// Detaches when dropped.
 pub struct PassProgram {
     _ebpf: Ebpf,

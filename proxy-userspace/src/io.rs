@@ -1,8 +1,11 @@
-//! The I/O thread: owns every AF_XDP socket, moves received frames to the control logic and
-//! transmits the frames the control logic hands back, over crossbeam channels.
+//! The I/O thread: owns every AF_XDP socket and the fallback sockets, moves what they receive
+//! to the control logic and transmits the frames the control logic hands back, over crossbeam
+//! channels.
 //!
-//! It sleeps in `poll(2)` on the sockets and an eventfd that [`IoHandle::send`] signals, so
-//! it costs nothing while there is nothing to do and a queued frame leaves at once.
+//! It sleeps in `poll(2)` on the sockets and an eventfd that [`IoHandle::send`] (and every
+//! other request) signals, so it costs nothing while there is nothing to do and a queued
+//! frame leaves at once. Sockets come and go while it runs: an interface that is deleted and
+//! created again gets new ones.
 
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -11,19 +14,35 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use proxy_common::Endpoint;
 
-use crate::xsk::{XskSocket, XskStats};
+use crate::{
+    fallback::FallbackSocket,
+    xsk::{XskSocket, XskStats},
+};
 
-/// A frame the XDP program punted.
+/// What reached userspace: a frame the XDP program punted, or a datagram the kernel's stack
+/// delivered to the fallback socket.
+#[derive(Clone, Debug)]
+pub enum Packet {
+    Frame(Vec<u8>),
+    Datagram {
+        src: Endpoint,
+        dst: Endpoint,
+        payload: Vec<u8>,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct Punted {
+    /// The interface and queue of a punted frame; 0 for a datagram.
     pub ifindex: u32,
     pub queue: u32,
-    pub frame: Vec<u8>,
+    pub packet: Packet,
     pub at: Instant,
 }
 
@@ -37,6 +56,7 @@ pub struct TxFrame {
 #[derive(Default, Debug)]
 pub struct IoCounters {
     pub rx_frames: AtomicU64,
+    pub rx_datagrams: AtomicU64,
     /// Frames dropped because the control logic's queue was full: counted, never silent.
     pub rx_backlog_drops: AtomicU64,
     pub tx_frames: AtomicU64,
@@ -51,6 +71,7 @@ pub struct IoCounters {
 #[derive(Clone, Debug, Default)]
 pub struct IoStats {
     pub rx_frames: u64,
+    pub rx_datagrams: u64,
     pub rx_backlog_drops: u64,
     pub tx_frames: u64,
     pub tx_no_socket: u64,
@@ -59,9 +80,17 @@ pub struct IoStats {
     pub sockets: Vec<(u32, u32, XskStats)>,
 }
 
+/// Changes to the set of sockets the thread serves.
+enum Request {
+    Add(Vec<XskSocket>),
+    /// The interface is gone (or about to get new sockets): close its sockets.
+    Remove(u32),
+}
+
 pub struct IoHandle {
     pub rx: Receiver<Punted>,
     sender: IoSender,
+    requests: Sender<Request>,
     stop: Arc<AtomicBool>,
     counters: Arc<IoCounters>,
     socket_stats: Arc<std::sync::Mutex<Vec<(u32, u32, XskStats)>>>,
@@ -80,11 +109,26 @@ impl IoHandle {
         self.sender.clone()
     }
 
+    /// Serves these sockets from now on.
+    pub fn add_sockets(&self, sockets: Vec<XskSocket>) {
+        if self.requests.send(Request::Add(sockets)).is_ok() {
+            wake(&self.sender.wake);
+        }
+    }
+
+    /// Closes the sockets of an interface.
+    pub fn remove_interface(&self, ifindex: u32) {
+        if self.requests.send(Request::Remove(ifindex)).is_ok() {
+            wake(&self.sender.wake);
+        }
+    }
+
     #[must_use]
     pub fn stats(&self) -> IoStats {
         let c = &self.counters;
         IoStats {
             rx_frames: c.rx_frames.load(Ordering::Relaxed),
+            rx_datagrams: c.rx_datagrams.load(Ordering::Relaxed),
             rx_backlog_drops: c.rx_backlog_drops.load(Ordering::Relaxed),
             tx_frames: c.tx_frames.load(Ordering::Relaxed),
             tx_no_socket: c.tx_no_socket.load(Ordering::Relaxed),
@@ -137,9 +181,17 @@ fn wake(fd: &OwnedFd) {
 
 /// Capacity of the queues between the I/O thread and the control logic.
 pub const QUEUE_DEPTH: usize = 65_536;
+/// Frames taken from one socket per wake-up, so that one busy queue cannot starve the others.
+const RX_BATCH: u32 = 256;
+/// The poll timeout: keeps statistics fresh and lets in-flight TX frames complete.
+const POLL_MS: i32 = 100;
+/// How often the per-socket statistics are copied out for `statistics`.
+const STATS_EVERY: Duration = Duration::from_millis(200);
+/// Largest datagram the fallback sockets take (the largest UDP payload).
+const MAX_DATAGRAM: usize = 65_535;
 
-/// Starts the I/O thread over `sockets`.
-pub fn spawn(sockets: Vec<XskSocket>) -> std::io::Result<IoHandle> {
+/// Starts the I/O thread over `sockets` and the fallback sockets.
+pub fn spawn(sockets: Vec<XskSocket>, fallback: Vec<FallbackSocket>) -> std::io::Result<IoHandle> {
     // SAFETY: plain eventfd(2).
     let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if efd < 0 {
@@ -149,29 +201,25 @@ pub fn spawn(sockets: Vec<XskSocket>) -> std::io::Result<IoHandle> {
     let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
     let (rx_tx, rx_rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
     let (tx_tx, tx_rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
+    let (req_tx, req_rx) = crossbeam_channel::unbounded();
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(IoCounters::default());
     let socket_stats = Arc::new(std::sync::Mutex::new(Vec::new()));
     let thread = {
-        let (wake_fd, stop, counters, socket_stats) = (
-            wake_fd.clone(),
-            stop.clone(),
-            counters.clone(),
-            socket_stats.clone(),
-        );
+        let io = IoLoop {
+            sockets,
+            fallback,
+            to_control: rx_tx,
+            from_control: tx_rx,
+            requests: req_rx,
+            wake_fd: wake_fd.clone(),
+            stop: stop.clone(),
+            counters: counters.clone(),
+            socket_stats: socket_stats.clone(),
+        };
         std::thread::Builder::new()
             .name("mediaproxy-io".into())
-            .spawn(move || {
-                io_loop(
-                    sockets,
-                    &rx_tx,
-                    &tx_rx,
-                    &wake_fd,
-                    &stop,
-                    &counters,
-                    &socket_stats,
-                )
-            })?
+            .spawn(move || io.run())?
     };
     Ok(IoHandle {
         rx: rx_rx,
@@ -180,6 +228,7 @@ pub fn spawn(sockets: Vec<XskSocket>) -> std::io::Result<IoHandle> {
             wake: wake_fd,
             counters: counters.clone(),
         },
+        requests: req_tx,
         stop,
         counters,
         socket_stats,
@@ -187,78 +236,137 @@ pub fn spawn(sockets: Vec<XskSocket>) -> std::io::Result<IoHandle> {
     })
 }
 
-fn io_loop(
-    mut sockets: Vec<XskSocket>,
-    to_control: &Sender<Punted>,
-    from_control: &Receiver<TxFrame>,
-    wake_fd: &OwnedFd,
-    stop: &AtomicBool,
-    counters: &IoCounters,
-    socket_stats: &std::sync::Mutex<Vec<(u32, u32, XskStats)>>,
-) {
-    let mut pfds: Vec<libc::pollfd> = sockets
-        .iter()
-        .map(|s| libc::pollfd {
-            fd: s.as_raw_fd(),
+struct IoLoop {
+    sockets: Vec<XskSocket>,
+    fallback: Vec<FallbackSocket>,
+    to_control: Sender<Punted>,
+    from_control: Receiver<TxFrame>,
+    requests: Receiver<Request>,
+    wake_fd: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<IoCounters>,
+    socket_stats: Arc<std::sync::Mutex<Vec<(u32, u32, XskStats)>>>,
+}
+
+impl IoLoop {
+    fn pollfds(&self) -> Vec<libc::pollfd> {
+        let fd = |fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        })
-        .collect();
-    pfds.push(libc::pollfd {
-        fd: wake_fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    let mut last_stats = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        // A timeout keeps statistics fresh and lets in-flight TX frames complete.
-        // SAFETY: pfds is a valid array of pollfd.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut buf = [0u8; 8];
-        // SAFETY: drains the eventfd counter into a local buffer.
-        unsafe { libc::read(wake_fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        };
+        self.sockets
+            .iter()
+            .map(|s| fd(s.as_raw_fd()))
+            .chain(self.fallback.iter().map(|s| fd(s.as_raw_fd())))
+            .chain(std::iter::once(fd(self.wake_fd.as_raw_fd())))
+            .collect()
+    }
 
-        let now = Instant::now();
-        for s in &mut sockets {
+    fn run(mut self) {
+        let mut pfds = self.pollfds();
+        let mut last_stats = Instant::now();
+        let mut dgram = vec![0u8; MAX_DATAGRAM];
+        while !self.stop.load(Ordering::Relaxed) {
+            // SAFETY: pfds is a valid array of pollfd.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, POLL_MS) };
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut buf = [0u8; 8];
+            // SAFETY: drains the eventfd counter into a local buffer.
+            unsafe { libc::read(self.wake_fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+
+            let mut changed = false;
+            while let Ok(r) = self.requests.try_recv() {
+                changed = true;
+                match r {
+                    Request::Add(s) => self.sockets.extend(s),
+                    Request::Remove(ifindex) => self.sockets.retain(|s| s.ifindex() != ifindex),
+                }
+            }
+            if changed {
+                pfds = self.pollfds();
+            }
+
+            let now = Instant::now();
+            self.receive_frames(now);
+            self.receive_datagrams(now, &mut dgram);
+            self.transmit();
+            if last_stats.elapsed() >= STATS_EVERY {
+                last_stats = Instant::now();
+                if let Ok(mut st) = self.socket_stats.lock() {
+                    *st = self
+                        .sockets
+                        .iter()
+                        .map(|s| (s.ifindex(), s.queue(), s.stats()))
+                        .collect();
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, p: Punted) {
+        if self.to_control.try_send(p).is_err() {
+            self.counters
+                .rx_backlog_drops
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn receive_frames(&mut self, now: Instant) {
+        let mut got_total = 0;
+        let mut punted = Vec::new();
+        for s in &mut self.sockets {
             let (ifindex, queue) = (s.ifindex(), s.queue());
-            let got = s.recv(256, |frame| {
-                let p = Punted {
+            got_total += s.recv(RX_BATCH, |frame| {
+                punted.push(Punted {
                     ifindex,
                     queue,
-                    frame: frame.to_vec(),
+                    packet: Packet::Frame(frame.to_vec()),
                     at: now,
-                };
-                if to_control.try_send(p).is_err() {
-                    counters.rx_backlog_drops.fetch_add(1, Ordering::Relaxed);
-                }
+                });
             });
-            counters
-                .rx_frames
-                .fetch_add(u64::from(got), Ordering::Relaxed);
             s.reclaim();
         }
-        while let Ok(tx) = from_control.try_recv() {
-            let Some(s) = sockets.iter_mut().find(|s| s.ifindex() == tx.ifindex) else {
-                counters.tx_no_socket.fetch_add(1, Ordering::Relaxed);
+        for p in punted {
+            self.deliver(p);
+        }
+        self.counters
+            .rx_frames
+            .fetch_add(u64::from(got_total), Ordering::Relaxed);
+    }
+
+    fn receive_datagrams(&self, now: Instant, buf: &mut [u8]) {
+        for s in &self.fallback {
+            for _ in 0..RX_BATCH {
+                let Ok(Some(d)) = s.recv(buf) else { break };
+                self.counters.rx_datagrams.fetch_add(1, Ordering::Relaxed);
+                self.deliver(Punted {
+                    ifindex: 0,
+                    queue: 0,
+                    packet: Packet::Datagram {
+                        src: Endpoint::from(d.src),
+                        dst: Endpoint::from(d.dst),
+                        payload: d.payload,
+                    },
+                    at: now,
+                });
+            }
+        }
+    }
+
+    fn transmit(&mut self) {
+        while let Ok(tx) = self.from_control.try_recv() {
+            let Some(s) = self.sockets.iter_mut().find(|s| s.ifindex() == tx.ifindex) else {
+                self.counters.tx_no_socket.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             match send_retrying(s, &tx.frame) {
-                Ok(true) => counters.tx_frames.fetch_add(1, Ordering::Relaxed),
-                Ok(false) => counters.tx_ring_full.fetch_add(1, Ordering::Relaxed),
-                Err(_) => counters.tx_errors.fetch_add(1, Ordering::Relaxed),
+                Ok(true) => self.counters.tx_frames.fetch_add(1, Ordering::Relaxed),
+                Ok(false) => self.counters.tx_ring_full.fetch_add(1, Ordering::Relaxed),
+                Err(_) => self.counters.tx_errors.fetch_add(1, Ordering::Relaxed),
             };
-        }
-        if last_stats.elapsed().as_millis() >= 200 {
-            last_stats = Instant::now();
-            if let Ok(mut st) = socket_stats.lock() {
-                *st = sockets
-                    .iter()
-                    .map(|s| (s.ifindex(), s.queue(), s.stats()))
-                    .collect();
-            }
         }
     }
 }

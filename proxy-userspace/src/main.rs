@@ -3,10 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
-use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use proxy_userspace::{
-    daemon::{self, DaemonConfig},
+    daemon::{self, DaemonConfig, XdpModeChoice},
     ng::{
         bencode::{Dict, Value},
         calls::{CallsConfig, Interface},
@@ -28,20 +27,22 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Mode {
-    /// Native (driver) XDP.
-    Native,
-    /// Generic XDP in the network stack: slower, works on any interface.
-    Skb,
-    /// Let the kernel choose.
+    /// Native (driver) XDP where the driver takes it, else generic. Flows whose egress drops
+    /// native XDP frames (a container's veth) are sent by the TC program.
     Auto,
+    /// Native (driver) XDP, or refuse to start. Flows whose egress drops native frames are
+    /// still sent by the TC program.
+    Native,
+    /// Generic XDP in the network stack everywhere: slower, delivers on any egress.
+    Skb,
 }
 
-impl From<Mode> for XdpMode {
+impl From<Mode> for XdpModeChoice {
     fn from(m: Mode) -> Self {
         match m {
-            Mode::Native => XdpMode::Driver,
-            Mode::Skb => XdpMode::Skb,
-            Mode::Auto => XdpMode::Default,
+            Mode::Auto => XdpModeChoice::Auto,
+            Mode::Native => XdpModeChoice::Native,
+            Mode::Skb => XdpModeChoice::Skb,
         }
     }
 }
@@ -83,7 +84,7 @@ struct RunArgs {
     /// address). Repeatable.
     #[arg(long = "xdp-iface")]
     xdp_ifaces: Vec<String>,
-    #[arg(long, value_enum, default_value = "native")]
+    #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: Mode,
     /// Where the ng protocol listens (Kamailio's `rtpengine_sock`).
     #[arg(long, default_value = "127.0.0.1:22222")]
@@ -125,10 +126,6 @@ struct RunArgs {
     /// out). For measuring that path; a relay in service does not want it.
     #[arg(long)]
     userspace_only: bool,
-    /// Do not turn on forwarding on attached interfaces (bpf_fib_lookup needs it; without it
-    /// FORWARD traffic goes through userspace).
-    #[arg(long)]
-    keep_sysctls: bool,
 }
 
 #[derive(clap::Args)]
@@ -217,7 +214,6 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         listen_ng: a.listen_ng,
         probe_secret,
         max_flows: a.max_flows,
-        set_forwarding: !a.keep_sysctls,
     })
 }
 

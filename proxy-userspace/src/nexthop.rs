@@ -1,326 +1,204 @@
-//! Where a frame that userspace sends must go: the route and the neighbour's MAC address, from
-//! the kernel over rtnetlink, so that AF_XDP can transmit a complete Ethernet frame. When the
-//! neighbour is not resolved yet, [`KernelPath`] hands the IP packet to the kernel's stack,
-//! which resolves it (ARP/ND) and queues the packet meanwhile: nothing is dropped for want
-//! of a MAC address, and the next lookup finds it resolved.
+//! Where a packet toward a destination leaves: the route and the neighbour's MAC address,
+//! from the kernel over rtnetlink, so that XDP and AF_XDP can send complete Ethernet frames
+//! without a per-packet FIB lookup; and [`KernelPath`], the kernel's own stack, for what they
+//! cannot send: a neighbour not resolved yet (the stack resolves it and queues the packet),
+//! or a packet larger than the egress MTU (the stack fragments it, as a socket relay's would
+//! be).
 
 use std::{
     collections::HashMap,
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::{Duration, Instant},
 };
 
-use crate::frame::Mac;
+use proxy_common::{Endpoint, csum};
 
+use crate::netlink::{Link, Mac, Route, Rtnl};
+
+/// A resolved next hop: enough to build the Ethernet frame and to know its size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
     pub ifindex: u32,
     pub src_mac: Mac,
     pub dst_mac: Mac,
+    /// The largest IP packet the egress takes: the route's MTU if it has one, else the
+    /// link's.
+    pub mtu: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolution {
-    Ready(NextHop),
-    /// Routed out of `ifindex`, but the neighbour's MAC is not known yet.
+    Ready {
+        hop: NextHop,
+        neighbour: IpAddr,
+    },
+    /// Routed out of `ifindex` via `neighbour`, whose MAC is not known yet.
     Unresolved {
         ifindex: u32,
+        neighbour: IpAddr,
     },
-    /// No route.
+    /// No unicast route: unreachable, or an address that is local, broadcast, multicast or
+    /// anycast. Nothing is sent there.
     Unreachable,
 }
 
-const NLMSG_ERROR: u16 = 2;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_GETNEIGH: u16 = 30;
-const NLM_F_REQUEST: u16 = 1;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-/// NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_NOARP | NUD_PERMANENT: the kernel's
-/// own NUD_VALID, the states in which it would send to the address without asking first.
-const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
+impl Resolution {
+    /// The neighbour entry this resolution depends on.
+    #[must_use]
+    pub fn neighbour(&self) -> Option<(u32, IpAddr)> {
+        match *self {
+            Resolution::Ready { hop, neighbour } => Some((hop.ifindex, neighbour)),
+            Resolution::Unresolved { ifindex, neighbour } => Some((ifindex, neighbour)),
+            Resolution::Unreachable => None,
+        }
+    }
 
-/// Looks up routes and neighbours, with a short cache: one lookup per second per
-/// destination at most, so userspace forwarding does not hammer rtnetlink.
-pub struct Resolver {
-    nl: OwnedFd,
-    seq: u32,
-    cache: HashMap<IpAddr, (Resolution, Instant)>,
-    macs: HashMap<u32, Mac>,
+    #[must_use]
+    pub fn ready(&self) -> Option<NextHop> {
+        match *self {
+            Resolution::Ready { hop, .. } => Some(hop),
+            _ => None,
+        }
+    }
 }
 
-const READY_TTL: Duration = Duration::from_secs(1);
-/// Short: the kernel path resolves the neighbour meanwhile, and AF_XDP should take over soon.
-const UNRESOLVED_TTL: Duration = Duration::from_millis(50);
+/// Looks routes, neighbours and links up; links are cached until [`Resolver::forget_link`].
+pub struct Resolver {
+    rtnl: Rtnl,
+    links: HashMap<u32, Link>,
+}
 
 impl Resolver {
     /// Opens an rtnetlink socket in the calling thread's network namespace.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd we own.
-        let nl = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        // SAFETY: valid timeval.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::from_ref(&tv).cast(),
-                size_of::<libc::timeval>() as u32,
-            );
-        }
         Ok(Self {
-            nl,
-            seq: 0,
-            cache: HashMap::new(),
-            macs: HashMap::new(),
+            rtnl: Rtnl::new()?,
+            links: HashMap::new(),
         })
     }
 
-    pub fn resolve(&mut self, dst: IpAddr) -> io::Result<Resolution> {
-        let now = Instant::now();
-        if let Some((r, at)) = self.cache.get(&dst) {
-            let ttl = if matches!(r, Resolution::Ready(_)) {
-                READY_TTL
-            } else {
-                UNRESOLVED_TTL
-            };
-            if now.duration_since(*at) < ttl {
-                return Ok(*r);
-            }
-        }
-        let r = self.lookup(dst)?;
-        if self.cache.len() > 65_536 {
-            self.cache.clear();
-        }
-        self.cache.insert(dst, (r, now));
-        Ok(r)
+    pub fn rtnl(&mut self) -> &mut Rtnl {
+        &mut self.rtnl
     }
 
-    fn lookup(&mut self, dst: IpAddr) -> io::Result<Resolution> {
-        let Some((oif, gateway)) = self.route(dst)? else {
+    /// The route from `src` to `dst` and what it leads to.
+    pub fn resolve(
+        &mut self,
+        src: Option<IpAddr>,
+        dst: IpAddr,
+    ) -> io::Result<(Option<Route>, Resolution)> {
+        let Some(route) = self.rtnl.route(src, dst)? else {
+            return Ok((None, Resolution::Unreachable));
+        };
+        let r = self.complete(&route, dst)?;
+        Ok((Some(route), r))
+    }
+
+    /// The resolution of an already known route, with the neighbour looked up again.
+    pub fn complete(&mut self, route: &Route, dst: IpAddr) -> io::Result<Resolution> {
+        if !route.unicast {
+            return Ok(Resolution::Unreachable);
+        }
+        let neighbour = route.hop(dst);
+        let Some(link) = self.link(route.oif)? else {
             return Ok(Resolution::Unreachable);
         };
-        let hop = gateway.unwrap_or(dst);
-        let src_mac = self.link_mac(oif)?;
-        Ok(match self.neighbour(oif, hop)? {
-            Some(dst_mac) => Resolution::Ready(NextHop {
-                ifindex: oif,
-                src_mac,
-                dst_mac,
-            }),
-            None => Resolution::Unresolved { ifindex: oif },
-        })
+        let mac = self.rtnl.neighbour(route.oif, neighbour)?;
+        Ok(Self::with_mac(route, &link, neighbour, mac))
     }
 
-    fn request(&mut self, msg_type: u16, body: &[u8]) -> io::Result<Vec<u8>> {
-        self.seq = self.seq.wrapping_add(1);
-        let len = 16 + body.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&msg_type.to_ne_bytes());
-        msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(body);
-        // SAFETY: a zeroed sockaddr_nl addresses the kernel.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: msg and sa are valid for the lengths passed.
-        let r = unsafe {
-            libc::sendto(
-                self.nl.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                std::ptr::from_ref(&sa).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 8192];
-        loop {
-            // SAFETY: buf is writable for its length.
-            let n =
-                unsafe { libc::recv(self.nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let n = n as usize;
-            if n < 16 {
-                return Err(io::Error::other("short netlink reply"));
-            }
-            let seq = u32::from_ne_bytes(buf[8..12].try_into().unwrap_or_default());
-            if seq != self.seq {
-                continue; // a stale reply to an earlier, timed-out request
-            }
-            buf.truncate(n);
-            return Ok(buf);
-        }
-    }
-
-    /// `(oif, gateway)` for `dst`, like `ip route get`.
-    fn route(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
-        let (family, bits, addr) = family_of(dst);
-        let mut body = vec![family, bits, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        push_attr(&mut body, RTA_DST, &addr);
-        let reply = self.request(RTM_GETROUTE, &body)?;
-        let msg_type = u16::from_ne_bytes([reply[4], reply[5]]);
-        if msg_type == NLMSG_ERROR {
-            return Ok(None); // ENETUNREACH and friends
-        }
-        if msg_type != RTM_NEWROUTE || reply.len() < 16 + 12 {
-            return Err(io::Error::other(
-                "unexpected rtnetlink reply to RTM_GETROUTE",
-            ));
-        }
-        let mut oif = None;
-        let mut gw = None;
-        for (t, v) in attrs(&reply[16 + 12..msg_len(&reply)]) {
-            match t {
-                RTA_OIF if v.len() == 4 => {
-                    oif = Some(u32::from_ne_bytes(v.try_into().unwrap_or_default()))
+    /// The resolution of a known route and link once the neighbour's MAC is (or is not) known.
+    #[must_use]
+    pub fn with_mac(route: &Route, link: &Link, neighbour: IpAddr, mac: Option<Mac>) -> Resolution {
+        match (mac, link.mac) {
+            (Some(dst_mac), Some(src_mac)) => {
+                let mtu = route.mtu.map_or(link.mtu, |m| m.min(link.mtu));
+                Resolution::Ready {
+                    hop: NextHop {
+                        ifindex: route.oif,
+                        src_mac,
+                        dst_mac,
+                        mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+                    },
+                    neighbour,
                 }
-                RTA_GATEWAY => gw = ip_from(v),
-                _ => {}
             }
+            _ => Resolution::Unresolved {
+                ifindex: route.oif,
+                neighbour,
+            },
         }
-        Ok(oif.map(|o| (o, gw)))
     }
 
-    fn neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<Mac>> {
-        let (family, _, addr) = family_of(ip);
-        let mut body = vec![family, 0, 0, 0];
-        body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-        body.extend_from_slice(&[0, 0, 0, 0]); // state, flags, type
-        push_attr(&mut body, NDA_DST, &addr);
-        let reply = self.request(RTM_GETNEIGH, &body)?;
-        let msg_type = u16::from_ne_bytes([reply[4], reply[5]]);
-        if msg_type != RTM_NEWNEIGH || reply.len() < 16 + 12 {
-            return Ok(None); // ENOENT: never seen
+    pub fn link(&mut self, ifindex: u32) -> io::Result<Option<Link>> {
+        if let Some(l) = self.links.get(&ifindex) {
+            return Ok(Some(l.clone()));
         }
-        let state = u16::from_ne_bytes([reply[16 + 8], reply[16 + 9]]);
-        if state & NUD_VALID == 0 {
-            return Ok(None);
+        let l = self.rtnl.link(ifindex)?;
+        if let Some(l) = &l {
+            self.links.insert(ifindex, l.clone());
         }
-        Ok(attrs(&reply[16 + 12..msg_len(&reply)])
-            .find(|(t, v)| *t == NDA_LLADDR && v.len() == 6)
-            .map(|(_, v)| v.try_into().unwrap_or_default()))
+        Ok(l)
     }
 
-    fn link_mac(&mut self, ifindex: u32) -> io::Result<Mac> {
-        if let Some(m) = self.macs.get(&ifindex) {
-            return Ok(*m);
-        }
-        let name = crate::caps::ifname(ifindex)
-            .ok_or_else(|| io::Error::other(format!("no interface {ifindex}")))?;
-        let mac = interface_mac(&name)?;
-        self.macs.insert(ifindex, mac);
-        Ok(mac)
+    /// Drops what is cached of a link that changed or went away.
+    pub fn forget_link(&mut self, ifindex: u32) {
+        self.links.remove(&ifindex);
     }
 }
 
-fn msg_len(reply: &[u8]) -> usize {
-    (u32::from_ne_bytes(reply[0..4].try_into().unwrap_or_default()) as usize).min(reply.len())
-}
-
-fn family_of(ip: IpAddr) -> (u8, u8, Vec<u8>) {
-    match ip {
-        IpAddr::V4(a) => (libc::AF_INET as u8, 32, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, 128, a.octets().to_vec()),
-    }
-}
-
-fn ip_from(v: &[u8]) -> Option<IpAddr> {
-    match v.len() {
-        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?))),
-        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(v).ok()?))),
-        _ => None,
-    }
-}
-
-fn push_attr(buf: &mut Vec<u8>, t: u16, v: &[u8]) {
-    buf.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&t.to_ne_bytes());
-    buf.extend_from_slice(v);
-    while buf.len() % 4 != 0 {
-        buf.push(0);
-    }
-}
-
-/// Iterates `(type, value)` over rtattrs; stops at the first malformed one.
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let t = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let v = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((t, v))
-    })
-}
-
-/// The MAC address of an interface (SIOCGIFHWADDR).
-pub fn interface_mac(ifname: &str) -> io::Result<Mac> {
-    // SAFETY: ifreq is plain data.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: a datagram socket for the ioctl.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
+/// A classic BPF program that accepts nothing: the raw sockets below only send, and without
+/// it the kernel would queue them a copy of every UDP datagram the host receives.
+fn drop_all_filter(fd: i32) -> io::Result<()> {
+    let mut code = [libc::sock_filter {
+        code: 0x06, // BPF_RET | BPF_K
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: a valid one-instruction program for SO_ATTACH_FILTER on our own socket.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&prog).cast(),
+            size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: fd is fresh; OwnedFd closes it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: SIOCGIFHWADDR with a valid ifreq.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel filled ifru_hwaddr.
-    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
-    let mut mac = [0u8; 6];
-    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *m = *b as u8;
-    }
-    Ok(mac)
+    Ok(())
 }
 
-/// Sends complete IP packets through the kernel's stack (raw IPPROTO_RAW sockets): the path
-/// for packets whose next hop's MAC is not known yet, or that need fragmenting.
+fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: an int option on our own socket.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            size_of::<i32>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends UDP datagrams from any of the relay's endpoints through the kernel's stack: raw
+/// `IPPROTO_UDP` sockets, whose IP header the kernel builds, routes, resolves (ARP/ND) and
+/// fragments when the datagram exceeds the path MTU, exactly as for a socket relay. The
+/// source address is chosen per datagram (`IP_PKTINFO`); the UDP header is ours, so the
+/// source port can be any relay port.
 pub struct KernelPath {
     v4: OwnedFd,
     v6: OwnedFd,
@@ -328,20 +206,42 @@ pub struct KernelPath {
 
 impl KernelPath {
     pub fn new() -> io::Result<Self> {
-        let open = |family| {
-            // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL / IPV6_HDRINCL.
+        let open = |family: i32| -> io::Result<OwnedFd> {
+            // SAFETY: plain socket(2).
             let fd = unsafe {
                 libc::socket(
                     family,
                     libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::IPPROTO_RAW,
+                    libc::IPPROTO_UDP,
                 )
             };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // SAFETY: fresh fd we own.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            // SAFETY: a fresh fd we own.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            drop_all_filter(fd)?;
+            if family == libc::AF_INET {
+                // Fragment locally when larger than the path MTU, DF otherwise: a UDP
+                // socket's default (IP_PMTUDISC_WANT), set so that no sysctl changes it.
+                set_int(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_PMTUDISC_WANT,
+                )?;
+            } else {
+                set_int(
+                    fd,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_WANT,
+                )?;
+                // The kernel computes the UDP checksum (offset 6 in our header): it knows the
+                // final source address.
+                set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
+            }
+            Ok(owned)
         };
         Ok(Self {
             v4: open(libc::AF_INET)?,
@@ -349,77 +249,182 @@ impl KernelPath {
         })
     }
 
-    /// Sends `packet` (an IP header and what follows) to `dst`.
-    pub fn send(&self, packet: &[u8], dst: SocketAddr) -> io::Result<()> {
-        let r = match dst {
-            SocketAddr::V4(a) => {
+    /// Sends `payload` from the relay endpoint `from` to `to` (same family).
+    pub fn send(&self, from: Endpoint, to: Endpoint, payload: &[u8]) -> io::Result<()> {
+        let (Some(src), Some(dst)) = (from.socket_addr(), to.socket_addr()) else {
+            return Err(io::Error::other("unset endpoint"));
+        };
+        let udp_len = 8 + payload.len();
+        let Ok(len16) = u16::try_from(udp_len) else {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        };
+        let mut seg = Vec::with_capacity(udp_len);
+        seg.extend_from_slice(&src.port().to_be_bytes());
+        seg.extend_from_slice(&dst.port().to_be_bytes());
+        seg.extend_from_slice(&len16.to_be_bytes());
+        seg.extend_from_slice(&[0, 0]);
+        seg.extend_from_slice(payload);
+        match (src, dst) {
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                let sum = csum::add_bytes(
+                    csum::pseudo_header_v4(&s.ip().octets(), &d.ip().octets(), len16),
+                    &seg,
+                );
+                seg[6..8].copy_from_slice(&csum::udp_field(sum).to_be_bytes());
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(s.ip().octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
                 let sa = libc::sockaddr_in {
                     sin_family: libc::AF_INET as u16,
                     sin_port: 0,
                     sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                        s_addr: u32::from_ne_bytes(d.ip().octets()),
                     },
                     sin_zero: [0; 8],
                 };
-                // SAFETY: valid buffer and sockaddr.
-                unsafe {
-                    libc::sendto(
-                        self.v4.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        std::ptr::from_ref(&sa).cast(),
-                        size_of::<libc::sockaddr_in>() as u32,
-                    )
-                }
+                sendmsg(
+                    &self.v4,
+                    &seg,
+                    &sa,
+                    libc::IPPROTO_IP,
+                    libc::IP_PKTINFO,
+                    &info,
+                )
             }
-            SocketAddr::V6(a) => {
+            (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: s.ip().octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
                 let sa = libc::sockaddr_in6 {
                     sin6_family: libc::AF_INET6 as u16,
                     sin6_port: 0,
                     sin6_flowinfo: 0,
                     sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
+                        s6_addr: d.ip().octets(),
                     },
                     sin6_scope_id: 0,
                 };
-                // SAFETY: valid buffer and sockaddr.
-                unsafe {
-                    libc::sendto(
-                        self.v6.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        std::ptr::from_ref(&sa).cast(),
-                        size_of::<libc::sockaddr_in6>() as u32,
-                    )
-                }
+                sendmsg(
+                    &self.v6,
+                    &seg,
+                    &sa,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_PKTINFO,
+                    &info,
+                )
             }
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+            _ => Err(io::Error::other(
+                "source and destination of different families",
+            )),
         }
-        Ok(())
     }
+}
+
+/// `sendmsg(2)` of one buffer to `addr` with one control message.
+fn sendmsg<A, C>(
+    fd: &OwnedFd,
+    data: &[u8],
+    addr: &A,
+    level: i32,
+    kind: i32,
+    cmsg: &C,
+) -> io::Result<()> {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<C>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = std::ptr::from_ref(addr).cast_mut().cast();
+    msg.msg_namelen = size_of::<A>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer has room for one header and C (CMSG_SPACE above).
+    unsafe {
+        let h = libc::CMSG_FIRSTHDR(&msg);
+        (*h).cmsg_level = level;
+        (*h).cmsg_type = kind;
+        (*h).cmsg_len = libc::CMSG_LEN(size_of::<C>() as u32) as usize;
+        std::ptr::copy_nonoverlapping(
+            std::ptr::from_ref(cmsg).cast::<u8>(),
+            libc::CMSG_DATA(h),
+            size_of::<C>(),
+        );
+    }
+    // SAFETY: a valid msghdr on our own socket.
+    let r = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn route(mtu: Option<u32>) -> Route {
+        Route {
+            oif: 3,
+            gateway: None,
+            unicast: true,
+            mtu,
+        }
+    }
+
+    fn link(mtu: u32) -> Link {
+        Link {
+            index: 3,
+            name: "r0".into(),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            mtu,
+            up: true,
+            lower_up: true,
+            kind: Some("veth".into()),
+        }
+    }
+
     #[test]
-    fn attribute_walk_stops_at_garbage() {
-        let mut b = Vec::new();
-        push_attr(&mut b, 4, &7u32.to_ne_bytes());
-        push_attr(&mut b, 1, &[10, 0, 0, 1]);
-        b.extend_from_slice(&[0xff, 0xff, 1, 0]); // length beyond the buffer
-        let got: Vec<_> = attrs(&b).collect();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0], (4, &7u32.to_ne_bytes()[..]));
+    fn the_smaller_of_route_and_link_mtu_bounds_the_next_hop() {
+        let n: IpAddr = "10.0.0.2".parse().unwrap();
+        let mac = Some([2, 0, 0, 0, 0, 2]);
+        let hop = |r: Route, l: Link| Resolver::with_mac(&r, &l, n, mac).ready().unwrap().mtu;
+        assert_eq!(hop(route(None), link(1500)), 1500);
+        assert_eq!(hop(route(Some(1280)), link(1500)), 1280);
+        assert_eq!(hop(route(Some(9000)), link(1500)), 1500);
+        assert_eq!(hop(route(None), link(70_000)), u16::MAX);
+    }
+
+    #[test]
+    fn without_a_mac_the_hop_is_unresolved_but_known() {
+        let n: IpAddr = "10.0.0.2".parse().unwrap();
+        let r = Resolver::with_mac(&route(None), &link(1500), n, None);
         assert_eq!(
-            ip_from(got[1].1),
-            Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+            r,
+            Resolution::Unresolved {
+                ifindex: 3,
+                neighbour: n
+            }
         );
-        assert_eq!(attrs(&[1, 0]).count(), 0);
+        assert_eq!(r.neighbour(), Some((3, n)));
+        let mut l = link(1500);
+        l.mac = None;
+        assert!(
+            Resolver::with_mac(&route(None), &l, n, Some([1; 6]))
+                .ready()
+                .is_none()
+        );
     }
 }

@@ -15,8 +15,9 @@ pub fn need_root() {
 }
 
 /// One namespace holding the relay's two interfaces and their veth peers, for the
-/// BPF_PROG_TEST_RUN fixtures: `relay0` 10.0.1.1/24 fd00:1::1/64 (peer `peer0`, neighbour
-/// .2 / ::2) and `relay1` 10.0.2.1/24 fd00:2::1/64 (peer `peer1`, MTU 9000).
+/// BPF_PROG_TEST_RUN fixtures: `relay0` 10.0.1.1/24 fd00:1::1/64 (peer `peer0`) and
+/// `relay1` 10.0.2.1/24 fd00:2::1/64 (peer `peer1`). The fixtures give each flow its next
+/// hop; nothing here forwards.
 pub struct Env {
     pub ns: Netns,
 }
@@ -50,39 +51,8 @@ impl Env {
                 &relay,
                 "nodad",
             ])?;
-            if i == 1 {
-                // Jumbo on B's side, so the oversize-checksum fixture reaches its rule.
-                ns.ip(&["link", "set", &relay, "mtu", "9000"])?;
-                ns.ip(&["link", "set", &peer, "mtu", "9000"])?;
-            }
             ns.ip(&["link", "set", &relay, "up"])?;
             ns.ip(&["link", "set", &peer, "up"])?;
-            let mac = format!("02:00:00:00:0{side}:02");
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &format!("10.0.{side}.2"),
-                "lladdr",
-                &mac,
-                "dev",
-                &relay,
-                "nud",
-                "permanent",
-            ])?;
-            ns.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                &format!("fd00:{side}::2"),
-                "lladdr",
-                &mac,
-                "dev",
-                &relay,
-                "nud",
-                "permanent",
-            ])?;
-            ns.sysctl(&format!("net.ipv4.conf.{relay}.forwarding=1"))?;
-            ns.sysctl(&format!("net.ipv6.conf.{relay}.forwarding=1"))?;
         }
         Ok(Self { ns })
     }

@@ -14,10 +14,11 @@ use aya::programs::XdpMode;
 use mediaproxy_tests::need_root;
 use proxy_common::{Endpoint, FlowKey};
 use proxy_userspace::{
-    dataplane::{Dataplane, DataplaneConfig, FlowSpec, PassProgram},
+    dataplane::{AttachMode, Dataplane, DataplaneConfig, Egress, FlowSpec, PassProgram},
     frame::{FrameBuilder, UdpFrame},
-    io::{self, TxFrame},
-    nexthop::{Resolution, Resolver, interface_mac},
+    io::{self, Packet, TxFrame},
+    netlink::interface_mac,
+    nexthop::Resolver,
     rtp::RtpHeader,
     testbed::{Netns, link, udp_mib},
     xsk::{XskConfig, XskSocket},
@@ -35,11 +36,6 @@ fn topology(tag: &str) -> Topology {
     let b = Netns::new(&format!("{tag}b")).unwrap();
     link(&a, "a0", &["10.0.1.2/24"], &relay, "r0", &["10.0.1.1/24"]).unwrap();
     link(&relay, "r1", &["10.0.2.1/24"], &b, "b0", &["10.0.2.2/24"]).unwrap();
-    for i in ["r0", "r1"] {
-        relay
-            .sysctl(&format!("net.ipv4.conf.{i}.forwarding=1"))
-            .unwrap();
-    }
     Topology { a, relay, b }
 }
 
@@ -66,6 +62,11 @@ fn recv_n(s: &UdpSocket, n: usize, within: Duration) -> Vec<(Vec<u8>, SocketAddr
 
 fn run(mode: XdpMode, tag: &str) {
     need_root();
+    let attach = if mode == XdpMode::Skb {
+        AttachMode::Skb
+    } else {
+        AttachMode::Native
+    };
     let t = topology(tag);
     // Native redirect into a veth only delivers if the peer runs XDP too.
     let _pass_a =
@@ -81,15 +82,15 @@ fn run(mode: XdpMode, tag: &str) {
         .relay
         .enter(move || {
             let mut dp = Dataplane::load(&DataplaneConfig::default()).unwrap();
-            let r0 = dp.attach("r0", mode).unwrap();
-            let r1 = dp.attach("r1", mode).unwrap();
+            let r0 = dp.attach("r0", attach).unwrap();
+            let r1 = dp.attach("r1", attach).unwrap();
             let mut socks = Vec::new();
             for ifindex in [r0, r1] {
                 let s = XskSocket::bind(ifindex, 0, XskConfig::default()).unwrap();
                 dp.register_socket(ifindex, 0, &s).unwrap();
                 socks.push(s);
             }
-            (dp, io::spawn(socks).unwrap(), r1)
+            (dp, io::spawn(socks, Vec::new()).unwrap(), r1)
         })
         .unwrap();
 
@@ -99,9 +100,9 @@ fn run(mode: XdpMode, tag: &str) {
     let relay_b = Endpoint::v4([10, 0, 2, 1], 30002);
     let ep_a = Endpoint::v4([10, 0, 1, 2], 4000);
     let ep_b = Endpoint::v4([10, 0, 2, 2], 5000);
-    dp.add_flow(FlowKey::new(relay_a), &FlowSpec::hold())
+    dp.add_flow(FlowKey::new(relay_a), &FlowSpec::hold(), None)
         .unwrap();
-    dp.add_flow(FlowKey::new(relay_b), &FlowSpec::hold())
+    dp.add_flow(FlowKey::new(relay_b), &FlowSpec::hold(), None)
         .unwrap();
 
     // HOLD: every packet reaches userspace, none reaches B.
@@ -114,10 +115,13 @@ fn run(mode: XdpMode, tag: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
     while punted.len() < 20 && Instant::now() < deadline {
         if let Ok(p) = io.rx.recv_timeout(Duration::from_millis(100)) {
-            let f = UdpFrame::parse(&p.frame).unwrap();
+            let Packet::Frame(frame) = p.packet else {
+                continue;
+            };
+            let f = UdpFrame::parse(&frame).unwrap();
             if f.dst == relay_a {
                 punted.push(f);
-                let h = RtpHeader::parse(f.payload(&p.frame)).unwrap();
+                let h = RtpHeader::parse(f.payload(&frame)).unwrap();
                 assert_eq!(h.seq as usize, punted.len() - 1, "punted in order");
             }
         }
@@ -161,19 +165,53 @@ fn run(mode: XdpMode, tag: &str) {
             ])
             .unwrap();
     }
-    dp.set_forward(FlowKey::new(relay_a), Some(ep_a), relay_b, ep_b)
-        .unwrap();
-    dp.set_forward(FlowKey::new(relay_b), Some(ep_b), relay_a, ep_a)
+    // The next hops, as the daemon resolves them; the phones' veth ends run an XDP program,
+    // so native frames are delivered there.
+    let egress = |from: Endpoint, to: Endpoint| -> Egress {
+        let hop = t
+            .relay
+            .enter(move || {
+                Resolver::new()
+                    .unwrap()
+                    .resolve(from.ip(), to.ip().unwrap())
+                    .unwrap()
+                    .1
+            })
+            .unwrap()
+            .ready()
+            .expect("neighbour resolved");
+        Egress {
+            hop,
+            native: true,
+            redirect_only: true,
+        }
+    };
+    let (to_b, to_a) = (egress(relay_b, ep_b), egress(relay_a, ep_a));
+    // The DEVMAP takes ifindexes in the namespace of the thread that writes it.
+    t.relay
+        .enter(|| {
+            dp.set_forward(FlowKey::new(relay_a), Some(ep_a), relay_b, ep_b, Some(to_b))
+                .unwrap();
+            dp.set_forward(FlowKey::new(relay_b), Some(ep_b), relay_a, ep_a, Some(to_a))
+                .unwrap();
+        })
         .unwrap();
     let rx_before = io.stats().rx_frames;
     let csum_errors_before = udp_mib(&t.b, "InCsumErrors").unwrap();
+    let before_fwd = dp.global_counters().unwrap();
     for n in 20..120 {
         phone_a
             .send_to(&RtpHeader::g711_packet(0xa, n), "10.0.1.1:30000")
             .unwrap();
     }
     let at_b = recv_n(&phone_b, 100, Duration::from_secs(3));
-    assert_eq!(at_b.len(), 100, "B received every forwarded packet");
+    assert_eq!(
+        at_b.len(),
+        100,
+        "B received every forwarded packet; XDP counters: {:?}; next hop {:?}",
+        dp.global_counters().unwrap().delta(&before_fwd),
+        dp.flow_egress(FlowKey::new(relay_a))
+    );
     for (i, (payload, from)) in at_b.iter().enumerate() {
         assert_eq!(
             *from,
@@ -210,9 +248,11 @@ fn run(mode: XdpMode, tag: &str) {
     assert_eq!(
         io.rx
             .try_iter()
-            .filter(
-                |p| UdpFrame::parse(&p.frame).is_ok_and(|f| f.dst == relay_a || f.dst == relay_b)
-            )
+            .filter(|p| match &p.packet {
+                Packet::Frame(frame) =>
+                    UdpFrame::parse(frame).is_ok_and(|f| f.dst == relay_a || f.dst == relay_b),
+                Packet::Datagram { .. } => true,
+            })
             .count(),
         0,
         "userspace saw a forwarded packet"
@@ -228,14 +268,14 @@ fn run(mode: XdpMode, tag: &str) {
         .enter(|| {
             Resolver::new()
                 .unwrap()
-                .resolve("10.0.2.2".parse().unwrap())
+                .resolve(None, "10.0.2.2".parse().unwrap())
                 .unwrap()
+                .1
         })
         .unwrap();
-    let hop = match hop {
-        Resolution::Ready(h) => h,
-        other => panic!("B's neighbour should be known after forwarding: {other:?}"),
-    };
+    let hop = hop
+        .ready()
+        .unwrap_or_else(|| panic!("B's neighbour should be known after forwarding: {hop:?}"));
     assert_eq!(hop.ifindex, r1);
     let frame = FrameBuilder::udp(relay_b, ep_b)
         .macs(hop.src_mac, hop.dst_mac)

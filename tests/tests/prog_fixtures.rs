@@ -1,17 +1,19 @@
-//! BPF_PROG_TEST_RUN fixtures for the XDP program, in the Katran style: one table row per
-//! rule, each with the flow state, the input frame, the expected XDP action, the exact
-//! expected output bytes and the counter that must record it.
+//! BPF_PROG_TEST_RUN fixtures for the XDP and TC programs, in the Katran style: one table row
+//! per rule, each with the flow state (next hop included), the input frame, the expected
+//! action, the exact expected output bytes and the counter that must record it.
 //!
-//! The program runs for real in a private network namespace that holds two veth pairs with
-//! addresses, static neighbours and forwarding on, so `bpf_fib_lookup` answers as it would on
-//! a relay: `relay0` (10.0.1.1, fd00:1::1) faces side A, `relay1` (10.0.2.1, fd00:2::1) side B.
+//! The programs run for real in a private network namespace that holds two veth pairs, so
+//! that the next hops name real devices: `relay0` (10.0.1.1, fd00:1::1) faces side A,
+//! `relay1` (10.0.2.1, fd00:2::1) side B. Nothing in the namespace forwards: the next hop is
+//! the flow entry's, as the daemon resolves it.
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use mediaproxy_tests::{Env, need_root};
 use proxy_common::{Counter, Endpoint, FlowKey, FlowState};
 use proxy_userspace::{
-    dataplane::{Dataplane, DataplaneConfig, FlowSpec, MismatchPolicy},
+    dataplane::{AttachMode, Dataplane, DataplaneConfig, Egress, FlowSpec, MismatchPolicy},
     frame::{FrameBuilder, Mac, UdpChecksumMode},
+    nexthop::NextHop,
     xsk::{XskConfig, XskSocket},
 };
 
@@ -19,6 +21,9 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const PROBE_PORT: u16 = 7999;
 
@@ -59,10 +64,20 @@ enum Out {
     Bytes(Vec<u8>),
 }
 
+/// Which program a table runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prog {
+    Xdp(AttachMode),
+    Tc,
+}
+
+/// A flow to install: its key, what the session logic asked, and its next hop.
+type Flow = (Endpoint, FlowSpec, Option<Egress>);
+
 struct Case {
     name: &'static str,
-    /// Flows to install before the run (key, spec).
-    flows: Vec<(Endpoint, FlowSpec)>,
+    /// Flows to install before the run.
+    flows: Vec<Flow>,
     input: Vec<u8>,
     action: u32,
     output: Out,
@@ -76,19 +91,60 @@ fn forward_spec(peer: Option<Endpoint>, out_src: Endpoint, out_dst: Endpoint) ->
         mismatch: MismatchPolicy::Punt,
         out_src,
         out_dst,
-        egress_ifindex: 0,
     }
 }
 
-fn run_table(env: &Env, cases: Vec<Case>) {
+/// A next hop out of `ifindex` with these MACs and MTU.
+fn hop(
+    ifindex: u32,
+    src_mac: Mac,
+    dst_mac: Mac,
+    mtu: u16,
+    native: bool,
+    redirect_only: bool,
+) -> Option<Egress> {
+    Some(Egress {
+        hop: NextHop {
+            ifindex,
+            src_mac,
+            dst_mac,
+            mtu,
+        },
+        native,
+        redirect_only,
+    })
+}
+
+/// `struct __sk_buff` up to `ifindex`, as BPF_PROG_TEST_RUN takes it for a TC program: the
+/// fields it does not allow must be zero.
+#[repr(C)]
+#[derive(Default)]
+struct SkBuffCtx {
+    len: u32,
+    pkt_type: u32,
+    mark: u32,
+    queue_mapping: u32,
+    protocol: u32,
+    vlan_present: u32,
+    vlan_tci: u32,
+    vlan_proto: u32,
+    priority: u32,
+    ingress_ifindex: u32,
+    ifindex: u32,
+}
+
+fn as_bytes<T>(v: &T) -> &[u8] {
+    // SAFETY: the context structs are repr(C) plain data.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+}
+
+fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
     let relay0 = env.ifindex("relay0");
-    let relay1 = env.ifindex("relay1");
     let mut dp = Dataplane::load(&DataplaneConfig {
         max_flows: 64,
         probe_port: PROBE_PORT,
     })
-    .expect("load the XDP program");
-    dp.allow_egress(relay1).unwrap();
+    .expect("load the programs");
     let xsk = XskSocket::bind(
         relay0,
         0,
@@ -103,8 +159,8 @@ fn run_table(env: &Env, cases: Vec<Case>) {
 
     let mut failures = Vec::new();
     for case in cases {
-        for (local, spec) in &case.flows {
-            dp.add_flow(FlowKey::new(*local), spec).unwrap();
+        for (local, spec, egress) in &case.flows {
+            dp.add_flow(FlowKey::new(*local), spec, *egress).unwrap();
         }
         let before = dp.global_counters().unwrap();
         let md = XdpMd {
@@ -112,21 +168,25 @@ fn run_table(env: &Env, cases: Vec<Case>) {
             ingress_ifindex: relay0,
             ..XdpMd::default()
         };
-        // SAFETY: XdpMd is repr(C) plain data.
-        let md_bytes = unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(&md).cast::<u8>(), size_of::<XdpMd>())
+        let skb = SkBuffCtx {
+            ifindex: relay0,
+            ..SkBuffCtx::default()
         };
         let mut out = vec![0u8; case.input.len() + 256];
-        let r = dp
-            .program()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&case.input),
-                data_out: Some(&mut out),
-                ctx_in: Some(md_bytes),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("{}: test_run failed: {e}", case.name));
+        let opts = TestRunOptions {
+            data_in: Some(&case.input),
+            data_out: Some(&mut out),
+            ctx_in: Some(match prog {
+                Prog::Xdp(_) => as_bytes(&md),
+                Prog::Tc => as_bytes(&skb),
+            }),
+            ..TestRunOptions::default()
+        };
+        let r = match prog {
+            Prog::Xdp(mode) => dp.program_of(mode).unwrap().test_run(opts),
+            Prog::Tc => dp.tc_program().unwrap().test_run(opts),
+        }
+        .unwrap_or_else(|e| panic!("{}: test_run failed: {e}", case.name));
         out.truncate(r.data_size_out as usize);
         let after = dp.global_counters().unwrap();
         let delta = after.delta(&before);
@@ -149,11 +209,17 @@ fn run_table(env: &Env, cases: Vec<Case>) {
                 hex(&expected)
             ));
         }
-        let want = [("frames", 1), (case.counter.name(), 1)];
+        // XDP counts every frame once, and its verdict; TC counts only what it does with a
+        // flow's packet (`Frames` stands for "nothing" in a TC row).
+        let want = match prog {
+            Prog::Xdp(_) => vec![("frames", 1), (case.counter.name(), 1)],
+            Prog::Tc if case.counter == Counter::Frames => vec![],
+            Prog::Tc => vec![(case.counter.name(), 1)],
+        };
         if delta != want {
             failures.push(format!("{}: counters {delta:?} != {want:?}", case.name));
         }
-        for (local, _) in &case.flows {
+        for (local, _, _) in &case.flows {
             dp.remove_flow(FlowKey::new(*local)).unwrap();
         }
     }
@@ -180,6 +246,7 @@ fn ipv4_fixtures() {
     need_root();
     let env = Env::fixture("fx4").unwrap();
     env.enter(|env| {
+        let (relay0, relay1) = (env.ifindex("relay0"), env.ifindex("relay1"));
         let a = v4([10, 0, 1, 2], 4000); // phone A
         let relay_a = v4([10, 0, 1, 1], 30000); // the relay's port facing A
         let relay_b = v4([10, 0, 2, 1], 30002); // ... facing B
@@ -195,6 +262,12 @@ fn ipv4_fixtures() {
                 .macs(RELAY1_MAC, PEER1_MAC)
                 .payload(p)
         };
+        // Toward B through relay1: native frames delivered; the same with jumbo MTU; an
+        // egress that drops native frames (a container's veth); back out of relay0.
+        let to_b = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true);
+        let to_b_jumbo = hop(relay1, RELAY1_MAC, PEER1_MAC, 9000, true, true);
+        let to_b_skb = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, false, true);
+        let to_b_1280 = hop(relay1, RELAY1_MAC, PEER1_MAC, 1280, true, true);
         let fwd = forward_spec(Some(a), relay_b, b);
         let hold = FlowSpec::hold();
         let hold_strict = FlowSpec {
@@ -206,9 +279,14 @@ fn ipv4_fixtures() {
         mismatch_drop.mismatch = MismatchPolicy::Drop;
         let mut other_family = fwd;
         other_family.out_dst = v6(2, 2, 5000);
-        let no_neigh = forward_spec(Some(a), relay_b, v4([10, 0, 2, 99], 5000));
-        // Back out of the interface it came in on: XDP_TX toward A's neighbour.
+        // Back out of the interface it came in on.
         let hairpin = forward_spec(Some(a), v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002));
+        let hairpin_nic = hop(relay0, RELAY0_MAC, PEER0_MAC, 1500, true, false);
+        let hairpin_veth = hop(relay0, RELAY0_MAC, PEER0_MAC, 1500, true, true);
+        let hairpinned = FrameBuilder::udp(v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002))
+            .macs(RELAY0_MAC, PEER0_MAC)
+            .payload(&payload)
+            .build();
 
         let base = input(&payload).build();
         let mut bad_udp_len = base.clone();
@@ -231,7 +309,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "HOLD: punted to AF_XDP",
-                flows: vec![(relay_a, hold)],
+                flows: vec![(relay_a, hold, None)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Same,
@@ -239,7 +317,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "HOLD, latched, strict: a spoofer is dropped before userspace",
-                flows: vec![(relay_a, hold_strict)],
+                flows: vec![(relay_a, hold_strict, None)],
                 input: FrameBuilder::udp(v4([10, 0, 1, 66], 4000), relay_a)
                     .macs(PEER0_MAC, RELAY0_MAC)
                     .payload(&payload)
@@ -250,7 +328,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "HOLD, latched, strict: the peer is punted",
-                flows: vec![(relay_a, hold_strict)],
+                flows: vec![(relay_a, hold_strict, None)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Same,
@@ -258,7 +336,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD: rewritten and redirected out of relay1",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Bytes(forwarded(&payload).build()),
@@ -266,7 +344,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD: partial checksum completed",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&payload).checksum(UdpChecksumMode::Partial).build(),
                 action: XDP_REDIRECT,
                 output: Out::Bytes(forwarded(&payload).build()),
@@ -274,7 +352,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD: partial checksum, odd 1401-byte payload (22 chunks and a tail)",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&rtp_payload(1401))
                     .checksum(UdpChecksumMode::Partial)
                     .build(),
@@ -284,7 +362,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD: partial checksum, empty payload",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&[]).checksum(UdpChecksumMode::Partial).build(),
                 action: XDP_REDIRECT,
                 output: Out::Bytes(forwarded(&[]).build()),
@@ -292,7 +370,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD: partial checksum over a payload too long for XDP: punted",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b_jumbo)],
                 input: input(&rtp_payload(1600))
                     .checksum(UdpChecksumMode::Partial)
                     .build(),
@@ -302,7 +380,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD: zero UDP checksum stays zero",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
                 action: XDP_REDIRECT,
                 output: Out::Bytes(forwarded(&payload).checksum(UdpChecksumMode::Zero).build()),
@@ -310,7 +388,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD: IPv4 options kept, header checksum updated",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&payload)
                     .ip_options(&[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00])
                     .build(),
@@ -323,21 +401,32 @@ fn ipv4_fixtures() {
                 counter: Counter::FwdRedirect,
             },
             Case {
-                name: "FORWARD: back out of the ingress interface with XDP_TX",
-                flows: vec![(relay_a, hairpin)],
+                name: "FORWARD: back out of the ingress NIC with XDP_TX",
+                flows: vec![(relay_a, hairpin, hairpin_nic)],
                 input: base.clone(),
                 action: XDP_TX,
-                output: Out::Bytes(
-                    FrameBuilder::udp(v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002))
-                        .macs(RELAY0_MAC, PEER0_MAC)
-                        .payload(&payload)
-                        .build(),
-                ),
+                output: Out::Bytes(hairpinned.clone()),
                 counter: Counter::FwdTx,
             },
             Case {
+                name: "FORWARD: back out of an ingress veth with a redirect (XDP_TX frames stall behind a GRO peer)",
+                flows: vec![(relay_a, hairpin, hairpin_veth)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(hairpinned),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "FORWARD, egress drops native frames: passed untouched to the TC program",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: base.clone(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassSkbPath,
+            },
+            Case {
                 name: "FORWARD, wrong source, punt policy: punted untouched",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: FrameBuilder::udp(v4([10, 0, 1, 3], 4000), relay_a)
                     .macs(PEER0_MAC, RELAY0_MAC)
                     .payload(&payload)
@@ -348,7 +437,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "FORWARD, wrong source port, drop policy: dropped",
-                flows: vec![(relay_a, mismatch_drop)],
+                flows: vec![(relay_a, mismatch_drop, to_b)],
                 input: FrameBuilder::udp(v4([10, 0, 1, 2], 4001), relay_a)
                     .macs(PEER0_MAC, RELAY0_MAC)
                     .payload(&payload)
@@ -358,24 +447,32 @@ fn ipv4_fixtures() {
                 counter: Counter::DropMismatch,
             },
             Case {
-                name: "FORWARD, neighbour unresolved: punted untouched for the kernel's stack",
-                flows: vec![(relay_a, no_neigh)],
+                name: "FORWARD, next hop not resolved: punted untouched for the kernel's stack",
+                flows: vec![(relay_a, fwd, None)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Same,
-                counter: Counter::PuntNoRoute,
+                counter: Counter::PuntNoNextHop,
             },
             Case {
-                name: "FORWARD, larger than the egress MTU: punted for the kernel to fragment",
-                flows: vec![(relay_a, hairpin)],
-                input: input(&rtp_payload(1600)).build(),
+                name: "FORWARD, larger than the egress MTU (1428 > 1280): punted for the kernel to fragment",
+                flows: vec![(relay_a, fwd, to_b_1280)],
+                input: input(&rtp_payload(1400)).build(),
                 action: XDP_REDIRECT,
                 output: Out::Same,
-                counter: Counter::PuntNoRoute,
+                counter: Counter::PuntTooBig,
+            },
+            Case {
+                name: "FORWARD, exactly the egress MTU: forwarded",
+                flows: vec![(relay_a, fwd, to_b_1280)],
+                input: input(&rtp_payload(1280 - 28)).build(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&rtp_payload(1280 - 28)).build()),
+                counter: Counter::FwdRedirect,
             },
             Case {
                 name: "FORWARD to another family: punted",
-                flows: vec![(relay_a, other_family)],
+                flows: vec![(relay_a, other_family, to_b)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Same,
@@ -393,7 +490,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "flow's packet with UDP length beyond the IP payload: dropped",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: bad_udp_len.clone(),
                 action: XDP_DROP,
                 output: Out::Same,
@@ -408,8 +505,8 @@ fn ipv4_fixtures() {
                 counter: Counter::PassNoFlow,
             },
             Case {
-                name: "IPv4 fragment: passed",
-                flows: vec![(relay_a, fwd)],
+                name: "IPv4 fragment: passed (the kernel reassembles; the fallback socket gets it)",
+                flows: vec![(relay_a, fwd, to_b)],
                 input: fragment,
                 action: XDP_PASS,
                 output: Out::Same,
@@ -433,7 +530,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "VLAN-tagged: passed to the kernel's VLAN devices",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&payload).vlan(100).build(),
                 action: XDP_PASS,
                 output: Out::Same,
@@ -450,7 +547,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "truncated in the IPv4 header",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: base[..14 + 19].to_vec(),
                 action: XDP_PASS,
                 output: Out::Same,
@@ -458,7 +555,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "truncated in the UDP header",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: base[..14 + 20 + 7].to_vec(),
                 action: XDP_PASS,
                 output: Out::Same,
@@ -466,7 +563,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "truncated in the payload (IP length beyond the frame): dropped",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: base[..base.len() - 1].to_vec(),
                 action: XDP_DROP,
                 output: Out::Same,
@@ -474,7 +571,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "IHL below 5: passed",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: {
                     let mut f = base.clone();
                     f[14] = 0x44;
@@ -486,7 +583,7 @@ fn ipv4_fixtures() {
             },
             Case {
                 name: "IPv4 options pushing the UDP header past the frame",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: {
                     let mut f = base[..14 + 20 + 8].to_vec();
                     f[14] = 0x4f;
@@ -497,7 +594,123 @@ fn ipv4_fixtures() {
                 counter: Counter::PassTruncated,
             },
         ];
-        run_table(env, cases);
+        run_table(env, Prog::Xdp(AttachMode::Native), cases);
+
+        // Generic (SKB) XDP: forwards whatever the egress, but leaves a partial checksum
+        // (an skb in CHECKSUM_PARTIAL) to TC, whose helpers know the skb's state.
+        let skb_cases = vec![
+            Case {
+                name: "SKB mode, FORWARD to an egress that drops native frames: forwarded",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).build()),
+                counter: Counter::FwdRedirect,
+            },
+            Case {
+                name: "SKB mode, partial checksum: passed untouched to TC",
+                flows: vec![(relay_a, fwd, to_b)],
+                input: input(&payload).checksum(UdpChecksumMode::Partial).build(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassSkbPath,
+            },
+            Case {
+                name: "SKB mode, HOLD: punted",
+                flows: vec![(relay_a, hold, None)],
+                input: base.clone(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntHold,
+            },
+        ];
+        run_table(env, Prog::Xdp(AttachMode::Skb), skb_cases);
+
+        // TC: the skb path. The kernel's helpers update the checksums; BPF_PROG_TEST_RUN's
+        // skb has no checksum state (CHECKSUM_NONE), so a complete checksum is updated in
+        // place, exactly as XDP does it.
+        let tc_cases = vec![
+            Case {
+                name: "TC, FORWARD: rewritten and redirected",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: base.clone(),
+                action: TC_ACT_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).build()),
+                counter: Counter::TcFwd,
+            },
+            Case {
+                name: "TC, FORWARD, zero UDP checksum stays zero",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
+                action: TC_ACT_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).checksum(UdpChecksumMode::Zero).build()),
+                counter: Counter::TcFwd,
+            },
+            Case {
+                name: "TC, FORWARD with IPv4 options",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: input(&payload).ip_options(&[0x01, 0x01, 0x01, 0x00]).build(),
+                action: TC_ACT_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).ip_options(&[0x01, 0x01, 0x01, 0x00]).build()),
+                counter: Counter::TcFwd,
+            },
+            Case {
+                name: "TC, larger than the egress MTU: left to the stack (the fallback socket)",
+                flows: vec![(relay_a, fwd, to_b_1280)],
+                input: input(&rtp_payload(1400)).build(),
+                action: TC_ACT_OK,
+                output: Out::Same,
+                counter: Counter::TcToUserspace,
+            },
+            Case {
+                name: "TC, no next hop: left to the stack",
+                flows: vec![(relay_a, fwd, None)],
+                input: base.clone(),
+                action: TC_ACT_OK,
+                output: Out::Same,
+                counter: Counter::TcToUserspace,
+            },
+            Case {
+                name: "TC, HOLD: left to the stack",
+                flows: vec![(relay_a, hold, None)],
+                input: base.clone(),
+                action: TC_ACT_OK,
+                output: Out::Same,
+                counter: Counter::TcToUserspace,
+            },
+            Case {
+                name: "TC, wrong source, drop policy: dropped",
+                flows: vec![(relay_a, mismatch_drop, to_b_skb)],
+                input: FrameBuilder::udp(v4([10, 0, 1, 2], 4001), relay_a)
+                    .macs(PEER0_MAC, RELAY0_MAC)
+                    .payload(&payload)
+                    .build(),
+                action: TC_ACT_SHOT,
+                output: Out::Same,
+                counter: Counter::TcDropMismatch,
+            },
+            Case {
+                name: "TC, no flow: left alone, uncounted",
+                flows: vec![],
+                input: base.clone(),
+                action: TC_ACT_OK,
+                output: Out::Same,
+                counter: Counter::Frames,
+            },
+            Case {
+                name: "TC, fragment: left alone, uncounted",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: {
+                    let mut f = base.clone();
+                    f[14 + 6] = 0x20;
+                    f
+                },
+                action: TC_ACT_OK,
+                output: Out::Same,
+                counter: Counter::Frames,
+            },
+        ];
+        run_table(env, Prog::Tc, tc_cases);
     })
     .unwrap();
 }
@@ -507,6 +720,7 @@ fn ipv6_fixtures() {
     need_root();
     let env = Env::fixture("fx6").unwrap();
     env.enter(|env| {
+        let relay1 = env.ifindex("relay1");
         let a = v6(2, 1, 4000);
         let relay_a = v6(1, 1, 30000);
         let relay_b = v6(1, 2, 30002);
@@ -522,10 +736,15 @@ fn ipv6_fixtures() {
                 .macs(RELAY1_MAC, PEER1_MAC)
                 .payload(p)
         };
+        let to_b = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true);
+        let to_b_skb = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, false, true);
+        let to_b_1280 = hop(relay1, RELAY1_MAC, PEER1_MAC, 1280, true, true);
         let fwd = forward_spec(Some(a), relay_b, b);
         let base = input(&payload).build();
         let mut ext_hdr = base.clone();
         ext_hdr[14 + 6] = 0; // hop-by-hop options header
+        let mut frag_hdr = base.clone();
+        frag_hdr[14 + 6] = 44; // fragment header
         let cases = vec![
             Case {
                 name: "v6 no entry",
@@ -537,7 +756,7 @@ fn ipv6_fixtures() {
             },
             Case {
                 name: "v6 HOLD",
-                flows: vec![(relay_a, FlowSpec::hold())],
+                flows: vec![(relay_a, FlowSpec::hold(), None)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Same,
@@ -545,7 +764,7 @@ fn ipv6_fixtures() {
             },
             Case {
                 name: "v6 FORWARD",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: base.clone(),
                 action: XDP_REDIRECT,
                 output: Out::Bytes(forwarded(&payload).build()),
@@ -553,7 +772,7 @@ fn ipv6_fixtures() {
             },
             Case {
                 name: "v6 FORWARD, partial checksum",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&rtp_payload(333))
                     .checksum(UdpChecksumMode::Partial)
                     .build(),
@@ -562,8 +781,24 @@ fn ipv6_fixtures() {
                 counter: Counter::FwdRedirect,
             },
             Case {
+                name: "v6 FORWARD, egress drops native frames: to TC",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: base.clone(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassSkbPath,
+            },
+            Case {
+                name: "v6 FORWARD, larger than the egress MTU (1448 > 1280): punted",
+                flows: vec![(relay_a, fwd, to_b_1280)],
+                input: input(&rtp_payload(1400)).build(),
+                action: XDP_REDIRECT,
+                output: Out::Same,
+                counter: Counter::PuntTooBig,
+            },
+            Case {
                 name: "v6 FORWARD, wrong source",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: FrameBuilder::udp(v6(3, 1, 4000), relay_a)
                     .macs(PEER0_MAC, RELAY0_MAC)
                     .payload(&payload)
@@ -574,7 +809,7 @@ fn ipv6_fixtures() {
             },
             Case {
                 name: "v6 zero UDP checksum (forbidden): dropped",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
                 action: XDP_DROP,
                 output: Out::Same,
@@ -582,8 +817,16 @@ fn ipv6_fixtures() {
             },
             Case {
                 name: "v6 extension header: passed",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: ext_hdr,
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNotUdp,
+            },
+            Case {
+                name: "v6 fragment header: passed (the kernel reassembles)",
+                flows: vec![(relay_a, fwd, to_b)],
+                input: frag_hdr,
                 action: XDP_PASS,
                 output: Out::Same,
                 counter: Counter::PassNotUdp,
@@ -598,7 +841,7 @@ fn ipv6_fixtures() {
             },
             Case {
                 name: "v6 truncated in the UDP header",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: base[..14 + 40 + 5].to_vec(),
                 action: XDP_PASS,
                 output: Out::Same,
@@ -606,14 +849,33 @@ fn ipv6_fixtures() {
             },
             Case {
                 name: "v6 payload length beyond the frame: dropped",
-                flows: vec![(relay_a, fwd)],
+                flows: vec![(relay_a, fwd, to_b)],
                 input: base[..base.len() - 3].to_vec(),
                 action: XDP_DROP,
                 output: Out::Same,
                 counter: Counter::DropMalformed,
             },
         ];
-        run_table(env, cases);
+        run_table(env, Prog::Xdp(AttachMode::Native), cases);
+        let tc_cases = vec![
+            Case {
+                name: "v6 TC, FORWARD",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: base.clone(),
+                action: TC_ACT_REDIRECT,
+                output: Out::Bytes(forwarded(&payload).build()),
+                counter: Counter::TcFwd,
+            },
+            Case {
+                name: "v6 TC, too big: to the stack",
+                flows: vec![(relay_a, fwd, to_b_1280)],
+                input: input(&rtp_payload(1400)).build(),
+                action: TC_ACT_OK,
+                output: Out::Same,
+                counter: Counter::TcToUserspace,
+            },
+        ];
+        run_table(env, Prog::Tc, tc_cases);
     })
     .unwrap();
 }
