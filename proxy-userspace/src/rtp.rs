@@ -41,7 +41,14 @@ impl RtpHeader {
     /// A 20 ms G.711 packet (160 payload bytes), sequence `n` of stream `ssrc`.
     #[must_use]
     pub fn g711_packet(ssrc: u32, n: u16) -> Vec<u8> {
-        let mut p = vec![0xd5u8; Self::LEN + 160]; // PCMA silence
+        Self::packet(ssrc, n, 160)
+    }
+
+    /// Packet `n` of stream `ssrc` with `payload` bytes after the header (a large one, for
+    /// MTU tests, stands for a video frame or a high-rate codec).
+    #[must_use]
+    pub fn packet(ssrc: u32, n: u16, payload: usize) -> Vec<u8> {
+        let mut p = vec![0xd5u8; Self::LEN + payload]; // PCMA silence
         Self {
             payload_type: 8,
             marker: n == 0,

@@ -84,17 +84,13 @@ impl Relay {
         let secret = dir.join("probe.secret");
         std::fs::write(&secret, SECRET)?;
         let log = dir.join("relay.log");
-        let mode = match mode {
-            XdpMode::Skb => "skb",
-            XdpMode::Default => "auto",
-            _ => "native",
-        };
-        let mut args: Vec<String> = vec![
-            bin.to_string_lossy().into_owned(),
-            "run".into(),
-            "--xdp-mode".into(),
-            mode.into(),
-        ];
+        let mut args: Vec<String> = vec![bin.to_string_lossy().into_owned(), "run".into()];
+        // `Default`: the daemon's own default, as a user who gives no option gets it.
+        match mode {
+            XdpMode::Default => {}
+            XdpMode::Skb => args.extend(["--xdp-mode".into(), "skb".into()]),
+            _ => args.extend(["--xdp-mode".into(), "native".into()]),
+        }
         for i in interfaces {
             args.push("--interface".into());
             args.push((*i).into());
@@ -169,6 +165,10 @@ pub struct StreamReport {
     pub distinct: u64,
     /// Packets that arrived from somewhere other than the expected relay address.
     pub wrong_source: u64,
+    /// When each packet arrived, in order.
+    pub arrivals: Vec<Instant>,
+    /// Payload bytes of the largest packet that arrived.
+    pub largest: usize,
 }
 
 impl StreamReport {
@@ -213,6 +213,18 @@ impl Phone {
     /// Starts sending `count` G.711 packets, 20 ms apart, to `to`, and receiving; packets from
     /// any source but `expect_from` count as wrong.
     pub fn start(&mut self, to: SocketAddr, expect_from: SocketAddr, ssrc: u32, count: u16) {
+        self.start_sized(to, expect_from, ssrc, count, 160);
+    }
+
+    /// As [`Phone::start`], with `payload` bytes after each RTP header.
+    pub fn start_sized(
+        &mut self,
+        to: SocketAddr,
+        expect_from: SocketAddr,
+        ssrc: u32,
+        count: u16,
+        payload: usize,
+    ) {
         let (sock, stop, sent) = (self.sock.clone(), self.stop.clone(), self.sent.clone());
         self.threads.push(std::thread::spawn(move || {
             let t0 = Instant::now();
@@ -224,7 +236,10 @@ impl Phone {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                if sock.send_to(&RtpHeader::g711_packet(ssrc, n), to).is_ok() {
+                if sock
+                    .send_to(&RtpHeader::packet(ssrc, n, payload), to)
+                    .is_ok()
+                {
                     let mut s = sent.lock().expect("not poisoned");
                     s.0 += 1;
                     s.1.get_or_insert_with(Instant::now);
@@ -234,14 +249,17 @@ impl Phone {
         let (sock, stop, report) = (self.sock.clone(), self.stop.clone(), self.report_rx.clone());
         self.threads.push(std::thread::spawn(move || {
             let mut seen = std::collections::HashSet::new();
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65_536];
             while !stop.load(Ordering::Relaxed) {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
+                let now = Instant::now();
                 let mut r = report.lock().expect("not poisoned");
                 r.received += 1;
-                r.first_received.get_or_insert_with(Instant::now);
+                r.first_received.get_or_insert(now);
+                r.arrivals.push(now);
+                r.largest = r.largest.max(n.saturating_sub(RtpHeader::LEN));
                 if from != expect_from {
                     r.wrong_source += 1;
                 }
@@ -292,8 +310,9 @@ pub fn stream(from: &Phone, to: &Phone) -> StreamReport {
 }
 
 pub fn sdp(ip: &str, port: u16) -> String {
+    let family = if ip.contains(':') { "IP6" } else { "IP4" };
     format!(
-        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=mediaproxy\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+        "v=0\r\no=- 1 1 IN {family} {ip}\r\ns=mediaproxy\r\nc=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na=sendrecv\r\n"
     )
 }
 
@@ -319,7 +338,10 @@ pub fn sdp_media(sdp: &[u8]) -> anyhow::Result<SocketAddr> {
     let s = String::from_utf8_lossy(sdp);
     let ip = s
         .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .find_map(|l| {
+            l.strip_prefix("c=IN IP4 ")
+                .or_else(|| l.strip_prefix("c=IN IP6 "))
+        })
         .context("no c= line")?;
     let port = s
         .lines()
@@ -384,6 +406,150 @@ pub fn query_text(q: &Dict, tag: &str, key: &str) -> Option<String> {
     }
 }
 
+/// Sets one call up over ng the way a call server does (offer from A, answer from B) and
+/// returns where each phone must send: `(a_sends_to, b_sends_to)`. `direction` names the
+/// relay's interfaces toward A and toward B.
+pub fn call(
+    client: &NgClient,
+    call_id: &str,
+    a: SocketAddr,
+    b: SocketAddr,
+    direction: Option<(&str, &str)>,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let mut keys = vec![
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("tag-a")),
+        ("sdp", Value::str(&sdp(&a.ip().to_string(), a.port()))),
+    ];
+    if let Some((x, y)) = direction {
+        keys.push(("direction", Value::List(vec![Value::str(x), Value::str(y)])));
+    }
+    let offer = ng(client, "offer", &keys)?;
+    let b_sends_to = sdp_media(&sdp_of(&offer)?)?;
+    let answer = ng(
+        client,
+        "answer",
+        &[
+            ("call-id", Value::str(call_id)),
+            ("from-tag", Value::str("tag-a")),
+            ("to-tag", Value::str("tag-b")),
+            ("sdp", Value::str(&sdp(&b.ip().to_string(), b.port()))),
+        ],
+    )?;
+    let a_sends_to = sdp_media(&sdp_of(&answer)?)?;
+    Ok((a_sends_to, b_sends_to))
+}
+
+/// The container shape: the relay's interfaces are veths whose peers sit in Linux bridges in
+/// another namespace (the host's side, where Docker, Kubernetes and LXC put them), and the
+/// phones hang off the same bridges. Nothing runs XDP but the relay.
+///
+/// Two-armed: `br0` carries 10.0.1.0/24 and fd00:1::/64 (relay `r0` .1, phone A `a0` .2),
+/// `br1` carries 10.0.2.0/24 and fd00:2::/64 (relay `r1` .1, phone B `b0` .2). One-armed: only
+/// `br0`, with the relay `r0` .1, A .2 and B .3 on it; the relay sends everything back out of
+/// the interface it came in on.
+pub struct Bridged {
+    pub relay: Netns,
+    pub host: Netns,
+    pub a: Netns,
+    pub b: Netns,
+    pub one_armed: bool,
+}
+
+impl Bridged {
+    pub fn build(tag: &str, one_armed: bool) -> anyhow::Result<Self> {
+        let relay = Netns::new(&format!("{tag}r"))?;
+        let host = Netns::new(&format!("{tag}h"))?;
+        let a = Netns::new(&format!("{tag}a"))?;
+        let b = Netns::new(&format!("{tag}b"))?;
+        let t = Self {
+            relay,
+            host,
+            a,
+            b,
+            one_armed,
+        };
+        t.host.ip(&["link", "add", "br0", "type", "bridge"])?;
+        t.host.ip(&["link", "set", "br0", "up"])?;
+        if !one_armed {
+            t.host.ip(&["link", "add", "br1", "type", "bridge"])?;
+            t.host.ip(&["link", "set", "br1", "up"])?;
+        }
+        t.plug(
+            &t.relay,
+            "r0",
+            "hr0",
+            "br0",
+            &["10.0.1.1/24", "fd00:1::1/64"],
+        )?;
+        t.plug(&t.a, "a0", "ha0", "br0", &["10.0.1.2/24", "fd00:1::2/64"])?;
+        if one_armed {
+            t.plug(&t.b, "b0", "hb0", "br0", &["10.0.1.3/24", "fd00:1::3/64"])?;
+        } else {
+            t.plug(
+                &t.relay,
+                "r1",
+                "hr1",
+                "br1",
+                &["10.0.2.1/24", "fd00:2::1/64"],
+            )?;
+            t.plug(&t.b, "b0", "hb0", "br1", &["10.0.2.2/24", "fd00:2::2/64"])?;
+        }
+        Ok(t)
+    }
+
+    /// A veth from `ns` (`ifname`, with these addresses) into `bridge` on the host side
+    /// (`host_if`): what a container runtime does. Also used to re-create a deleted link.
+    pub fn plug(
+        &self,
+        ns: &Netns,
+        ifname: &str,
+        host_if: &str,
+        bridge: &str,
+        addrs: &[&str],
+    ) -> anyhow::Result<()> {
+        crate::testbed::veth(ns, ifname, &self.host, host_if)?;
+        self.host.ip(&["link", "set", host_if, "master", bridge])?;
+        for addr in addrs {
+            if addr.contains(':') {
+                ns.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"])?;
+            } else {
+                ns.ip(&["addr", "add", addr, "dev", ifname])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay's media addresses, rtpengine style, for `family` 4 or 6.
+    #[must_use]
+    pub fn interfaces(&self, v6: bool) -> Vec<&'static str> {
+        match (self.one_armed, v6) {
+            (true, false) => vec!["10.0.1.1"],
+            (true, true) => vec!["fd00:1::1"],
+            (false, false) => vec!["internal/10.0.1.1", "external/10.0.2.1"],
+            (false, true) => vec!["internal/fd00:1::1", "external/fd00:2::1"],
+        }
+    }
+
+    /// The phones' media addresses.
+    #[must_use]
+    pub fn phones(&self, v6: bool) -> (SocketAddr, SocketAddr) {
+        let s = |x: &str| x.parse().expect("a literal address");
+        match (self.one_armed, v6) {
+            (true, false) => (s("10.0.1.2:4000"), s("10.0.1.3:5000")),
+            (true, true) => (s("[fd00:1::2]:4000"), s("[fd00:1::3]:5000")),
+            (false, false) => (s("10.0.1.2:4000"), s("10.0.2.2:5000")),
+            (false, true) => (s("[fd00:1::2]:4000"), s("[fd00:2::2]:5000")),
+        }
+    }
+
+    /// `direction` for an offer: the interfaces toward A and B.
+    #[must_use]
+    pub fn direction(&self) -> Option<(&'static str, &'static str)> {
+        (!self.one_armed).then_some(("internal", "external"))
+    }
+}
+
 /// phone A — relay — phone B.
 pub struct OneRelay {
     pub a: Netns,
@@ -393,7 +559,19 @@ pub struct OneRelay {
 }
 
 impl OneRelay {
+    /// With an XDP_PASS program on each phone's end, so that native XDP frames are
+    /// delivered there (a test rig's helper; see [`Bridged`] for what a container is).
     pub fn build(tag: &str, mode: XdpMode) -> anyhow::Result<Self> {
+        let mut t = Self::build_plain(tag)?;
+        t._pass = vec![
+            t.a.enter(move || PassProgram::attach("a0", mode))??,
+            t.b.enter(move || PassProgram::attach("b0", mode))??,
+        ];
+        Ok(t)
+    }
+
+    /// Without anything on the phones' ends.
+    pub fn build_plain(tag: &str) -> anyhow::Result<Self> {
         let a = Netns::new(&format!("{tag}a"))?;
         let relay = Netns::new(&format!("{tag}r"))?;
         let b = Netns::new(&format!("{tag}b"))?;
@@ -401,15 +579,11 @@ impl OneRelay {
         link(&relay, "r1", &["10.0.2.1/24"], &b, "b0", &["10.0.2.2/24"])?;
         a.ip(&["route", "add", "default", "via", "10.0.1.1"])?;
         b.ip(&["route", "add", "default", "via", "10.0.2.1"])?;
-        let pass = vec![
-            a.enter(move || PassProgram::attach("a0", mode))??,
-            b.enter(move || PassProgram::attach("b0", mode))??,
-        ];
         Ok(Self {
             a,
             relay,
             b,
-            _pass: pass,
+            _pass: Vec::new(),
         })
     }
 }

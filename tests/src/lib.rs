@@ -70,4 +70,5 @@ impl Env {
         proxy_userspace::caps::ifindex(name).unwrap()
     }
 }
+pub mod kamailio;
 pub mod sip;

@@ -1,16 +1,13 @@
 //! The call-server interface driven by real clients: Debian's `rtpengine-ng-client`, a real
 //! Kamailio with its `rtpengine` module, and a side-by-side comparison with Debian's rtpengine.
 
-use std::{
-    collections::BTreeSet,
-    net::{SocketAddr, UdpSocket},
-    path::Path,
-    process::Stdio,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use aya::programs::XdpMode;
-use mediaproxy_tests::{need_root, sip};
+use mediaproxy_tests::{
+    kamailio::{self, Kamailio},
+    need_root, sip,
+};
 use proxy_userspace::{
     ng::{
         bencode::{Dict, Value},
@@ -258,57 +255,6 @@ fn rtpengine_ng_client_drives_a_call_to_forward() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn kamailio_cfg() -> String {
-    format!(
-        r#"#!KAMAILIO
-debug=2
-log_stderror=yes
-fork=yes
-children=2
-mhomed=1
-listen=udp:10.0.1.1:5060
-listen=udp:10.0.2.1:5060
-mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "xlog.so"
-loadmodule "rtpengine.so"
-modparam("rr", "enable_double_rr", 1)
-modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:22222")
-
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    if (has_totag()) {{
-        if (loose_route()) {{
-            if (is_method("BYE")) {{ rtpengine_delete(); }}
-            t_relay();
-            exit;
-        }}
-        if (is_method("ACK") && t_check_trans()) {{ t_relay(); }}
-        exit;
-    }}
-    if (is_method("INVITE") && has_body("application/sdp")) {{
-        rtpengine_offer("replace-origin replace-session-connection ICE=remove direction=internal direction=external");
-        t_on_reply("MEDIA");
-    }}
-    record_route();
-    t_relay();
-}}
-
-onreply_route[MEDIA] {{
-    if (has_body("application/sdp")) {{
-        rtpengine_answer("replace-origin replace-session-connection ICE=remove");
-    }}
-}}
-"#
-    )
-}
-
 #[test]
 fn a_sip_call_through_kamailio_and_mediaproxy() {
     need_root();
@@ -321,68 +267,31 @@ fn a_sip_call_through_kamailio_and_mediaproxy() {
         XdpMode::Driver,
     )
     .unwrap();
-    let dir = std::env::temp_dir().join(format!("mp-kam-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = write(&dir, "kamailio.cfg", &kamailio_cfg());
-    let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
-    let kam = t
-        .relay
-        .spawn(&[
-            "kamailio",
-            "-f",
-            &cfg,
-            "-DD",
-            "-E",
-            "-Y",
-            &dir.to_string_lossy(),
-        ])
-        .unwrap()
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _kam = Guarded(kam);
-    std::thread::sleep(Duration::from_secs(2));
-
+    let kam = Kamailio::start(
+        &t.relay,
+        &kamailio::config(
+            &["10.0.1.1", "10.0.2.1"],
+            "direction=internal direction=external",
+        ),
+    )
+    .unwrap();
     let ua_a: SocketAddr = "10.0.1.2:5061".parse().unwrap();
     let ua_b: SocketAddr = "10.0.2.2:5062".parse().unwrap();
-    let sock_a = t.a.enter(move || UdpSocket::bind(ua_a)).unwrap().unwrap();
-    let sock_b = t.b.enter(move || UdpSocket::bind(ua_b)).unwrap().unwrap();
-    let callee = std::thread::spawn(move || {
-        let inv = sip::answer(
-            &sock_b,
-            ua_b,
-            &scenario::sdp("10.0.2.2", 5000),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        (inv, sock_b)
-    });
-    let mut caller = sip::Caller {
-        sock: sock_a,
-        local: ua_a,
-        proxy: "10.0.1.1:5060".parse().unwrap(),
-        call_id: "kamailio-call-1@test".into(),
-        callee_uri: format!("sip:bob@{ua_b}"),
-        route: Vec::new(),
-        to_header: format!("<sip:bob@{ua_b}>"),
-    };
-    let ok = caller
-        .invite(&scenario::sdp("10.0.1.2", 4000))
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\nkamailio log:\n{}\nmediaproxy log:\n{}",
-                std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default(),
-                relay.log_text()
-            )
-        });
-    let (invite, sock_b) = callee.join().unwrap();
-    let remote_target = format!("sip:bob@{ua_b}");
-    caller.ack(&remote_target).unwrap();
+    let c = kamailio::sip_call(
+        &t.a,
+        &t.b,
+        ua_a,
+        ua_b,
+        "10.0.1.1:5060".parse().unwrap(),
+        "10.0.1.2:4000".parse().unwrap(),
+        "10.0.2.2:5000".parse().unwrap(),
+        "kamailio-call-1@test",
+        &relay,
+        &kam,
+    )
+    .unwrap();
     // Each phone sends to what its received SDP says: the relay, not the other phone.
-    let a_to = scenario::sdp_media(ok.body.as_bytes()).unwrap();
-    let b_to = scenario::sdp_media(invite.body.as_bytes()).unwrap();
+    let (a_to, b_to) = (c.a_sends_to, c.b_sends_to);
     assert_eq!(
         a_to.ip().to_string(),
         "10.0.1.1",
@@ -423,6 +332,7 @@ fn a_sip_call_through_kamailio_and_mediaproxy() {
     assert!(query_figure(&q, "alice-tag", "packets xdp") >= 95);
 
     // BYE: Kamailio deletes the call on the relay.
+    let sock_b = c.callee_sock;
     let callee_bye = std::thread::spawn(move || {
         let (bye, from) = sip::recv(&sock_b, Duration::from_secs(5), |m| {
             m.start.starts_with("BYE ")
@@ -432,7 +342,7 @@ fn a_sip_call_through_kamailio_and_mediaproxy() {
             .send_to(&sip::reply(&bye, "200 OK").render(), from)
             .unwrap();
     });
-    let r = caller.bye(&remote_target).unwrap();
+    let r = c.caller.bye(&c.remote_target).unwrap();
     assert_eq!(r.status(), Some(200));
     callee_bye.join().unwrap();
     let l = scenario::ng(&ng, "list", &[]).unwrap();
@@ -449,7 +359,6 @@ fn a_sip_call_through_kamailio_and_mediaproxy() {
         .unwrap()
         .to_owned();
     assert_eq!(state, "deleting", "rtpengine_delete() reached the relay");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Lines of an SDP with port numbers normalised.
