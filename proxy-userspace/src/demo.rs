@@ -6,16 +6,14 @@ use std::time::{Duration, Instant};
 use aya::programs::XdpMode;
 
 use crate::{
-    ng::bencode::Value,
-    scenario::{
-        self, OneRelay, Phone, Relay, TwoRelays, query_figure, query_text, sdp, sdp_media, sdp_of,
-        stream,
-    },
+    ng::bencode::{Dict, Value},
+    scenario::{self, Bridged, Phone, Relay, TwoRelays, query_figure, query_text, stream},
 };
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// XDP mode for the relays and the phones' pass programs.
+    /// XDP mode for the two-relay runs (relays and the test rig's pass programs); the
+    /// container runs use the daemon's defaults.
     #[arg(long, default_value = "native", value_parser = ["native", "skb"])]
     pub mode: String,
     /// Seconds of media per run.
@@ -38,7 +36,9 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         "mediaproxy demo ({} XDP, {} s of 20 ms RTP each way per run)\n",
         a.mode, a.seconds
     );
-    one_relay(a, packets)?;
+    for one_armed in [false, true] {
+        container(packets, one_armed)?;
+    }
     for probing in [false, true] {
         two_relays(a, packets, probing)?;
     }
@@ -58,54 +58,60 @@ fn line(label: &str, s: &scenario::StreamReport) -> String {
     )
 }
 
-fn one_relay(a: &DemoArgs, packets: u16) -> anyhow::Result<()> {
-    println!("== One relay: phone A (10.0.1.2) — relay — phone B (10.0.2.2) ==");
-    let t = OneRelay::build("demo1", mode(a))?;
-    let relay = Relay::start(
-        &t.relay,
-        &["internal/10.0.1.1", "external/10.0.2.1"],
-        &[],
-        false,
-        mode(a),
-    )?;
+/// Per interface of the relay: its XDP mode and the path flows leaving through it take.
+fn paths(stats: &Dict) -> String {
+    let mp = stats
+        .get("statistics")
+        .and_then(Value::as_dict)
+        .and_then(|s| s.get("mediaproxy"))
+        .and_then(Value::as_dict);
+    mp.and_then(|m| m.get("interfaces"))
+        .and_then(Value::as_list)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_dict)
+        .map(|d| {
+            format!(
+                "{}: {} XDP, egress by {}",
+                d.get_str("name").unwrap_or("?"),
+                d.get_str("xdp mode").unwrap_or("?"),
+                d.get_str("egress path").unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The container shape: the relay's interfaces are veths into bridges on the host's side, as
+/// Docker, Kubernetes and LXC connect a container; nothing but the relay runs XDP. Default
+/// daemon options, as a new user runs it.
+fn container(packets: u16, one_armed: bool) -> anyhow::Result<()> {
+    if one_armed {
+        println!("== One-armed relay (cloud style): relay, phone A (10.0.1.2) and phone B (10.0.1.3) on one bridge ==");
+    } else {
+        println!("== A relay in a container: phone A (10.0.1.2) — bridge — relay — bridge — phone B (10.0.2.2) ==");
+    }
+    let t = Bridged::build(if one_armed { "demo1" } else { "demo0" }, one_armed)?;
+    let relay = Relay::start(&t.relay, &t.interfaces(false), &[], false, XdpMode::Default)?;
     let c = relay.ng(&t.relay)?;
-    let dir = Value::List(vec![Value::str("internal"), Value::str("external")]);
-    let offer = scenario::ng(
-        &c,
-        "offer",
-        &[
-            ("call-id", Value::str("demo-1")),
-            ("from-tag", Value::str("a")),
-            ("sdp", Value::str(&sdp("10.0.1.2", 4000))),
-            ("direction", dir),
-        ],
-    )?;
-    let b_to = sdp_media(&sdp_of(&offer)?)?;
-    let answer = scenario::ng(
-        &c,
-        "answer",
-        &[
-            ("call-id", Value::str("demo-1")),
-            ("from-tag", Value::str("a")),
-            ("to-tag", Value::str("b")),
-            ("sdp", Value::str(&sdp("10.0.2.2", 5000))),
-        ],
-    )?;
-    let a_to = sdp_media(&sdp_of(&answer)?)?;
+    let (a, b) = t.phones(false);
+    let (a_to, b_to) = scenario::call(&c, "demo-1", a, b, t.direction())?;
     println!("  ng offer/answer: A sends to {a_to}, B sends to {b_to}; both flows start in HOLD");
-    let mut pa = Phone::bind(&t.a, "10.0.1.2:4000".parse()?)?;
-    let mut pb = Phone::bind(&t.b, "10.0.2.2:5000".parse()?)?;
+    let mut pa = Phone::bind(&t.a, a)?;
+    let mut pb = Phone::bind(&t.b, b)?;
     pa.start(a_to, a_to, 0xa, packets);
     pb.start(b_to, b_to, 0xb, packets);
     std::thread::sleep(Duration::from_millis(u64::from(packets) * 20 + 300));
     pa.stop();
     pb.stop();
     let q = scenario::ng(&c, "query", &[("call-id", Value::str("demo-1"))])?;
+    let st = scenario::ng(&c, "statistics", &[])?;
     println!("  {}", line("A→B", &stream(&pa, &pb)));
     println!("  {}", line("B→A", &stream(&pb, &pa)));
-    for (tag, side) in [("a", "A"), ("b", "B")] {
+    println!("  relay: {}", paths(&st));
+    for (tag, side) in [("tag-a", "A"), ("tag-b", "B")] {
         println!(
-            "  relay, packets from {side}: punted to userspace while HOLD {}, then {}: forwarded by XDP {}, by userspace {}",
+            "  relay, packets from {side}: punted to userspace while HOLD {}, then {}: forwarded by the kernel {}, by userspace {}",
             query_figure(&q, tag, "packets punted"),
             query_text(&q, tag, "state").unwrap_or_default(),
             query_figure(&q, tag, "packets xdp"),

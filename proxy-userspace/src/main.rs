@@ -51,8 +51,13 @@ impl From<Mode> for XdpModeChoice {
 enum Cmd {
     /// Run the relay.
     Run(RunArgs),
-    /// Check that this host can run the relay, and say what is missing.
-    Check,
+    /// Check that this host can run the relay, and say what is missing; with `--interface`,
+    /// also which path flows leaving through each interface would take.
+    Check {
+        /// An interface to examine (repeatable).
+        #[arg(long = "interface")]
+        interfaces: Vec<String>,
+    },
     /// Send one ng command to a running relay and print the reply.
     Ctl(CtlArgs),
     /// Build a namespace topology and show media flowing through one relay, and through two
@@ -145,19 +150,36 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Cmd::Run(a) => run(a),
-        Cmd::Check => {
+        Cmd::Check { interfaces } => {
             let missing = proxy_userspace::caps::check();
             if missing.is_empty() {
                 println!(
                     "ok: root, kernel BTF, AF_XDP, kernel {:?}",
                     proxy_userspace::caps::kernel_version().unwrap_or_default()
                 );
-                return Ok(());
             }
             for m in &missing {
                 println!("missing: {}", m.0);
             }
-            bail!("{} requirement(s) missing", missing.len())
+            let mut bad = missing.len();
+            for i in &interfaces {
+                match proxy_userspace::caps::describe_interface(i) {
+                    Ok(lines) => {
+                        println!("{i}:");
+                        for l in lines {
+                            println!("  {l}");
+                        }
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        println!("{i}: {e:#}");
+                    }
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} problem(s) found");
+            }
+            Ok(())
         }
         Cmd::Ctl(a) => ctl(&a),
         Cmd::Demo(a) => proxy_userspace::demo::run(&a),
