@@ -152,12 +152,20 @@ pub fn describe_interface(ifname: &str) -> anyhow::Result<Vec<String>> {
             "ifindex {index}, {}, MTU {}, {}",
             link.kind.as_deref().unwrap_or("physical"),
             link.mtu,
-            if link.up && link.lower_up { "up" } else { "down" }
+            if link.up && link.lower_up {
+                "up"
+            } else {
+                "down"
+            }
         ),
         match features {
             Some(f) => format!(
                 "xdp-features {f:#x}: native XDP {}, native frames {} delivered there",
-                if f & act != 0 { "supported" } else { "not supported (generic XDP will be used)" },
+                if f & act != 0 {
+                    "supported"
+                } else {
+                    "not supported (generic XDP will be used)"
+                },
                 if dev.native() { "are" } else { "are not" }
             ),
             None => "xdp-features unknown (kernel before 6.3): assumed from the driver kind".into(),
@@ -173,7 +181,9 @@ pub fn describe_interface(ifname: &str) -> anyhow::Result<Vec<String>> {
         out.push("  (on a veth the relay redirects rather than XDP_TX, which stalls behind a GRO-only peer)".into());
     }
     if let Some(e) = crate::ethtool::xdp_errors(ifname) {
-        out.push(format!("native XDP frames the driver could not deliver so far: {e}"));
+        out.push(format!(
+            "native XDP frames the driver could not deliver so far: {e}"
+        ));
     }
     Ok(out)
 }

@@ -87,9 +87,13 @@ fn paths(stats: &Dict) -> String {
 /// daemon options, as a new user runs it.
 fn container(packets: u16, one_armed: bool) -> anyhow::Result<()> {
     if one_armed {
-        println!("== One-armed relay (cloud style): relay, phone A (10.0.1.2) and phone B (10.0.1.3) on one bridge ==");
+        println!(
+            "== One-armed relay (cloud style): relay, phone A (10.0.1.2) and phone B (10.0.1.3) on one bridge =="
+        );
     } else {
-        println!("== A relay in a container: phone A (10.0.1.2) — bridge — relay — bridge — phone B (10.0.2.2) ==");
+        println!(
+            "== A relay in a container: phone A (10.0.1.2) — bridge — relay — bridge — phone B (10.0.2.2) =="
+        );
     }
     let t = Bridged::build(if one_armed { "demo1" } else { "demo0" }, one_armed)?;
     let relay = Relay::start(&t.relay, &t.interfaces(false), &[], false, XdpMode::Default)?;

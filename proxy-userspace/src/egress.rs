@@ -401,9 +401,9 @@ impl Egresses {
         r
     }
 
-    /// Asks the kernel to re-validate every neighbour a FORWARD flow uses, as traffic through
-    /// the stack would (`NTF_USE`): a STALE entry is probed, and a changed MAC comes back as
-    /// a notification.
+    /// Asks the kernel to re-validate every STALE neighbour a FORWARD flow uses, as traffic
+    /// through the stack would (`NTF_USE`): the entry is probed, and a changed MAC comes back
+    /// as a notification. Entries in any other state are left alone.
     pub fn kick(&mut self) {
         let neighbours: Vec<(u32, IpAddr)> = self
             .dsts
@@ -416,7 +416,13 @@ impl Egresses {
             .into_iter()
             .collect();
         for (ifindex, ip) in neighbours {
-            if self.resolver.rtnl().use_neighbour(ifindex, ip).is_err() {
+            // Never a static (PERMANENT) entry: the kernel's NTF_USE would clear it.
+            let kicked = match self.resolver.rtnl().neighbour_is_stale(ifindex, ip) {
+                Ok(true) => self.resolver.rtnl().use_neighbour(ifindex, ip),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if kicked.is_err() {
                 self.errors += 1;
             }
         }

@@ -287,9 +287,31 @@ impl Rtnl {
         }
     }
 
+    /// Whether `ip`'s neighbour entry on `ifindex` is STALE: the kernel still sends to its MAC
+    /// but would confirm it on the next packet through the stack.
+    pub fn neighbour_is_stale(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<bool> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of(ip);
+        m.header.ifindex = ifindex;
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+        match self.request(RouteNetlinkMessage::GetNeighbour(m), Req::One) {
+            Ok(r) => Ok(r.iter().any(|m| {
+                matches!(m, RouteNetlinkMessage::NewNeighbour(n) if n.header.state == NeighbourState::Stale)
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Asks the kernel to treat the neighbour entry as used (`NTF_USE`): a STALE entry is
     /// re-validated as if a packet had gone through the stack. An entry that does not exist
     /// is not created.
+    ///
+    /// Only for a STALE entry ([`Rtnl::neighbour_is_stale`]): the kernel applies `NTF_USE` as
+    /// an update that clears NUD_PERMANENT, so on a static entry it would destroy it.
     pub fn use_neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<()> {
         let mut m = NeighbourMessage::default();
         m.header.family = family_of(ip);

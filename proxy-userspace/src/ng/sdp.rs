@@ -192,7 +192,13 @@ pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
         return Err(SdpError::NoVersion);
     }
     for (i, l) in lines.iter().enumerate() {
-        if l.text.len() < 2 || l.text[1] != b'=' || !l.text[0].is_ascii_lowercase() {
+        // A CR inside a line (not before its LF) is no line ending RFC 4566 allows; kept, it
+        // would become one when a rewrite drops what follows it.
+        if l.text.len() < 2
+            || l.text[1] != b'='
+            || !l.text[0].is_ascii_lowercase()
+            || l.text.contains(&b'\r')
+        {
             return Err(SdpError::BadLine(i + 1));
         }
     }
@@ -664,6 +670,10 @@ a=rtcp:4000 IN IP4 198.51.100.3\r\n";
         assert_eq!(parse(b"v=1\r\n").unwrap_err(), SdpError::NoVersion);
         assert_eq!(
             parse(b"v=0\r\nnonsense\r\n").unwrap_err(),
+            SdpError::BadLine(2)
+        );
+        assert_eq!(
+            parse(b"v=0\r\nm=audio 4000 RTP/AVP \r \n").unwrap_err(),
             SdpError::BadLine(2)
         );
         assert_eq!(
