@@ -10,13 +10,13 @@
 //!  +------+----+----+-------+--------------+--------------+--------------+
 //!  |"MPRB"| ver|type| flags |    nonce     | timestamp ms |   session    |
 //!  +------+----+----+-------+--------------+--------------+--------------+
-//!  32                        52                        72               88
-//!  +-------------------------+-------------------------+----------------+
-//!  | target media endpoint   | sender media endpoint   | MAC (16 bytes) |
-//!  +-------------------------+-------------------------+----------------+
+//!  32                        52                        72                 92        108
+//!  +-------------------------+-------------------------+------------------+---------+
+//!  | target media endpoint   | sender media endpoint   | receiver         |   MAC   |
+//!  +-------------------------+-------------------------+------------------+---------+
 //! ```
 //!
-//! - `ver` is 1; `type` 1 = PROBE, 2 = ACK; `flags` must be 0.
+//! - `ver` is 2; `type` 1 = PROBE, 2 = ACK; `flags` must be 0.
 //! - `nonce` is random per PROBE; an ACK echoes it, and the prober accepts an ACK only for a
 //!   nonce it has outstanding.
 //! - `timestamp` is the sender's Unix time in milliseconds; receivers reject messages outside
@@ -26,7 +26,12 @@
 //! - `target` is the receiver's media endpoint that the prober will send media to, as the
 //!   call server told the prober; it is how the receiver finds the session. `sender` is the
 //!   prober's own media endpoint (before any NAT). Both are [`Endpoint`]s (20 bytes).
-//! - `MAC` is HMAC-SHA-256 with the deployment secret over bytes 0..72, truncated to 16
+//! - `receiver` binds the message to the relay it is meant for: in a PROBE, the probe
+//!   address the prober sends to (the receiver accepts it only for one of its own or
+//!   advertised addresses, so a PROBE captured at one site cannot be replayed at another
+//!   that reuses the same private addresses, or at an HA partner); in an ACK, the PROBE's
+//!   source as the ACKer saw it.
+//! - `MAC` is HMAC-SHA-256 with the deployment secret over bytes 0..92, truncated to 16
 //!   bytes. Nobody without the secret can forge an ACK (and make a relay send media
 //!   somewhere) or a PROBE (and make a relay change a session).
 //!
@@ -35,10 +40,10 @@
 use crate::flow::Endpoint;
 
 pub const MAGIC: [u8; 4] = *b"MPRB";
-pub const VERSION: u8 = 1;
-pub const MESSAGE_LEN: usize = 88;
+pub const VERSION: u8 = 2;
+pub const MESSAGE_LEN: usize = 108;
 /// Bytes covered by the MAC.
-pub const SIGNED_LEN: usize = 72;
+pub const SIGNED_LEN: usize = 92;
 pub const MAC_LEN: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +60,7 @@ pub struct ProbeMessage {
     pub session: u64,
     pub target: Endpoint,
     pub sender: Endpoint,
+    pub receiver: Endpoint,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +85,8 @@ mod field {
     pub const SESSION: Range<usize> = 24..32;
     pub const TARGET: Range<usize> = 32..52;
     pub const SENDER: Range<usize> = 52..72;
-    pub const MAC: Range<usize> = 72..88;
+    pub const RECEIVER: Range<usize> = 72..92;
+    pub const MAC: Range<usize> = 92..108;
 }
 
 fn u64_at(b: &[u8], r: core::ops::Range<usize>) -> u64 {
@@ -140,6 +147,7 @@ impl ProbeMessage {
             session: u64_at(b, field::SESSION),
             target: endpoint_at(b, field::TARGET)?,
             sender: endpoint_at(b, field::SENDER)?,
+            receiver: endpoint_at(b, field::RECEIVER)?,
         })
     }
 
@@ -155,6 +163,7 @@ impl ProbeMessage {
         b[field::SESSION].copy_from_slice(&self.session.to_be_bytes());
         put_endpoint(&mut b[field::TARGET], &self.target);
         put_endpoint(&mut b[field::SENDER], &self.sender);
+        put_endpoint(&mut b[field::RECEIVER], &self.receiver);
         b
     }
 
@@ -173,12 +182,13 @@ impl ProbeMessage {
         (b.len() == MESSAGE_LEN).then(|| &b[field::MAC])
     }
 
-    /// The ACK that answers this PROBE.
+    /// The ACK that answers this PROBE, which came from `prober` (as seen here).
     #[must_use]
-    pub fn ack(&self, timestamp_ms: u64) -> Self {
+    pub fn ack(&self, timestamp_ms: u64, prober: Endpoint) -> Self {
         Self {
             kind: Kind::Ack,
             timestamp_ms,
+            receiver: prober,
             ..*self
         }
     }
@@ -199,6 +209,7 @@ mod tests {
                 [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
                 30002,
             ),
+            receiver: Endpoint::v4([192, 0, 2, 10], 7999),
         }
     }
 
@@ -209,8 +220,9 @@ mod tests {
         assert_eq!(&b[..4], b"MPRB");
         assert_eq!(ProbeMessage::parse(&b), Ok(m));
         assert_eq!(ProbeMessage::mac_of(&b), Some(&[0xaa; MAC_LEN][..]));
-        let ack = m.ack(5);
+        let ack = m.ack(5, Endpoint::v4([198, 51, 100, 1], 40_123));
         assert_eq!(ack.kind, Kind::Ack);
+        assert_eq!(ack.receiver, Endpoint::v4([198, 51, 100, 1], 40_123));
         assert_eq!(
             (ack.nonce, ack.target, ack.sender),
             (m.nonce, m.target, m.sender)
@@ -220,7 +232,10 @@ mod tests {
     #[test]
     fn rejects_malformed_input() {
         let b = sample().emit(&[0; MAC_LEN]);
-        assert_eq!(ProbeMessage::parse(&b[..87]), Err(ProbeError::Length));
+        assert_eq!(
+            ProbeMessage::parse(&b[..MESSAGE_LEN - 1]),
+            Err(ProbeError::Length)
+        );
         let mut bad = b;
         bad[0] = b'X';
         assert_eq!(ProbeMessage::parse(&bad), Err(ProbeError::BadMagic));
@@ -253,7 +268,7 @@ mod tests {
                 b[i] = rng.random();
             }
             if let Ok(m) = ProbeMessage::parse(&b) {
-                assert_eq!(&m.emit(&b[72..].try_into().unwrap())[..], &b[..]);
+                assert_eq!(&m.emit(&b[SIGNED_LEN..].try_into().unwrap())[..], &b[..]);
             }
         }
     }

@@ -85,6 +85,12 @@ const REPORT: Duration = Duration::from_secs(10);
 const PUNT_BURST: usize = 256;
 /// Depth of the queue of ng requests into the control thread.
 const COMMAND_QUEUE: usize = 1024;
+/// Packets joined inside the relay per round of the control loop (see `joined_budget`).
+const JOIN_BUDGET: u32 = 4096;
+/// How long a request may wait for the control thread; the listener waits a little longer,
+/// so that it always gets the control thread's answer, be it "Internal timeout".
+const NG_DEADLINE: Duration = Duration::from_millis(4500);
+const NG_WAIT: Duration = Duration::from_secs(5);
 
 /// Per-daemon counters for the log line and `statistics`.
 #[derive(Default, Debug)]
@@ -104,12 +110,24 @@ struct DaemonCounters {
     /// Datagrams the fallback socket received (reassembled fragments, what TC left).
     datagrams: u64,
     reattached: u64,
+    /// Punted packets from a source that is never learnt (the host's own addresses, a
+    /// subnet broadcast; the engine counts loopback, multicast and the like): dropped.
+    martian_sources: u64,
+    /// Packets for one of this relay's own media endpoints (a call that loops through the
+    /// relay twice), handed to that endpoint's stream inside the relay.
+    joined: u64,
+    /// ng requests that waited in the queue past their deadline: not run, answered
+    /// "Internal timeout".
+    ng_stale: u64,
 }
 
 /// A request from the ng listener; the reply goes back on the oneshot.
 pub struct NgRequest {
     pub dict: Dict,
     pub reply: tokio::sync::oneshot::Sender<Dict>,
+    /// A request still queued at this instant is not run: the listener has answered it
+    /// "Internal timeout", and a retransmission must not find it executed behind its back.
+    pub deadline: Instant,
 }
 
 pub enum Command {
@@ -223,6 +241,12 @@ struct Control {
     ifaces: Vec<Iface>,
     net: Receiver<NetChange>,
     resync_at: Option<Instant>,
+    /// The host's own addresses, and the IPv4 broadcast addresses of its subnets: never a
+    /// source to learn (XDP sees spoofed ones before the kernel's martian checks do).
+    own: std::collections::HashSet<std::net::IpAddr>,
+    /// Packets that may still be joined inside the relay in this round of outputs: a bound,
+    /// so that two calls whose SDPs name each other's endpoints cannot loop forever.
+    joined_budget: u32,
     counters: DaemonCounters,
 }
 
@@ -304,8 +328,11 @@ impl Control {
             ifaces: Vec::new(),
             net,
             resync_at: None,
+            own: std::collections::HashSet::new(),
+            joined_budget: JOIN_BUDGET,
             counters: DaemonCounters::default(),
         };
+        c.refresh_own_addresses();
         for name in names {
             let mut iface = Iface {
                 name,
@@ -424,11 +451,16 @@ impl Control {
                 },
                 recv(commands) -> c => match c {
                     Ok(Command::Ng(req)) => {
-                        let mut reply = self.calls.handle(&req.dict, Instant::now(), SystemTime::now(), &Kernel(&self.dp));
-                        if req.dict.get_str("command") == Some("statistics") {
-                            self.add_statistics(&mut reply);
+                        if Instant::now() > req.deadline {
+                            self.counters.ng_stale += 1;
+                            let _ = req.reply.send(error_reply("Internal timeout"));
+                        } else {
+                            let mut reply = self.calls.handle(&req.dict, Instant::now(), SystemTime::now(), &Kernel(&self.dp));
+                            if req.dict.get_str("command") == Some("statistics") {
+                                self.add_statistics(&mut reply);
+                            }
+                            let _ = req.reply.send(reply);
                         }
-                        let _ = req.reply.send(reply);
                     }
                     Ok(Command::Stop) | Err(_) => break,
                 },
@@ -467,6 +499,45 @@ impl Control {
         if let Err(e) = self.dp.detach_all() {
             warn!("detaching: {e:#}");
         }
+    }
+
+    /// A probe address of this relay: its port is the probe port, and its address the one
+    /// the probe arrived at, one of the host's, or an advertised one (behind a 1:1 NAT the
+    /// prober knows only that).
+    fn is_own_probe_address(&self, receiver: Endpoint, arrived_at: Endpoint) -> bool {
+        if receiver.port() != self.probe_port {
+            return false;
+        }
+        let Some(ip) = receiver.ip() else {
+            return false;
+        };
+        receiver.ip() == arrived_at.ip()
+            || self.own.contains(&ip)
+            || self
+                .calls
+                .config()
+                .interfaces
+                .iter()
+                .any(|i| i.advertised == Some(ip) || i.addr == ip)
+    }
+
+    /// Re-reads the host's addresses: the relay's own, and its subnets' broadcast addresses.
+    fn refresh_own_addresses(&mut self) {
+        let Ok(list) = self.egresses.resolver().rtnl().address_prefixes() else {
+            return;
+        };
+        let mut own = std::collections::HashSet::new();
+        for (_, ip, prefix) in list {
+            own.insert(ip);
+            if let std::net::IpAddr::V4(a) = ip
+                && prefix < 31
+            {
+                let mask = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+                own.insert(std::net::IpAddr::V4((u32::from(a) | mask).into()));
+            }
+        }
+        self.calls.set_local_addresses(own.iter().copied());
+        self.own = own;
     }
 
     fn schedule_resync(&mut self) {
@@ -615,7 +686,14 @@ impl Control {
         let e = self.calls.engine_ref().counters();
         let c = &self.counters;
         let mut rejected = Dict::new();
-        for k in ["malformed", "bad MAC", "stale", "replayed"] {
+        for k in [
+            "malformed",
+            "bad MAC",
+            "stale",
+            "replayed",
+            "replay cache full",
+            "wrong receiver",
+        ] {
             rejected.push(
                 k,
                 Value::from(c.probes_rejected.get(k).copied().unwrap_or(0)),
@@ -655,6 +733,9 @@ impl Control {
                 "lookup errors" => self.egresses.errors,
             },
             "interfaces reattached" => c.reattached,
+            "martian sources" => c.martian_sources + e.martian_sources,
+            "joined inside the relay" => c.joined,
+            "ng requests too late to run" => c.ng_stale,
         };
         mp.push("interfaces", Value::List(self.interface_report()));
         if let Some((_, Value::Dict(st))) = reply.0.iter_mut().find(|(k, _)| k == b"statistics") {
@@ -748,13 +829,25 @@ impl Control {
                     let Some(from) = src.socket_addr() else {
                         return;
                     };
+                    // A PROBE names the relay it is for: one of ours, at our probe port. A
+                    // captured probe replayed at another site with the same private
+                    // addresses, or at an HA partner, is refused here.
+                    if msg.kind == Kind::Probe && !self.is_own_probe_address(msg.receiver, dst) {
+                        *self
+                            .counters
+                            .probes_rejected
+                            .entry("wrong receiver")
+                            .or_default() += 1;
+                        debug!("probe from {src} for {}: not this relay", msg.receiver);
+                        return;
+                    }
                     match msg.kind {
                         Kind::Probe => {
                             self.calls
                                 .engine()
                                 .handle_probe(dst, from, &msg, unix_ms(), p.at)
                         }
-                        Kind::Ack => self.calls.engine().handle_ack(&msg, p.at),
+                        Kind::Ack => self.calls.engine().handle_ack(&msg, from, p.at),
                     }
                 }
                 Err(why) => {
@@ -763,6 +856,7 @@ impl Control {
                         Rejected::BadMac => "bad MAC",
                         Rejected::Stale => "stale",
                         Rejected::Replayed => "replayed",
+                        Rejected::Overloaded => "replay cache full",
                     };
                     *self.counters.probes_rejected.entry(key).or_default() += 1;
                     debug!("probe message from {src} refused: {why}");
@@ -770,14 +864,20 @@ impl Control {
             }
             return;
         }
-        // The engine only weighs the kernel's last-seen time when a packet comes from someone
-        // other than the latched peer (may it re-latch?). Ask the kernel (a map lookup, a
-        // syscall) only then; our mirror of the flow knows the peer without one.
+        if src.ip().is_some_and(|ip| self.own.contains(&ip)) {
+            self.counters.martian_sources += 1;
+            return;
+        }
+        // The engine weighs the kernel's last-seen time only to re-latch after silence, which
+        // is off unless the operator turned it on; and only for a packet from someone other
+        // than the latched peer. Ask the kernel (a map lookup, a syscall) only then.
+        let relatch = self.calls.engine_ref().config().relatch_after.is_some();
         let key = FlowKey::new(dst);
-        let foreign = self
-            .dp
-            .flow_spec(key)
-            .is_ok_and(|spec| spec.peer.is_some_and(|peer| peer != src));
+        let foreign = relatch
+            && self
+                .dp
+                .flow_spec(key)
+                .is_ok_and(|spec| spec.peer.is_some_and(|peer| peer != src));
         let last_seen = if foreign {
             Kernel(&self.dp).last_seen(&dst)
         } else {
@@ -790,6 +890,7 @@ impl Control {
     }
 
     fn apply_outputs(&mut self) {
+        self.joined_budget = JOIN_BUDGET;
         while let Some(o) = self.calls.engine().poll_output() {
             match o {
                 Output::Flow { key, spec } => {
@@ -851,6 +952,22 @@ impl Control {
             self.counters.send_errors += 1;
             return;
         };
+        // One of this relay's own media endpoints (a call that loops through the relay
+        // twice, as a B2BUA hairpin makes it): joined inside the relay, never sent out to
+        // loop back, and never refused.
+        if self.calls.engine_ref().stream_of(&to).is_some() {
+            if self.joined_budget == 0 {
+                self.counters.send_refused += 1;
+                return;
+            }
+            self.joined_budget -= 1;
+            self.counters.joined += 1;
+            let payload = payload.to_vec();
+            self.calls
+                .engine()
+                .handle_media(to, from, &payload, None, Instant::now());
+            return;
+        }
         let ip_header = if to_ip.is_ipv4() { 20 } else { 40 };
         let ip_len = ip_header + 8 + payload.len();
         let attached = |ix: u32, ifaces: &[Iface]| ifaces.iter().any(|f| f.ifindex == Some(ix));
@@ -883,43 +1000,80 @@ impl Control {
     }
 }
 
-/// Replies by cookie for 30 to 60 s, as rtpengine does, so a call server's retransmission
-/// gets the same answer and never a second allocation.
+/// Replies by peer and cookie for 30 to 60 s, as rtpengine keeps them, so that a call
+/// server's retransmission gets the same answer and never a second allocation. Keyed by the
+/// peer too: another client that happens to reuse a cookie gets its own answer, not this
+/// one's. Bounded in bytes: past the bound the older generation goes early, and a reply that
+/// still does not fit is not cached (its retransmission runs again, which for an offer finds
+/// the call and its ports already there).
 struct CookieCache {
-    current: HashMap<Vec<u8>, Arc<Vec<u8>>>,
-    old: HashMap<Vec<u8>, Arc<Vec<u8>>>,
+    current: HashMap<(SocketAddr, Vec<u8>), Arc<Vec<u8>>>,
+    old: HashMap<(SocketAddr, Vec<u8>), Arc<Vec<u8>>>,
+    current_bytes: usize,
+    old_bytes: usize,
     swapped: Instant,
+    max_bytes: usize,
 }
 
 impl CookieCache {
     const GENERATION: Duration = Duration::from_secs(30);
+    /// Replies of a few kB each: room for tens of thousands of requests a minute.
+    const MAX_BYTES: usize = 64 << 20;
 
     fn new() -> Self {
+        Self::with_bound(Self::MAX_BYTES)
+    }
+
+    fn with_bound(max_bytes: usize) -> Self {
         Self {
             current: HashMap::new(),
             old: HashMap::new(),
+            current_bytes: 0,
+            old_bytes: 0,
             swapped: Instant::now(),
+            max_bytes,
         }
+    }
+
+    fn swap(&mut self) {
+        self.old = std::mem::take(&mut self.current);
+        self.old_bytes = std::mem::take(&mut self.current_bytes);
+        self.swapped = Instant::now();
     }
 
     fn age(&mut self) {
         if self.swapped.elapsed() >= Self::GENERATION {
-            self.old = std::mem::take(&mut self.current);
-            self.swapped = Instant::now();
+            self.swap();
         }
     }
 
-    fn get(&mut self, cookie: &[u8]) -> Option<Arc<Vec<u8>>> {
+    fn get(&mut self, peer: SocketAddr, cookie: &[u8]) -> Option<Arc<Vec<u8>>> {
         self.age();
-        self.current
-            .get(cookie)
-            .or_else(|| self.old.get(cookie))
-            .cloned()
+        let k = (peer, cookie.to_vec());
+        self.current.get(&k).or_else(|| self.old.get(&k)).cloned()
     }
 
-    fn insert(&mut self, cookie: Vec<u8>, reply: Arc<Vec<u8>>) {
+    fn insert(&mut self, peer: SocketAddr, cookie: Vec<u8>, reply: Arc<Vec<u8>>) {
         self.age();
-        self.current.insert(cookie, reply);
+        let size = cookie.len() + reply.len() + 64;
+        if size > self.max_bytes {
+            return;
+        }
+        if self.bytes() + size > self.max_bytes {
+            self.swap();
+            if self.old_bytes + size > self.max_bytes {
+                self.old.clear();
+                self.old_bytes = 0;
+            }
+        }
+        self.current_bytes += size;
+        if let Some(prev) = self.current.insert((peer, cookie), reply) {
+            self.current_bytes -= prev.len().min(self.current_bytes);
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.current_bytes + self.old_bytes
     }
 }
 
@@ -980,19 +1134,33 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
             }
             Parsed::Reply(cookie, dict) => (cookie, dict),
             Parsed::Request(cookie, dict) => {
-                if let Some(cached) = cache.get(&cookie) {
+                if let Some(cached) = cache.get(peer, &cookie) {
                     debug!("ng request from {peer} is a retransmission: cached reply");
                     let _ = sock.send_to(&cached, peer).await;
                     continue;
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if to_control
-                    .send(Command::Ng(NgRequest { dict, reply: tx }))
-                    .is_err()
-                {
-                    bail!("the control thread is gone");
+                let req = NgRequest {
+                    dict,
+                    reply: tx,
+                    deadline: Instant::now() + NG_DEADLINE,
+                };
+                match to_control.try_send(Command::Ng(req)) {
+                    Ok(()) => {}
+                    Err(crossbeam_channel::TrySendError::Full(_)) => {
+                        // Shed load rather than block the listener; not cached, so a
+                        // retransmission may find room.
+                        let mut out = cookie.clone();
+                        out.push(b' ');
+                        error_reply("Internal timeout").encode_into(&mut out);
+                        let _ = sock.send_to(&out, peer).await;
+                        continue;
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        bail!("the control thread is gone")
+                    }
                 }
-                let reply = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                let reply = match tokio::time::timeout(NG_WAIT, rx).await {
                     Ok(Ok(r)) => r,
                     _ => error_reply("Internal timeout"),
                 };
@@ -1007,7 +1175,7 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
         if let Err(e) = sock.send_to(&out, peer).await {
             warn!("ng reply to {peer}: {e}");
         }
-        cache.insert(cookie, out);
+        cache.insert(peer, cookie, out);
     }
 }
 
@@ -1086,16 +1254,53 @@ mod tests {
         ));
     }
 
+    fn peer(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
     #[test]
     fn cookie_cache_returns_the_same_reply() {
         let mut c = CookieCache::new();
-        c.insert(b"k".to_vec(), Arc::new(b"k d6:result2:oke".to_vec()));
-        assert_eq!(c.get(b"k").unwrap().as_slice(), b"k d6:result2:oke");
-        assert!(c.get(b"other").is_none());
+        c.insert(
+            peer(1),
+            b"k".to_vec(),
+            Arc::new(b"k d6:result2:oke".to_vec()),
+        );
+        assert_eq!(
+            c.get(peer(1), b"k").unwrap().as_slice(),
+            b"k d6:result2:oke"
+        );
+        assert!(c.get(peer(1), b"other").is_none());
         c.swapped -= CookieCache::GENERATION;
-        assert!(c.get(b"k").is_some(), "still there one generation later");
+        assert!(
+            c.get(peer(1), b"k").is_some(),
+            "still there one generation later"
+        );
         c.swapped -= CookieCache::GENERATION;
-        assert!(c.get(b"k").is_none(), "gone after two");
+        assert!(c.get(peer(1), b"k").is_none(), "gone after two");
+    }
+
+    #[test]
+    fn another_peer_reusing_a_cookie_does_not_get_this_reply() {
+        let mut c = CookieCache::new();
+        c.insert(peer(1), b"0_1_1".to_vec(), Arc::new(b"secret".to_vec()));
+        assert!(c.get(peer(2), b"0_1_1").is_none());
+        assert!(c.get(peer(1), b"0_1_1").is_some());
+    }
+
+    #[test]
+    fn cookie_cache_stays_within_its_bytes() {
+        let mut c = CookieCache::with_bound(10_000);
+        for i in 0..1000u32 {
+            c.insert(peer(1), i.to_be_bytes().to_vec(), Arc::new(vec![0; 500]));
+            assert!(c.bytes() <= 10_000, "after {i}: {}", c.bytes());
+        }
+        // The newest is there; the oldest went early.
+        assert!(c.get(peer(1), &999u32.to_be_bytes()).is_some());
+        assert!(c.get(peer(1), &0u32.to_be_bytes()).is_none());
+        // A reply larger than the bound is not cached at all.
+        c.insert(peer(1), b"big".to_vec(), Arc::new(vec![0; 20_000]));
+        assert!(c.get(peer(1), b"big").is_none());
     }
 
     #[test]

@@ -115,9 +115,14 @@ struct RunArgs {
     probe_rto_ms: u64,
     #[arg(long, default_value_t = 6)]
     probe_attempts: u32,
-    /// A new source may take over a latched peer silent this long (0: never).
-    #[arg(long, default_value_t = 2)]
+    /// A new source may take over a latched peer silent this long (0, the default: never).
+    /// A risk: hold, VAD/DTX and RTCP's 5 s interval give a port-spraying attacker exactly
+    /// such a silence to take the side over (RTP Bleed). Re-INVITEs re-open learning anyway.
+    #[arg(long, default_value_t = 0)]
     relatch_after_secs: u64,
+    /// Calls held at once; more get rtpengine's load-limit answer.
+    #[arg(long, default_value_t = 50_000)]
+    max_calls: usize,
     /// Media idle this long is torn down.
     #[arg(long, default_value_t = 60)]
     media_timeout_secs: u64,
@@ -219,6 +224,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             probe_port: a.probe_port,
             delete_delay: Duration::from_secs(a.delete_delay_secs),
             media_timeout: Duration::from_secs(a.media_timeout_secs),
+            max_calls: a.max_calls,
+            max_flows: a.max_flows as usize,
             ..CallsConfig::default()
         },
         engine: EngineConfig {

@@ -358,13 +358,25 @@ impl Rtnl {
     /// Every address of the namespace, with the link that carries it.
     pub fn addresses(&mut self) -> io::Result<Vec<(u32, IpAddr)>> {
         Ok(self
+            .address_prefixes()?
+            .into_iter()
+            .map(|(i, ip, _)| (i, ip))
+            .collect())
+    }
+
+    /// Every address of the namespace with its link and prefix length.
+    pub fn address_prefixes(&mut self) -> io::Result<Vec<(u32, IpAddr, u8)>> {
+        Ok(self
             .request(
                 RouteNetlinkMessage::GetAddress(AddressMessage::default()),
                 Req::Dump,
             )?
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => parse_address(&a),
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let (i, ip) = parse_address(&a)?;
+                    Some((i, ip, a.header.prefix_len))
+                }
                 _ => None,
             })
             .collect())

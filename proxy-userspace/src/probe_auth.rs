@@ -1,6 +1,12 @@
 //! Signing and checking probe messages (`proxy_common::probe`): HMAC-SHA-256 with the
 //! deployment secret, a freshness window and a replay cache. Sans-IO: the caller passes the
 //! current Unix time in milliseconds.
+//!
+//! The replay cache remembers each authentic message (by its MAC, so two different messages
+//! with one nonce are two messages) for as long as it could pass the freshness check. It is
+//! bounded, and it fails closed: when it is full of messages that are all still fresh, a new
+//! one is refused rather than an old one forgotten, since forgetting a fresh one would make
+//! it replayable. Only holders of the secret can fill it.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -10,8 +16,8 @@ use sha2::Sha256;
 
 /// How far a message's timestamp may be from ours, either way.
 pub const FRESHNESS_MS: u64 = 30_000;
-/// Authentic messages remembered for replay detection; beyond this the oldest are forgotten
-/// early (only authentic messages get here, so only a peer with the secret can fill it).
+/// Authentic messages remembered for replay detection: a minute of probing at over 3,000
+/// messages a second, about 10 MB.
 const REPLAY_CAPACITY: usize = 200_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +26,8 @@ pub enum Rejected {
     BadMac,
     Stale,
     Replayed,
+    /// The replay cache is full of fresh messages: refused until some expire.
+    Overloaded,
 }
 
 impl std::fmt::Display for Rejected {
@@ -29,23 +37,34 @@ impl std::fmt::Display for Rejected {
             Rejected::BadMac => f.write_str("bad MAC"),
             Rejected::Stale => f.write_str("timestamp outside the freshness window"),
             Rejected::Replayed => f.write_str("replayed"),
+            Rejected::Overloaded => f.write_str("replay cache full"),
         }
     }
 }
 
+type MacTag = [u8; MAC_LEN];
+
 pub struct ProbeAuth {
     key: Vec<u8>,
-    seen: HashSet<(u8, u64)>,
-    order: VecDeque<(u64, (u8, u64))>,
+    seen: HashSet<MacTag>,
+    /// `(expires at, tag)` in insertion order.
+    order: VecDeque<(u64, MacTag)>,
+    capacity: usize,
 }
 
 impl ProbeAuth {
     #[must_use]
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_capacity(secret, REPLAY_CAPACITY)
+    }
+
+    #[must_use]
+    pub fn with_capacity(secret: &[u8], capacity: usize) -> Self {
         Self {
             key: secret.to_vec(),
             seen: HashSet::new(),
             order: VecDeque::new(),
+            capacity,
         }
     }
 
@@ -74,21 +93,25 @@ impl ProbeAuth {
         if msg.timestamp_ms.abs_diff(now_ms) > FRESHNESS_MS {
             return Err(Rejected::Stale);
         }
-        self.expire(now_ms);
-        let id = (msg.kind as u8, msg.nonce);
-        if !self.seen.insert(id) {
+        let mut id = [0u8; MAC_LEN];
+        id.copy_from_slice(tag);
+        if self.seen.contains(&id) {
             return Err(Rejected::Replayed);
         }
-        // Remember it until it could no longer pass the freshness check.
-        self.order.push_back((msg.timestamp_ms + FRESHNESS_MS, id));
-        if self.order.len() > REPLAY_CAPACITY
-            && let Some((_, old)) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
+        self.expire(now_ms);
+        if self.seen.len() >= self.capacity {
+            return Err(Rejected::Overloaded);
         }
+        self.seen.insert(id);
+        // Remember it until it could no longer pass the freshness check.
+        self.order
+            .push_back((msg.timestamp_ms.saturating_add(FRESHNESS_MS), id));
         Ok(msg)
     }
 
+    /// Forgets what can no longer pass the freshness check. Expiry times are not in
+    /// insertion order (timestamps vary by the peers' clocks), so the whole queue is swept
+    /// when the front is not yet due but the cache is full.
     fn expire(&mut self, now_ms: u64) {
         while let Some(&(until, id)) = self.order.front() {
             if until >= now_ms {
@@ -96,6 +119,16 @@ impl ProbeAuth {
             }
             self.order.pop_front();
             self.seen.remove(&id);
+        }
+        if self.seen.len() >= self.capacity {
+            let seen = &mut self.seen;
+            self.order.retain(|&(until, id)| {
+                let keep = until >= now_ms;
+                if !keep {
+                    seen.remove(&id);
+                }
+                keep
+            });
         }
     }
 }
@@ -122,6 +155,7 @@ mod tests {
             session: 1,
             target: Endpoint::v4([10, 0, 0, 2], 40000),
             sender: Endpoint::v4([10, 0, 0, 1], 30002),
+            receiver: Endpoint::v4([10, 0, 0, 2], 7999),
         }
     }
 
@@ -132,7 +166,7 @@ mod tests {
         assert_eq!(auth.verify(&b, 1_000_500), Ok(probe(7, 1_000_000)));
         assert_eq!(auth.verify(&b, 1_000_600), Err(Rejected::Replayed));
         // The ACK for the same nonce is a different message.
-        let ack = auth.sign(&probe(7, 1_000_000).ack(1_000_700));
+        let ack = auth.sign(&probe(7, 1_000_000).ack(1_000_700, Endpoint::v4([10, 0, 0, 1], 7999)));
         assert!(auth.verify(&ack, 1_000_800).is_ok());
     }
 
@@ -153,6 +187,36 @@ mod tests {
             auth.verify(b"short", 0),
             Err(Rejected::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn under_pressure_fresh_messages_are_never_forgotten_so_never_replayable() {
+        let mut auth = ProbeAuth::with_capacity(b"k", 100);
+        let now = 1_000_000;
+        let first = auth.sign(&probe(0, now));
+        auth.verify(&first, now).unwrap();
+        for n in 1..100 {
+            auth.verify(&auth.sign(&probe(n, now)), now).unwrap();
+        }
+        // Full of fresh messages: a new one is refused, and the first is still remembered.
+        assert_eq!(
+            auth.verify(&auth.sign(&probe(500, now)), now),
+            Err(Rejected::Overloaded)
+        );
+        assert_eq!(auth.verify(&first, now + 1), Err(Rejected::Replayed));
+        // Once they would be stale anyway, there is room again.
+        let later = now + FRESHNESS_MS + 1;
+        assert!(auth.verify(&auth.sign(&probe(501, later)), later).is_ok());
+    }
+
+    #[test]
+    fn two_messages_with_one_nonce_are_not_replays_of_each_other() {
+        let mut auth = ProbeAuth::new(b"k");
+        let good = probe(9, 1_000_000);
+        let mut other = good;
+        other.target = Endpoint::v4([10, 0, 0, 3], 40000);
+        assert!(auth.verify(&auth.sign(&other), 1_000_000).is_ok());
+        assert!(auth.verify(&auth.sign(&good), 1_000_000).is_ok());
     }
 
     #[test]

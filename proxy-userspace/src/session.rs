@@ -30,9 +30,13 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, VecDeque},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
+
+mod learning;
+
+pub use learning::{Expect, LearnConfig, Learner, Rank, Verdict};
 
 use proxy_common::{
     Endpoint, FlowState,
@@ -90,6 +94,12 @@ pub struct StreamConfig {
     pub strict_source: bool,
     /// A tag of the call for probe messages (hash of the Call-ID), 0 if none.
     pub session_tag: u64,
+    /// Per side: the SIP source address of its signalling (Kamailio's `received-from`),
+    /// which ranks a source second after the signalled endpoint.
+    pub sip_source: [Option<IpAddr>; 2],
+    /// For an RTCP stream, its RTP stream: RTCP is learnt only from the addresses that stream
+    /// latched to.
+    pub rtp_stream: Option<StreamId>,
 }
 
 impl StreamConfig {
@@ -102,6 +112,8 @@ impl StreamConfig {
             latching: [Latching::Symmetric; 2],
             strict_source: false,
             session_tag: 0,
+            sip_source: [None, None],
+            rtp_stream: None,
         }
     }
 }
@@ -113,6 +125,9 @@ pub struct StreamUpdate {
     pub next_relay: [Option<SocketAddr>; 2],
     pub latching: [Option<Latching>; 2],
     pub strict_source: Option<bool>,
+    pub sip_source: [Option<IpAddr>; 2],
+    /// Sides whose signalling this is (the SDP came from them): their learning window opens.
+    pub signalled: [bool; 2],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -132,8 +147,15 @@ pub struct EngineConfig {
     /// counted.
     pub held_capacity: usize,
     /// A new source may take over a latched side after the latched peer has been silent this
-    /// long (a NAT rebinding, a re-INVITE to a new phone). `None`: never.
+    /// long (a NAT rebinding). `None` (the default): never, because silence (hold, VAD/DTX,
+    /// RTCP's 5 s interval) is exactly the window a port-spraying attacker waits for. An
+    /// operator option, documented as that risk.
     pub relatch_after: Option<Duration>,
+    /// How a side picks its source (see [`learning`]).
+    pub learning: LearnConfig,
+    /// After a signalling event, how long a latched side may still move to a better-ranked
+    /// source (a re-INVITE from a phone that moved); rtpengine's window is the same 3 s.
+    pub learning_window: Duration,
     /// Let the kernel forward latched flows (FORWARD). Off: every packet goes through
     /// userspace, for measuring that path.
     pub kernel_forwarding: bool,
@@ -147,7 +169,9 @@ impl Default for EngineConfig {
             probe_rto: Duration::from_millis(100),
             probe_attempts: 6,
             held_capacity: 16,
-            relatch_after: Some(Duration::from_secs(2)),
+            relatch_after: None,
+            learning: LearnConfig::default(),
+            learning_window: Duration::from_secs(3),
             kernel_forwarding: true,
         }
     }
@@ -188,11 +212,18 @@ pub enum Event {
     Latched {
         side: Side,
         peer: Endpoint,
+        rank: Rank,
     },
     Relatched {
         side: Side,
         old: Endpoint,
         new: Endpoint,
+    },
+    /// A source was refused: it matches nothing the side may learn, or the side is latched.
+    /// Reported once per side and source kind, not per packet.
+    Refused {
+        side: Side,
+        from: Endpoint,
     },
     BlockingSuspected {
         near: Side,
@@ -271,7 +302,8 @@ pub struct SideCounters {
     pub sent: u64,
     /// From a source other than the latched one, not forwarded.
     pub rejected: u64,
-    /// Held packets dropped because the buffer was full or the stream ended.
+    /// Held packets dropped because the buffer was full or the stream ended, or because
+    /// their source lost the learning.
     pub held_dropped: u64,
 }
 
@@ -291,6 +323,12 @@ pub struct SideStatus {
     pub probe: ProbePhase,
     pub held: usize,
     pub counters: SideCounters,
+    /// How the latched source matched what signalling said.
+    pub latch_rank: Option<Rank>,
+    /// Candidate sources while learning.
+    pub candidates: usize,
+    /// The learning window after signalling is open.
+    pub learning: bool,
 }
 
 #[derive(Debug)]
@@ -298,11 +336,20 @@ struct SideState {
     local: Endpoint,
     remote: Option<Endpoint>,
     next_relay: Option<SocketAddr>,
+    sip_source: Option<IpAddr>,
+    /// Where an authenticated probe or ACK for this side came from.
+    relay_ip: Option<IpAddr>,
     latched: Option<Endpoint>,
+    latch_rank: Option<Rank>,
+    learner: Learner,
+    /// The learning window after a signalling event is open until this instant.
+    learning_until: Option<Instant>,
     /// Last accepted packet from this side (through userspace).
     last_packet: Option<Instant>,
     first_packet: Option<Instant>,
-    held: VecDeque<Vec<u8>>,
+    /// Packets waiting: from candidates while the side learns, from the latched source
+    /// while the far side's destination is unknown. Each with its source.
+    held: VecDeque<(Endpoint, Vec<u8>)>,
     blocking_deadline: Option<Instant>,
     blocking_suspected: Option<Duration>,
     unblocked: Option<Unblocked>,
@@ -319,7 +366,12 @@ impl SideState {
             local,
             remote,
             next_relay,
+            sip_source: None,
+            relay_ip: None,
             latched: None,
+            latch_rank: None,
+            learner: Learner::default(),
+            learning_until: None,
             last_packet: None,
             first_packet: None,
             held: VecDeque::new(),
@@ -364,10 +416,17 @@ impl Stream {
     }
 
     /// The kernel flow for packets arriving from `from`.
-    fn flow_spec(&self, from: Side, kernel_forwarding: bool) -> FlowSpec {
+    ///
+    /// A wrong source is dropped in the kernel (and counted there, at no syscall) unless
+    /// userspace may still take it: during the learning window after signalling, or when the
+    /// operator allowed re-latching after silence. `strict source` drops it always.
+    fn flow_spec(&self, from: Side, kernel_forwarding: bool, relatch: bool) -> FlowSpec {
         let to = from.other();
+        let side = self.side(from);
         let peer = match self.cfg.latching[from.idx()] {
-            Latching::Symmetric => self.side(from).latched,
+            Latching::Symmetric => side.latched,
+            // Asymmetric: any source, unless strict, which holds it to the signalled one.
+            Latching::Asymmetric if self.cfg.strict_source => side.remote,
             Latching::Asymmetric => None,
         };
         let ready = match self.cfg.latching[from.idx()] {
@@ -375,10 +434,11 @@ impl Stream {
             Latching::Asymmetric => true,
         };
         let mut spec = FlowSpec::hold();
-        spec.mismatch = if self.cfg.strict_source {
-            MismatchPolicy::Drop
-        } else {
+        let learning = side.learning_until.is_some();
+        spec.mismatch = if !self.cfg.strict_source && (learning || relatch) {
             MismatchPolicy::Punt
+        } else {
+            MismatchPolicy::Drop
         };
         if let (true, true, Some(dst)) = (kernel_forwarding, ready, self.destination(to)) {
             spec.state = FlowState::Forward;
@@ -398,6 +458,8 @@ impl Stream {
 enum TimerKind {
     Blocking,
     Probe,
+    /// The learning window after signalling closes.
+    LearnEnd,
 }
 
 /// Engine-wide counters.
@@ -409,6 +471,9 @@ pub struct EngineCounters {
     /// ACKs that match no outstanding probe (late, duplicated, or for an ended stream).
     pub acks_unmatched: u64,
     pub media_unknown_flow: u64,
+    /// Packets from a source that is never latched (loopback, unspecified, multicast,
+    /// broadcast, port 0): dropped before any learning.
+    pub martian_sources: u64,
 }
 
 pub struct Engine {
@@ -493,7 +558,7 @@ impl Engine {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let stream = Stream {
+        let mut stream = Stream {
             sides: [
                 SideState::new(cfg.local[0], cfg.remote[0], cfg.next_relay[0]),
                 SideState::new(cfg.local[1], cfg.remote[1], cfg.next_relay[1]),
@@ -501,6 +566,9 @@ impl Engine {
             cfg,
             installed: [None, None],
         };
+        for s in Side::BOTH {
+            stream.side_mut(s).sip_source = cfg.sip_source[s.idx()];
+        }
         for s in Side::BOTH {
             self.by_local.insert(cfg.local[s.idx()], (id, s));
         }
@@ -518,10 +586,13 @@ impl Engine {
         upd: &StreamUpdate,
         now: Instant,
     ) -> Result<(), StreamError> {
+        let window = self.cfg.learning_window;
+        let rtp_peers = Side::BOTH.map(|s| self.rtp_peer(id, s));
         let stream = self
             .streams
             .get_mut(&id)
             .ok_or(StreamError::UnknownStream(id))?;
+        let rtcp = stream.cfg.rtp_stream.is_some();
         for s in Side::BOTH {
             let i = s.idx();
             if let Some(l) = upd.latching[i] {
@@ -534,12 +605,34 @@ impl Engine {
             if upd.next_relay[i].is_some() {
                 side.next_relay = upd.next_relay[i];
             }
+            if upd.sip_source[i].is_some() {
+                side.sip_source = upd.sip_source[i];
+            }
+            if upd.signalled[i] {
+                // A signalling event: the side may move to a better-ranked source for a
+                // while (a phone that moved sends from its new signalled endpoint). Its
+                // current latch is ranked against what was just signalled.
+                let expect = Expect {
+                    signalled: side.remote,
+                    sip_source: side.sip_source,
+                    rtp_peer: rtp_peers[i],
+                    relay: side.relay_ip,
+                    rtcp,
+                };
+                side.latch_rank = side.latched.and_then(|l| expect.rank(&l));
+                side.learner.reset();
+                let until = now + window;
+                side.learning_until = Some(until);
+                self.timers
+                    .push(Reverse((until, id, s, TimerKind::LearnEnd)));
+            }
         }
         if let Some(strict) = upd.strict_source {
             stream.cfg.strict_source = strict;
         }
         stream.cfg.remote = [stream.sides[0].remote, stream.sides[1].remote];
         stream.cfg.next_relay = [stream.sides[0].next_relay, stream.sides[1].next_relay];
+        stream.cfg.sip_source = [stream.sides[0].sip_source, stream.sides[1].sip_source];
         for s in Side::BOTH {
             self.flush_held(id, s.other(), now);
         }
@@ -623,13 +716,23 @@ impl Engine {
                 probe: side.probe,
                 held: side.held.len(),
                 counters: side.counters,
+                latch_rank: side.latch_rank,
+                candidates: side.learner.len(),
+                learning: side.learning_until.is_some(),
             }
         }))
     }
 
+    /// For an RTCP stream, the address its RTP stream latched to on side `s`.
+    fn rtp_peer(&self, id: StreamId, s: Side) -> Option<IpAddr> {
+        let rtp = self.streams.get(&id)?.cfg.rtp_stream?;
+        self.streams.get(&rtp)?.side(s).latched?.ip()
+    }
+
     /// A media packet punted by the kernel, addressed to the relay endpoint `local`.
     /// `kernel_last_seen` is when the kernel last accepted a packet on that flow (it forwards
-    /// without telling us), so that a busy latched peer is never mistaken for a silent one.
+    /// without telling us), so that a busy latched peer is never mistaken for a silent one;
+    /// only asked for when the operator allows re-latching after silence.
     pub fn handle_media(
         &mut self,
         local: Endpoint,
@@ -642,66 +745,129 @@ impl Engine {
             self.counters.media_unknown_flow += 1;
             return;
         };
-        let relatch_after = self.cfg.relatch_after;
+        if is_martian(&from) {
+            self.counters.martian_sources += 1;
+            return;
+        }
+        let rtp_peer = self.rtp_peer(id, x);
+        let (learn, relatch_after, cap) = (
+            self.cfg.learning,
+            self.cfg.relatch_after,
+            self.cfg.held_capacity,
+        );
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
         let y = x.other();
         let symmetric = stream.cfg.latching[x.idx()] == Latching::Symmetric;
         let strict = stream.cfg.strict_source;
+        let rtcp = stream.cfg.rtp_stream.is_some();
         let side = stream.side_mut(x);
         let mut latched_now = false;
-        if symmetric {
-            match side.latched {
-                None => {
-                    side.latched = Some(from);
-                    latched_now = true;
-                    self.out.push_back(Output::Event {
-                        stream: id,
-                        event: Event::Latched {
-                            side: x,
-                            peer: from,
-                        },
-                    });
-                }
-                Some(l) if l == from => {}
-                Some(old) => {
+        if symmetric && side.latched != Some(from) {
+            let expect = Expect {
+                signalled: side.remote,
+                sip_source: side.sip_source,
+                rtp_peer,
+                relay: side.relay_ip,
+                rtcp,
+            };
+            let rank = expect.rank(&from);
+            let verdict = match (side.latched, rank) {
+                (_, None) => Verdict::Refuse,
+                (None, Some(r)) => side.learner.observe(&learn, from, r, payload, now),
+                // Latched: only a strictly better-ranked source, only while the window after
+                // signalling is open; or, if the operator allows it, any after silence.
+                (Some(_), Some(r)) => {
+                    let better =
+                        side.learning_until.is_some() && side.latch_rank.is_none_or(|lr| r < lr);
                     let last = side.last_packet.max(kernel_last_seen);
                     let silent = last.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
-                    let may = !strict && relatch_after.is_some_and(|after| silent >= after);
-                    if !may {
-                        side.counters.rejected += 1;
-                        return;
+                    let after_silence = relatch_after.is_some_and(|after| silent >= after);
+                    if strict {
+                        Verdict::Refuse
+                    } else if after_silence {
+                        Verdict::Latch { src: from, rank: r }
+                    } else if better {
+                        side.learner.observe(&learn, from, r, payload, now)
+                    } else {
+                        Verdict::Refuse
                     }
-                    side.latched = Some(from);
+                }
+            };
+            match verdict {
+                Verdict::Refuse => {
+                    side.counters.rejected += 1;
+                    return;
+                }
+                Verdict::Wait => {
+                    let leader = side.learner.leader();
+                    hold(side, from, payload, cap, leader);
+                    return;
+                }
+                Verdict::Latch { src, rank } => {
+                    let old = side.latched.replace(src);
+                    side.latch_rank = Some(rank);
+                    side.learner.reset();
+                    // The winner's held packets go on; everything else held was a loser's.
+                    let before = side.held.len();
+                    side.held.retain(|(s, _)| *s == src);
+                    side.counters.held_dropped += (before - side.held.len()) as u64;
                     latched_now = true;
-                    self.out.push_back(Output::Event {
-                        stream: id,
-                        event: Event::Relatched {
+                    let event = match old {
+                        None => Event::Latched {
+                            side: x,
+                            peer: src,
+                            rank,
+                        },
+                        Some(old) => Event::Relatched {
                             side: x,
                             old,
-                            new: from,
+                            new: src,
                         },
-                    });
+                    };
+                    self.out.push_back(Output::Event { stream: id, event });
+                    if src != from {
+                        // Another candidate won: this packet's source lost.
+                        stream.side_mut(x).counters.rejected += 1;
+                    }
                 }
             }
         }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if latched_now {
+            let side = stream.side_mut(x);
+            let won = side.latched;
+            // Held packets of the winner count as accepted now.
+            let held: Vec<usize> = side.held.iter().map(|(_, p)| p.len()).collect();
+            side.counters.packets += held.len() as u64;
+            side.counters.bytes += held.iter().sum::<usize>() as u64;
+            if side.first_packet.is_none() && !held.is_empty() {
+                side.first_packet = Some(now);
+            }
+            // X spoke: nobody needs to probe toward it any more.
+            self.cancel_probe(id, x);
+            // Whatever Y was holding for X can go now, and X's held packets toward Y if
+            // Y's destination is known.
+            self.flush_held(id, y, now);
+            self.flush_held(id, x, now);
+            if won != Some(from) {
+                self.sync_flows(id);
+                return;
+            }
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(x);
         side.counters.packets += 1;
         side.counters.bytes += payload.len() as u64;
         side.last_packet = Some(now);
         if side.first_packet.is_none() {
             side.first_packet = Some(now);
         }
-        if latched_now {
-            // X spoke: nobody needs to probe toward it any more.
-            self.cancel_probe(id, x);
-            // Whatever Y was holding for X can go now.
-            self.flush_held(id, y, now);
-        }
-
-        let Some(stream) = self.streams.get_mut(&id) else {
-            return;
-        };
         if let Some(dst) = stream.destination(y) {
             let from_ep = stream.side(y).local;
             stream.side_mut(x).counters.sent += 1;
@@ -711,13 +877,8 @@ impl Engine {
                 payload: payload.to_vec(),
             });
         } else {
-            let cap = self.cfg.held_capacity;
             let side = stream.side_mut(x);
-            if side.held.len() >= cap {
-                side.held.pop_front();
-                side.counters.held_dropped += 1;
-            }
-            side.held.push_back(payload.to_vec());
+            hold(side, from, payload, cap, None);
             let other_silent = stream.side(y).latched.is_none();
             let side = stream.side_mut(x);
             if other_silent && side.blocking_deadline.is_none() && side.blocking_suspected.is_none()
@@ -749,8 +910,13 @@ impl Engine {
         self.out.push_back(Output::SendAck {
             from: local,
             to: from,
-            msg: msg.ack(now_ms),
+            msg: msg.ack(now_ms, Endpoint::from(from)),
         });
+        // An authenticated probe names the relay behind this side, wherever its NAT put it:
+        // its media will come from that address, and ranks as well as a SIP source.
+        if let Some(st) = self.streams.get_mut(&id) {
+            st.side_mut(s).relay_ip = Some(from.ip());
+        }
         // The prober is alive and its media follows our ACK within a round trip. Its
         // signalled address is worth sending to now only if the probe came from there: behind
         // a NAT it did not, and packets sent there would be lost, so we wait for the media.
@@ -768,10 +934,14 @@ impl Engine {
         }
     }
 
-    /// An authenticated, fresh ACK.
-    pub fn handle_ack(&mut self, msg: &ProbeMessage, now: Instant) {
+    /// An authenticated, fresh ACK from `from`.
+    ///
+    /// The ACK is checked against what was asked (target, sender, an outstanding probe)
+    /// before its nonce is consumed: an ACK for the wrong target leaves the probe waiting for
+    /// the right one.
+    pub fn handle_ack(&mut self, msg: &ProbeMessage, from: SocketAddr, now: Instant) {
         self.counters.acks_received += 1;
-        let Some((id, y)) = self.by_nonce.remove(&msg.nonce) else {
+        let Some(&(id, y)) = self.by_nonce.get(&msg.nonce) else {
             self.counters.acks_unmatched += 1;
             return;
         };
@@ -779,11 +949,6 @@ impl Engine {
             return;
         };
         let side = stream.side_mut(y);
-        let sent_at = side
-            .probe_nonces
-            .iter()
-            .find(|(n, _)| *n == msg.nonce)
-            .map(|(_, t)| *t);
         // The ACK must answer what we asked: same target and sender.
         if side.remote != Some(msg.target)
             || side.local != msg.sender
@@ -792,9 +957,16 @@ impl Engine {
             self.counters.acks_unmatched += 1;
             return;
         }
+        let sent_at = side
+            .probe_nonces
+            .iter()
+            .find(|(n, _)| *n == msg.nonce)
+            .map(|(_, t)| *t);
         let rtt = sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         side.probe = ProbePhase::Acked { rtt };
         side.probe_next = None;
+        // The next relay answered from here: its media follows from the same address.
+        side.relay_ip = Some(from.ip());
         for (n, _) in side.probe_nonces.drain(..) {
             self.by_nonce.remove(&n);
         }
@@ -819,12 +991,30 @@ impl Engine {
             match kind {
                 TimerKind::Blocking => self.on_blocking_timer(id, side, at, now),
                 TimerKind::Probe => self.on_probe_timer(id, side, at, now),
+                TimerKind::LearnEnd => self.on_learn_end(id, side, at),
             }
         }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// The learning window after signalling closes: a latched side now takes only its
+    /// source, and the kernel drops the others.
+    fn on_learn_end(&mut self, id: StreamId, x: Side, at: Instant) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(x);
+        if side.learning_until != Some(at) {
+            return; // a later signalling event reopened it
+        }
+        side.learning_until = None;
+        if side.latched.is_some() {
+            side.learner.reset();
+        }
+        self.sync_flows(id);
     }
 
     /// `x` has waited for `y` since its first packet.
@@ -931,6 +1121,7 @@ impl Engine {
             session: tag,
             target,
             sender: side.local,
+            receiver: Endpoint::from(to),
         };
         self.by_nonce.insert(nonce, (id, y));
         self.timers.push(Reverse((next, id, y, TimerKind::Probe)));
@@ -984,8 +1175,12 @@ impl Engine {
         let Some(dst) = stream.destination(y) else {
             return;
         };
+        // A side still learning holds candidates' packets: they go nowhere until one wins.
+        if stream.cfg.latching[x.idx()] == Latching::Symmetric && stream.side(x).latched.is_none() {
+            return;
+        }
         let from = stream.side(y).local;
-        let held: Vec<Vec<u8>> = stream.side_mut(x).held.drain(..).collect();
+        let held: Vec<Vec<u8>> = stream.side_mut(x).held.drain(..).map(|(_, p)| p).collect();
         if held.is_empty() {
             return;
         }
@@ -1007,11 +1202,12 @@ impl Engine {
     /// Emits the kernel flows that changed.
     fn sync_flows(&mut self, id: StreamId) {
         let kernel_forwarding = self.cfg.kernel_forwarding;
+        let relatch = self.cfg.relatch_after.is_some();
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
         for s in Side::BOTH {
-            let spec = stream.flow_spec(s, kernel_forwarding);
+            let spec = stream.flow_spec(s, kernel_forwarding, relatch);
             if stream.installed[s.idx()] != Some(spec) {
                 stream.installed[s.idx()] = Some(spec);
                 self.out.push_back(Output::Flow {
@@ -1021,6 +1217,52 @@ impl Engine {
             }
         }
     }
+}
+
+/// Holds a packet of `side`, within `cap`: when full, the oldest packet that is not the
+/// learning leader's goes first (so a sprayer cannot push the likely winner's audio out).
+fn hold(
+    side: &mut SideState,
+    from: Endpoint,
+    payload: &[u8],
+    cap: usize,
+    leader: Option<Endpoint>,
+) {
+    if side.held.len() >= cap.max(1) {
+        let victim = side
+            .held
+            .iter()
+            .position(|(s, _)| Some(*s) != leader)
+            .unwrap_or(0);
+        side.held.remove(victim);
+        side.counters.held_dropped += 1;
+    }
+    side.held.push_back((from, payload.to_vec()));
+}
+
+/// A source that is never latched, whatever signalling says: loopback (also as an
+/// IPv4-mapped IPv6 address), unspecified, `0.0.0.0/8`, multicast, limited broadcast, port 0.
+/// The daemon adds what only the routing table knows (the relay's own and broadcast
+/// addresses).
+#[must_use]
+pub fn is_martian(e: &Endpoint) -> bool {
+    if e.port() == 0 {
+        return true;
+    }
+    match e.ip() {
+        None => true,
+        Some(IpAddr::V4(a)) => martian_v4(a),
+        Some(IpAddr::V6(a)) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.to_ipv4_mapped().is_some_and(martian_v4)
+        }
+    }
+}
+
+fn martian_v4(a: std::net::Ipv4Addr) -> bool {
+    a.is_loopback() || a.octets()[0] == 0 || a.is_multicast() || a.is_broadcast()
 }
 
 #[cfg(test)]

@@ -218,6 +218,7 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
         session: 0,
         target: Endpoint::from(target),
         sender: Endpoint::from("10.1.0.2:30000".parse::<SocketAddr>().unwrap()),
+        receiver: Endpoint::from(probe_addr),
     };
     let attacker = ProbeAuth::new(b"not the deployment secret!");
     let insider = ProbeAuth::new(SECRET.as_bytes());
@@ -234,7 +235,9 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
         &t.nat,
         "192.0.2.1:40001",
         probe_addr,
-        attacker.sign(&probe(2, target).ack(unix_ms())).to_vec(),
+        attacker
+            .sign(&probe(2, target).ack(unix_ms(), Endpoint::from(probe_addr)))
+            .to_vec(),
         1,
     );
     send_from(

@@ -81,7 +81,21 @@ pub struct CallsConfig {
     pub media_timeout: Duration,
     /// How long an ended call stays visible to `query` and `list`.
     pub keep_ended: Duration,
+    /// Calls held at once; an offer for one more gets rtpengine's load-limit answer.
+    pub max_calls: usize,
+    /// Media sections one offer or answer may carry.
+    pub max_media: usize,
+    /// Kernel flows the dataplane holds (its `--max-flows`); an offer that would need more
+    /// fails instead of advertising ports that have no flow.
+    pub max_flows: usize,
 }
+
+/// The longest `delete-delay` taken; larger ones are cut to it (rtpengine's default is 30 s).
+pub const MAX_DELETE_DELAY: Duration = Duration::from_secs(3600);
+/// The most calls one `list` reply names, whatever `limit` asks: a reply is one datagram.
+pub const MAX_LIST: usize = 512;
+/// Kernel flows per media section: RTP and RTCP, one flow per side each.
+const FLOWS_PER_MEDIA: usize = 4;
 
 impl Default for CallsConfig {
     fn default() -> Self {
@@ -93,6 +107,9 @@ impl Default for CallsConfig {
             delete_delay: Duration::from_secs(30),
             media_timeout: Duration::from_secs(60),
             keep_ended: Duration::from_secs(30),
+            max_calls: 50_000,
+            max_media: 16,
+            max_flows: 65_536,
         }
     }
 }
@@ -114,34 +131,38 @@ impl FlowStats for () {
     }
 }
 
-/// Even ports for RTP in `[min, max)`, each with the odd port after it for RTCP.
+/// Even ports for RTP in `[min, max)`, each with the odd port after it for RTCP. A pair is
+/// picked at random among the free ones, so that the next call's ports cannot be guessed from
+/// this one's (RTP Bleed's spray works best against sequential ports).
 struct PortPool {
     min: u16,
     pairs: Vec<bool>,
     used: usize,
-    next: usize,
 }
 
 impl PortPool {
-    fn new(min: u16, max: u16, seed: usize) -> Self {
-        let min = min + (min % 2);
+    fn new(min: u16, max: u16) -> Self {
+        let min = min.saturating_add(min % 2);
         let n = usize::from(max.saturating_sub(min)) / 2;
         Self {
             min,
             pairs: vec![false; n],
             used: 0,
-            next: if n == 0 { 0 } else { seed % n },
         }
     }
 
-    fn alloc(&mut self) -> Option<u16> {
+    fn alloc(&mut self, rng: &mut impl rand::Rng) -> Option<u16> {
         let n = self.pairs.len();
+        if self.used >= n {
+            return None;
+        }
+        // A random start, then the next free pair: uniform enough, and bounded work.
+        let start = rng.random_range(0..n);
         for k in 0..n {
-            let i = (self.next + k) % n;
+            let i = (start + k) % n;
             if !self.pairs[i] {
                 self.pairs[i] = true;
                 self.used += 1;
-                self.next = (i + 1) % n;
                 return Some(self.min + 2 * i as u16);
             }
         }
@@ -227,11 +248,20 @@ fn err(s: impl Into<String>) -> NgError {
     NgError(s.into())
 }
 
+/// rtpengine's words when its session limit is reached: Kamailio, which announces
+/// `supports: ["load limit"]`, then moves the call to its next relay.
+const LOAD_LIMIT: &str = "Parallel session limit reached";
+
 pub struct Calls {
     cfg: CallsConfig,
+    /// The host's own addresses: never a media destination, unless they name one of this
+    /// relay's own allocated endpoints (a call that loops through the relay twice).
+    local_addrs: std::collections::HashSet<IpAddr>,
     engine: Engine,
     calls: HashMap<String, Call>,
     pools: Vec<PortPool>,
+    /// Picks ports; seeded by the caller (from the OS in the daemon).
+    rng: rand::rngs::StdRng,
     started: SystemTime,
     counters: NgCounters,
 }
@@ -239,26 +269,57 @@ pub struct Calls {
 impl Calls {
     #[must_use]
     pub fn new(cfg: CallsConfig, engine: EngineConfig, seed: u64) -> Self {
+        use rand::SeedableRng;
         let pools = cfg
             .interfaces
             .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                PortPool::new(
-                    cfg.port_min,
-                    cfg.port_max,
-                    (seed as usize).wrapping_add(i * 7919),
-                )
-            })
+            .map(|_| PortPool::new(cfg.port_min, cfg.port_max))
+            .collect();
+        let local_addrs = cfg
+            .interfaces
+            .iter()
+            .flat_map(|i| [Some(i.addr), i.advertised])
+            .flatten()
             .collect();
         Self {
             engine: Engine::new(engine, seed),
+            local_addrs,
             cfg,
             calls: HashMap::new(),
             pools,
+            rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_0f_9047),
             started: SystemTime::now(),
             counters: NgCounters::default(),
         }
+    }
+
+    /// The host's addresses as the daemon sees them (besides the configured interfaces').
+    pub fn set_local_addresses(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        self.local_addrs = self
+            .cfg
+            .interfaces
+            .iter()
+            .flat_map(|i| [Some(i.addr), i.advertised])
+            .flatten()
+            .chain(addrs)
+            .collect();
+    }
+
+    /// An SDP endpoint the relay may send to: not loopback, multicast, broadcast or
+    /// unspecified, and not one of the host's own addresses unless it is one of this relay's
+    /// allocated endpoints, where the call is joined inside the relay.
+    fn check_sdp_endpoint(&self, ep: Endpoint) -> Result<(), NgError> {
+        let ip = ep.ip().map_or_else(|| "?".to_owned(), |i| i.to_string());
+        if crate::session::is_martian(&ep) {
+            return Err(err(format!("Invalid address in SDP: {ip}")));
+        }
+        let own = ep.ip().is_some_and(|i| self.local_addrs.contains(&i));
+        if own && self.engine.stream_of(&ep).is_none() {
+            return Err(err(format!(
+                "Invalid address in SDP: {ip} is the relay's own"
+            )));
+        }
+        Ok(())
     }
 
     pub fn engine(&mut self) -> &mut Engine {
@@ -327,6 +388,10 @@ impl Calls {
                 );
                 reply
             }
+            Err(NgError(reason)) if reason == LOAD_LIMIT && opts.supports_load_limit => {
+                self.counters.errors += 1;
+                ng_dict! { "result" => "load limit", "message" => reason }
+            }
             Err(NgError(reason)) => {
                 self.counters.errors += 1;
                 ng_dict! { "result" => "error", "error-reason" => reason }
@@ -385,8 +450,24 @@ impl Calls {
             return Err(err("No to-tag in message"));
         }
         let parsed = sdp::parse(sdp_bytes).map_err(|e| err(format!("Failed to parse SDP: {e}")))?;
+        if parsed.media.len() > self.cfg.max_media {
+            return Err(err(format!(
+                "Too many media sections ({}, at most {})",
+                parsed.media.len(),
+                self.cfg.max_media
+            )));
+        }
         if !is_offer && !self.calls.contains_key(&call_id) {
             return Err(err("Unknown call-id"));
+        }
+        if !self.calls.contains_key(&call_id) && self.call_count() >= self.cfg.max_calls {
+            return Err(err(LOAD_LIMIT));
+        }
+        let known = self.calls.get(&call_id).map_or(0, |c| c.medias.len());
+        let new_medias = parsed.media.len().saturating_sub(known);
+        let flows_now = self.engine.stream_count() * 2;
+        if flows_now + new_medias * FLOWS_PER_MEDIA > self.cfg.max_flows {
+            return Err(err(LOAD_LIMIT));
         }
         // rtpengine's convention: an answer's SDP comes from the to-tag's side.
         let sender_tag = if is_offer {
@@ -528,6 +609,11 @@ impl Calls {
             let remote_rtcp = (!m.is_held())
                 .then(|| Endpoint::from(SocketAddr::new(source_ip(rtcp_sa.ip()), rtcp_sa.port())));
             let mux_offered = m.rtcp_mux;
+            if !m.is_disabled() {
+                for ep in [remote_rtp, remote_rtcp].into_iter().flatten() {
+                    self.check_sdp_endpoint(ep)?;
+                }
+            }
             let call = self.calls.get_mut(call_id).expect("caller checked");
             let asym = call.asymmetric;
             let strict = call.strict_source;
@@ -551,6 +637,8 @@ impl Calls {
                 };
                 upd.next_relay = relays;
                 upd.remote[s] = remote_rtp;
+                upd.sip_source[s] = o.received_from;
+                upd.signalled[s] = true;
                 let (rtp, rtcp) = (existing.rtp, existing.rtcp);
                 if let Some(id) = rtp {
                     self.engine
@@ -585,9 +673,14 @@ impl Calls {
             let ifaces = call.ifaces;
             let mut ports = [0u16; 2];
             for side in [0, 1] {
-                ports[side] = self.pools[ifaces[side]]
-                    .alloc()
-                    .ok_or_else(|| err("Ran out of ports"))?;
+                let Some(p) = self.pools[ifaces[side]].alloc(&mut self.rng) else {
+                    // The first side's pair is not in `created` yet: give it back here.
+                    if side == 1 {
+                        self.pools[ifaces[0]].free(ports[0]);
+                    }
+                    return Err(err("Ran out of ports"));
+                };
+                ports[side] = p;
             }
             created.push((i, ports));
             let local = |side: usize, port: u16| {
@@ -602,17 +695,20 @@ impl Calls {
             rtp_cfg.session_tag = session_tag;
             rtp_cfg.next_relay = relays;
             rtp_cfg.remote[s] = remote_rtp;
+            rtp_cfg.sip_source[s] = o.received_from;
             let mut rtcp_cfg = StreamConfig::new(local(0, ports[0] + 1), local(1, ports[1] + 1));
             rtcp_cfg.latching = latching;
             rtcp_cfg.strict_source = strict;
             rtcp_cfg.session_tag = session_tag;
             rtcp_cfg.remote[s] = remote_rtcp;
+            rtcp_cfg.sip_source[s] = o.received_from;
             media.ports = ports;
-            media.rtp = Some(
-                self.engine
-                    .add_stream(rtp_cfg)
-                    .map_err(|e| err(e.to_string()))?,
-            );
+            let rtp_id = self
+                .engine
+                .add_stream(rtp_cfg)
+                .map_err(|e| err(e.to_string()))?;
+            media.rtp = Some(rtp_id);
+            rtcp_cfg.rtp_stream = Some(rtp_id);
             let call = self.calls.get_mut(call_id).expect("caller checked");
             call.medias.push(media);
             let rtcp = self
@@ -717,15 +813,17 @@ impl Calls {
         } else {
             Dict::new()
         };
+        // Any integer a client sends is taken, within bounds: negative means the default,
+        // beyond an hour means an hour.
         let delay = match o.delete_delay {
-            Some(d) if d >= 0 => Duration::from_secs(d.unsigned_abs()),
+            Some(d) if d >= 0 => Duration::from_secs(d.unsigned_abs()).min(MAX_DELETE_DELAY),
             _ => self.cfg.delete_delay,
         };
         if delay.is_zero() {
             self.teardown(&call_id, Ended::Deleted, now);
             self.calls.remove(&call_id);
         } else if let Some(call) = self.calls.get_mut(&call_id) {
-            call.delete_at = Some(now + delay);
+            call.delete_at = Some(now.checked_add(delay).unwrap_or(now));
         }
         Ok(reply)
     }
@@ -746,7 +844,7 @@ impl Calls {
         if limit < 0 {
             return Err(err("invalid limit, must be >= 0"));
         }
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LIST);
         let mut ids: Vec<&String> = self.calls.keys().collect();
         ids.sort();
         ids.truncate(limit);
@@ -1034,6 +1132,16 @@ impl Calls {
                 if idle >= timeout {
                     idle_medias.push(i);
                 }
+            }
+            // A call with no live media at all (every m= line disabled, or none) would
+            // otherwise never end: it times out on its signalling's age.
+            let live = self.calls[&id]
+                .medias
+                .iter()
+                .any(|m| !m.timed_out && m.rtp.is_some());
+            if !live && signal_age >= timeout {
+                self.teardown(&id, Ended::Timeout, now);
+                continue;
             }
             self.time_out_medias(&id, &idle_medias, now);
         }

@@ -40,8 +40,14 @@ pub struct Options {
     pub next_relay_recipient: Option<RelayAddr>,
     pub delete_delay: Option<i64>,
     pub fatal: bool,
+    /// The client takes rtpengine's `load limit` result (Kamailio sends `supports`).
+    pub supports_load_limit: bool,
     pub warnings: Vec<String>,
 }
+
+/// Warnings kept per request: a request full of unknown keys must not produce a reply too
+/// large for a datagram.
+pub const MAX_WARNINGS: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -205,6 +211,9 @@ fn apply_key(o: &mut Options, key: &str, v: &Value) {
             Some(n) => o.delete_delay = Some(n),
             None => o.warnings.push(format!("invalid delete-delay '{text}'")),
         },
+        "supports" => {
+            o.supports_load_limit |= strings(v).iter().any(|s| norm(s) == "load-limit");
+        }
         "next-relay" | "next-relay-recipient" => match RelayAddr::parse(text) {
             Some(r) if key == "next-relay" => o.next_relay = Some(r),
             Some(r) => o.next_relay_recipient = Some(r),
@@ -224,6 +233,27 @@ fn apply_key(o: &mut Options, key: &str, v: &Value) {
 /// Reads the options of a request.
 #[must_use]
 pub fn parse(req: &Dict) -> Options {
+    let mut o = parse_all(req);
+    if o.warnings.len() > MAX_WARNINGS {
+        let more = o.warnings.len() - MAX_WARNINGS;
+        o.warnings.truncate(MAX_WARNINGS);
+        o.warnings.push(format!("and {more} more"));
+    }
+    for w in &mut o.warnings {
+        // One warning quotes at most a key's worth of the request.
+        if w.len() > 200 {
+            let mut cut = 200;
+            while !w.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            w.truncate(cut);
+            w.push('…');
+        }
+    }
+    o
+}
+
+fn parse_all(req: &Dict) -> Options {
     let mut o = Options::default();
     for (k, v) in &req.0 {
         let Ok(k) = std::str::from_utf8(k) else {

@@ -13,6 +13,11 @@ const PHONE_A: Endpoint = Endpoint::v4([10, 0, 1, 2], 4000);
 const PHONE_B: Endpoint = Endpoint::v4([10, 0, 2, 2], 5000);
 const LOCAL_A: Endpoint = Endpoint::v4([10, 0, 1, 1], 30000);
 const LOCAL_B: Endpoint = Endpoint::v4([10, 0, 2, 1], 30002);
+/// Where the next relay's ACKs come from in the unit tests.
+const NEXT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(192, 0, 2, 99),
+    7999,
+));
 
 fn drain(e: &mut Engine) -> Vec<Output> {
     std::iter::from_fn(|| e.poll_output()).collect()
@@ -75,7 +80,8 @@ fn latching_both_sides_flips_both_flows_and_releases_the_held_packet() {
         events(&out),
         vec![Event::Latched {
             side: Side::A,
-            peer: PHONE_A
+            peer: PHONE_A,
+            rank: Rank::Signalled,
         }]
     );
     assert!(sends(&out).is_empty(), "nowhere to send before B speaks");
@@ -86,6 +92,9 @@ fn latching_both_sides_flips_both_flows_and_releases_the_held_packet() {
             LOCAL_A,
             FlowSpec {
                 peer: Some(PHONE_A),
+                // No learning window is open (no signalling since the stream was made): a
+                // wrong source is dropped in the kernel.
+                mismatch: MismatchPolicy::Drop,
                 ..FlowSpec::hold()
             }
         )]
@@ -179,8 +188,37 @@ fn a_spoofed_source_neither_moves_the_latch_nor_gets_forwarded() {
 }
 
 #[test]
-fn a_new_source_after_silence_relatches() {
+fn silence_alone_never_moves_a_latch() {
     let (mut e, id) = one_relay(EngineConfig::default());
+    let t0 = Instant::now();
+    e.handle_media(LOCAL_A, PHONE_A, b"a", None, t0);
+    e.handle_media(LOCAL_B, PHONE_B, b"b", None, t0);
+    drain(&mut e);
+    // Phone A on hold for a minute; an attacker sprays its port.
+    for (i, from) in [ep([10, 0, 1, 2], 4444), ep([203, 0, 113, 5], 4000)]
+        .into_iter()
+        .enumerate()
+    {
+        e.handle_media(
+            LOCAL_A,
+            from,
+            b"x",
+            None,
+            t0 + Duration::from_secs(60 + i as u64),
+        );
+    }
+    let out = drain(&mut e);
+    assert!(sends(&out).is_empty(), "nothing from the sprayer goes on");
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(PHONE_A));
+    assert_eq!(e.status(id).unwrap()[0].counters.rejected, 2);
+}
+
+#[test]
+fn with_the_operator_option_a_new_source_after_silence_relatches() {
+    let (mut e, id) = one_relay(EngineConfig {
+        relatch_after: Some(Duration::from_secs(2)),
+        ..EngineConfig::default()
+    });
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a", None, t0);
     e.handle_media(LOCAL_B, PHONE_B, b"b", None, t0);
@@ -215,8 +253,15 @@ fn a_new_source_after_silence_relatches() {
 
 #[test]
 fn strict_source_drops_in_the_kernel_and_never_relatches() {
-    let mut e = Engine::new(EngineConfig::default(), 1);
+    let mut e = Engine::new(
+        EngineConfig {
+            relatch_after: Some(Duration::from_secs(2)),
+            ..EngineConfig::default()
+        },
+        1,
+    );
     let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
+    sc.remote = [Some(PHONE_A), Some(PHONE_B)];
     sc.strict_source = true;
     let id = e.add_stream(sc).unwrap();
     let t0 = Instant::now();
@@ -370,7 +415,9 @@ fn an_ack_releases_the_held_packet_to_the_next_relay_before_it_speaks() {
     e.handle_timeout(t0 + Duration::from_millis(200));
     let probe = probes(&drain(&mut e))[0].1;
     let t_ack = t0 + Duration::from_millis(230);
-    e.handle_ack(&probe.ack(0), t_ack);
+    // The next relay sits behind a NAT: its ACK comes from the NAT's address.
+    let nat_probe: SocketAddr = "198.51.100.7:60999".parse().unwrap();
+    e.handle_ack(&probe.ack(0, Endpoint::from(NEXT)), nat_probe, t_ack);
     let out = drain(&mut e);
     assert!(events(&out).contains(&Event::ProbeAcked {
         toward: Side::B,
@@ -399,8 +446,9 @@ fn an_ack_releases_the_held_packet_to_the_next_relay_before_it_speaks() {
         "far-to-near waits for the far side's first packet"
     );
 
-    // The far side's first packet arrives through a NAT from a new address: it latches there
-    // and both directions forward.
+    // The far side's first packet arrives through that NAT, on another port: the address
+    // the authenticated ACK came from ranks with a SIP source, so it latches at once and
+    // both directions forward.
     let natted = ep([198, 51, 100, 7], 61000);
     e.handle_media(
         LOCAL_B,
@@ -415,7 +463,11 @@ fn an_ack_releases_the_held_packet_to_the_next_relay_before_it_speaks() {
     assert_eq!(f[&LOCAL_A].out_dst, natted, "A's media follows the latch");
     assert_eq!(e.status(id).unwrap()[1].latched, Some(natted));
     // A second, duplicated ACK matches nothing.
-    e.handle_ack(&probe.ack(0), t_ack + Duration::from_millis(50));
+    e.handle_ack(
+        &probe.ack(0, Endpoint::from(NEXT)),
+        NEXT,
+        t_ack + Duration::from_millis(50),
+    );
     assert_eq!(e.counters().acks_unmatched, 1);
 }
 
@@ -426,9 +478,9 @@ fn an_ack_for_another_target_is_refused() {
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
     e.handle_timeout(t0 + Duration::from_millis(200));
     let probe = probes(&drain(&mut e))[0].1;
-    let mut forged = probe.ack(0);
+    let mut forged = probe.ack(0, Endpoint::from(NEXT));
     forged.target = ep([203, 0, 113, 9], 1234);
-    e.handle_ack(&forged, t0 + Duration::from_millis(210));
+    e.handle_ack(&forged, NEXT, t0 + Duration::from_millis(210));
     assert!(sends(&drain(&mut e)).is_empty());
     assert_eq!(e.counters().acks_unmatched, 1);
 }
@@ -452,6 +504,7 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
         session: 0,
         target: LOCAL_A,
         sender: mp1_media,
+        receiver: Endpoint::v4([192, 0, 2, 10], 7999),
     };
     let here = ep([192, 0, 2, 10], 7999);
     e.handle_probe(here, from, &probe, 6, t0 + Duration::from_millis(250));
@@ -468,7 +521,7 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
         .collect();
     assert_eq!(
         acks,
-        vec![(from, probe.ack(6))],
+        vec![(from, probe.ack(6, Endpoint::from(from)))],
         "the ACK goes back to the probe's source"
     );
     assert!(events(&out).contains(&Event::Unblocked {
@@ -497,6 +550,7 @@ fn a_probe_through_a_nat_is_acked_but_the_signalled_address_is_not_trusted() {
         session: 0,
         target: LOCAL_A,
         sender: mp1_media,
+        receiver: Endpoint::v4([192, 0, 2, 10], 7999),
     };
     e.handle_probe(ep([192, 0, 2, 10], 7999), from, &probe, 6, t0);
     let out = drain(&mut e);
@@ -528,6 +582,7 @@ fn a_probe_for_an_unknown_endpoint_changes_nothing() {
         session: 0,
         target: ep([10, 9, 9, 9], 1),
         sender: ep([10, 9, 9, 8], 1),
+        receiver: Endpoint::v4([192, 0, 2, 10], 7999),
     };
     e.handle_probe(
         ep([10, 0, 1, 1], 7999),
@@ -573,7 +628,11 @@ fn removing_a_stream_removes_its_flows_and_forgets_its_probes() {
             Output::RemoveFlow { key: LOCAL_B }
         ]
     );
-    e.handle_ack(&probe.ack(0), t0 + Duration::from_millis(220));
+    e.handle_ack(
+        &probe.ack(0, Endpoint::from(NEXT)),
+        NEXT,
+        t0 + Duration::from_millis(220),
+    );
     assert!(drain(&mut e).is_empty());
     e.handle_timeout(t0 + Duration::from_secs(10));
     assert!(
@@ -768,7 +827,7 @@ impl Net {
             };
             match msg.kind {
                 Kind::Probe => e.handle_probe(to, from.socket_addr().unwrap(), &msg, 2, now),
-                Kind::Ack => e.handle_ack(&msg, now),
+                Kind::Ack => e.handle_ack(&msg, from.socket_addr().unwrap(), now),
             }
             self.apply(which, now);
             return;

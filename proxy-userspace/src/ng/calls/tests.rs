@@ -124,11 +124,20 @@ fn offer_then_answer_rewrites_each_sdp_for_its_recipient() {
     assert_eq!(st[0].remote, Some(Endpoint::v4([10, 0, 1, 2], 4000)));
     assert_eq!(st[1].remote, Some(Endpoint::v4([10, 0, 2, 2], 5000)));
     assert_eq!(st[1].local, Endpoint::v4([10, 0, 2, 1], pb));
-    // Its flows start in HOLD.
-    let flows: Vec<_> = std::iter::from_fn(|| c.engine().poll_output())
-        .filter(|o| matches!(o, Output::Flow { .. }))
+    // Its flows start in HOLD: four of them (RTP and RTCP, each way), some written twice as
+    // the answer opened B's learning window.
+    let flows: std::collections::HashMap<_, _> = std::iter::from_fn(|| c.engine().poll_output())
+        .filter_map(|o| match o {
+            Output::Flow { key, spec } => Some((key, spec)),
+            _ => None,
+        })
         .collect();
     assert_eq!(flows.len(), 4);
+    assert!(
+        flows
+            .values()
+            .all(|s| s.state == proxy_common::FlowState::Hold)
+    );
 }
 
 #[test]

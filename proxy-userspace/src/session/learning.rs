@@ -1,0 +1,425 @@
+//! Which source a side of a stream latches to: the learning rule that an attacker spraying
+//! the port range cannot win.
+//!
+//! Every source is ranked against what signalling said about the side, best first:
+//! 0. the signalled endpoint itself, address and port (an authenticated relay probe confirms
+//!    as much);
+//! 1. the SIP source address (Kamailio's `received-from`): a phone behind a NAT speaks from
+//!    there, on whatever port the NAT picked; for RTCP, the address its RTP stream latched to;
+//! 2. the signalled address on another port;
+//! 3. anything else.
+//!
+//! Ranks 0 and 1 latch on their first packet. Ranks 2 and 3 are candidates: the relay holds
+//! their packets and latches the best candidate once it has sent [`LearnConfig::packets`]
+//! consistent packets (RTP: one SSRC, sequence numbers in order) and
+//! [`LearnConfig::min_wait`] has passed since the first candidate spoke, unless a better-ranked
+//! source appears first. The held packets of the winner are then delivered, so learning costs
+//! no audio; the others are dropped and counted. The budget: [`LearnConfig::max_candidates`]
+//! sources tracked at once and the side's held buffer (16 packets by default).
+//!
+//! A latched side does not move on silence. After a signalling event (a re-INVITE) it may
+//! move, for a window, to a strictly better-ranked source only.
+//!
+//! Sans-IO: packets and `now` in, a verdict out.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use proxy_common::Endpoint;
+
+/// How a source compares with what signalling said, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rank {
+    /// The signalled endpoint exactly, or one an authenticated probe confirmed.
+    Signalled = 0,
+    /// From the SIP source address (for RTCP: the address its RTP stream latched to).
+    SipSource = 1,
+    /// The signalled address, another port.
+    SignalledAddress = 2,
+    /// Nothing signalled matches.
+    Unknown = 3,
+}
+
+impl Rank {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Rank::Signalled => "signalled endpoint",
+            Rank::SipSource => "SIP source address",
+            Rank::SignalledAddress => "signalled address, other port",
+            Rank::Unknown => "unsignalled source",
+        }
+    }
+
+    /// Ranks that latch on their first packet.
+    #[must_use]
+    pub fn immediate(self) -> bool {
+        self <= Rank::SipSource
+    }
+}
+
+/// What signalling said about a side, against which sources are ranked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// The signalled (SDP) endpoint.
+    pub signalled: Option<Endpoint>,
+    /// The SIP source address of the side's last signalling.
+    pub sip_source: Option<IpAddr>,
+    /// For an RTCP stream: the address its RTP stream latched to on this side. RTCP is learnt
+    /// only from there (a NAT may give it another port), or from its exact signalled endpoint.
+    pub rtp_peer: Option<IpAddr>,
+    /// The address an authenticated relay probe or ACK for this side came from: the next
+    /// relay, behind whatever NAT, whose media follows from there.
+    pub relay: Option<IpAddr>,
+    /// This is an RTCP stream.
+    pub rtcp: bool,
+}
+
+impl Expect {
+    /// The source's rank, or `None` if it may not be learnt at all (RTCP from an address its
+    /// RTP stream did not latch to).
+    #[must_use]
+    pub fn rank(&self, src: &Endpoint) -> Option<Rank> {
+        if self.signalled == Some(*src) {
+            return Some(Rank::Signalled);
+        }
+        let ip = src.ip()?;
+        if self.rtcp {
+            return (self.rtp_peer == Some(ip)).then_some(Rank::SipSource);
+        }
+        if self.sip_source == Some(ip) || self.relay == Some(ip) {
+            return Some(Rank::SipSource);
+        }
+        if self.signalled.and_then(|s| s.ip()) == Some(ip) {
+            return Some(Rank::SignalledAddress);
+        }
+        Some(Rank::Unknown)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LearnConfig {
+    /// Consistent packets a rank 2 or 3 candidate must send before it may win.
+    pub packets: u32,
+    /// How long after the first candidate spoke a rank 2 or 3 candidate may win: time for a
+    /// better-ranked source to show up.
+    pub min_wait: Duration,
+    /// Candidate sources tracked at once; more are refused until a decision.
+    pub max_candidates: usize,
+}
+
+impl Default for LearnConfig {
+    fn default() -> Self {
+        Self {
+            // Five packets of 20 ms audio: 100 ms, a fraction of what a phone sends before
+            // anyone notices, and more than a sprayer sends to one port of a range it sweeps.
+            packets: 5,
+            min_wait: Duration::from_millis(100),
+            max_candidates: 4,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Candidate {
+    src: Endpoint,
+    rank: Rank,
+    /// Packets in a row that agree (one SSRC, sequence numbers in order).
+    consistent: u32,
+    ssrc: Option<u32>,
+    last_seq: Option<u16>,
+}
+
+/// The outcome of one packet from a not (yet) accepted source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Latch `src` (maybe not the packet's own source: the best candidate won now).
+    Latch { src: Endpoint, rank: Rank },
+    /// Held while the decision is pending.
+    Wait,
+    /// Not learnable, or no room for another candidate: dropped.
+    Refuse,
+}
+
+/// RTP's SSRC and sequence number, if the payload is RTP version 2 (not RTCP: its packet
+/// types 200-204 sit where RTP's marker and payload type are).
+fn rtp_header(p: &[u8]) -> Option<(u32, u16)> {
+    if p.len() < 12 || p[0] >> 6 != 2 || (200..=204).contains(&p[1]) {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    ))
+}
+
+/// The candidates of one side while it learns.
+#[derive(Clone, Debug, Default)]
+pub struct Learner {
+    candidates: Vec<Candidate>,
+    first: Option<Instant>,
+}
+
+impl Learner {
+    /// One packet from `src`, ranked `rank`, that the side has not accepted.
+    pub fn observe(
+        &mut self,
+        cfg: &LearnConfig,
+        src: Endpoint,
+        rank: Rank,
+        payload: &[u8],
+        now: Instant,
+    ) -> Verdict {
+        if rank.immediate() {
+            return Verdict::Latch { src, rank };
+        }
+        let i = match self.candidates.iter().position(|c| c.src == src) {
+            Some(i) => i,
+            None if self.candidates.len() >= cfg.max_candidates => return Verdict::Refuse,
+            None => {
+                self.candidates.push(Candidate {
+                    src,
+                    rank,
+                    consistent: 0,
+                    ssrc: None,
+                    last_seq: None,
+                });
+                self.candidates.len() - 1
+            }
+        };
+        self.first.get_or_insert(now);
+        let c = &mut self.candidates[i];
+        match rtp_header(payload) {
+            Some((ssrc, seq)) => {
+                let in_order = c.ssrc == Some(ssrc)
+                    && c.last_seq
+                        .is_some_and(|l| (1..=3).contains(&seq.wrapping_sub(l)));
+                c.consistent = if in_order { c.consistent + 1 } else { 1 };
+                c.ssrc = Some(ssrc);
+                c.last_seq = Some(seq);
+            }
+            // Not RTP (garbage, STUN): nothing to be consistent about, so it can never win.
+            None => c.consistent = 0,
+        }
+        let waited = self
+            .first
+            .is_some_and(|f| now.saturating_duration_since(f) >= cfg.min_wait);
+        let best = self
+            .candidates
+            .iter()
+            .filter(|c| c.consistent >= cfg.packets)
+            .min_by_key(|c| (c.rank, std::cmp::Reverse(c.consistent)))
+            .copied();
+        match best {
+            Some(b) if waited => Verdict::Latch {
+                src: b.src,
+                rank: b.rank,
+            },
+            _ => Verdict::Wait,
+        }
+    }
+
+    /// Forgets every candidate (the side latched, or signalling changed).
+    pub fn reset(&mut self) {
+        self.candidates.clear();
+        self.first = None;
+    }
+
+    /// The candidate that would win now if it had sent enough, for the held buffer's
+    /// eviction: its packets are kept longest.
+    #[must_use]
+    pub fn leader(&self) -> Option<Endpoint> {
+        self.candidates
+            .iter()
+            .min_by_key(|c| (c.rank, std::cmp::Reverse(c.consistent)))
+            .map(|c| c.src)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.candidates.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.candidates.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDP: Endpoint = Endpoint::v4([192, 0, 2, 10], 4000);
+    const NAT: Endpoint = Endpoint::v4([198, 51, 100, 7], 61_234);
+    const ATTACKER: Endpoint = Endpoint::v4([203, 0, 113, 66], 1234);
+
+    fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 172];
+        p[0] = 0x80;
+        p[1] = 8;
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p
+    }
+
+    fn expect() -> Expect {
+        Expect {
+            signalled: Some(SDP),
+            sip_source: NAT.ip(),
+            ..Expect::default()
+        }
+    }
+
+    #[test]
+    fn ranks_follow_what_signalling_said() {
+        let e = expect();
+        assert_eq!(e.rank(&SDP), Some(Rank::Signalled));
+        assert_eq!(e.rank(&NAT), Some(Rank::SipSource));
+        assert_eq!(e.rank(&SDP.with_port(4002)), Some(Rank::SignalledAddress));
+        assert_eq!(e.rank(&ATTACKER), Some(Rank::Unknown));
+        let rtcp = Expect {
+            signalled: Some(SDP.with_port(4001)),
+            rtp_peer: NAT.ip(),
+            rtcp: true,
+            ..Expect::default()
+        };
+        assert_eq!(rtcp.rank(&SDP.with_port(4001)), Some(Rank::Signalled));
+        assert_eq!(rtcp.rank(&NAT.with_port(9)), Some(Rank::SipSource));
+        assert_eq!(
+            rtcp.rank(&ATTACKER),
+            None,
+            "RTCP only from its RTP's address"
+        );
+    }
+
+    #[test]
+    fn the_signalled_endpoint_and_the_sip_source_latch_at_once() {
+        let cfg = LearnConfig::default();
+        let now = Instant::now();
+        for (src, rank) in [(SDP, Rank::Signalled), (NAT, Rank::SipSource)] {
+            let mut l = Learner::default();
+            assert_eq!(
+                l.observe(&cfg, src, rank, &rtp(1, 1), now),
+                Verdict::Latch { src, rank }
+            );
+        }
+    }
+
+    #[test]
+    fn a_sprayer_never_wins_against_a_consistent_stream_nor_alone_with_few_packets() {
+        let cfg = LearnConfig::default();
+        let t0 = Instant::now();
+        let mut l = Learner::default();
+        // A spray: one packet per port sweep, new SSRC and sequence each time.
+        for i in 0..20u16 {
+            let v = l.observe(
+                &cfg,
+                ATTACKER,
+                Rank::Unknown,
+                &rtp(u32::from(i) * 7919, i * 1000),
+                t0 + Duration::from_millis(u64::from(i) * 40),
+            );
+            assert_eq!(v, Verdict::Wait, "packet {i}");
+        }
+        // A phone behind a NAT without a SIP source: consistent, and it wins.
+        let phone = Endpoint::v4([198, 51, 100, 99], 7000);
+        let mut last = Verdict::Wait;
+        for s in 0..5 {
+            last = l.observe(
+                &cfg,
+                phone,
+                Rank::Unknown,
+                &rtp(42, 100 + s),
+                t0 + Duration::from_millis(900 + u64::from(s) * 20),
+            );
+        }
+        assert_eq!(
+            last,
+            Verdict::Latch {
+                src: phone,
+                rank: Rank::Unknown
+            }
+        );
+    }
+
+    #[test]
+    fn a_better_rank_wins_over_a_candidate_that_came_first() {
+        let cfg = LearnConfig::default();
+        let t0 = Instant::now();
+        let mut l = Learner::default();
+        let other_port = SDP.with_port(4002);
+        for s in 0..4 {
+            assert_eq!(
+                l.observe(
+                    &cfg,
+                    ATTACKER,
+                    Rank::Unknown,
+                    &rtp(9, s),
+                    t0 + Duration::from_millis(u64::from(s) * 20)
+                ),
+                Verdict::Wait
+            );
+        }
+        for s in 0..5 {
+            let v = l.observe(
+                &cfg,
+                other_port,
+                Rank::SignalledAddress,
+                &rtp(5, s),
+                t0 + Duration::from_millis(200 + u64::from(s) * 20),
+            );
+            if s == 4 {
+                assert_eq!(
+                    v,
+                    Verdict::Latch {
+                        src: other_port,
+                        rank: Rank::SignalledAddress
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn candidates_are_bounded() {
+        let cfg = LearnConfig::default();
+        let now = Instant::now();
+        let mut l = Learner::default();
+        for p in 0..cfg.max_candidates as u16 {
+            assert_eq!(
+                l.observe(
+                    &cfg,
+                    ATTACKER.with_port(p + 1),
+                    Rank::Unknown,
+                    &rtp(1, 1),
+                    now
+                ),
+                Verdict::Wait
+            );
+        }
+        assert_eq!(
+            l.observe(
+                &cfg,
+                ATTACKER.with_port(999),
+                Rank::Unknown,
+                &rtp(1, 1),
+                now
+            ),
+            Verdict::Refuse
+        );
+        assert_eq!(l.len(), cfg.max_candidates);
+    }
+
+    #[test]
+    fn garbage_payloads_count_but_never_panic() {
+        let cfg = LearnConfig::default();
+        let now = Instant::now();
+        let mut l = Learner::default();
+        for n in 0..40usize {
+            let _ = l.observe(&cfg, ATTACKER, Rank::Unknown, &vec![0xa5; n], now);
+        }
+    }
+}
