@@ -96,6 +96,13 @@ impl Endpoint {
         &self.addr
     }
 
+    /// Same family and address, whatever the ports.
+    #[inline(always)]
+    #[must_use]
+    pub fn same_address(&self, other: &Self) -> bool {
+        self.family == other.family && self.addr == other.addr
+    }
+
     #[must_use]
     pub const fn with_port(mut self, port: u16) -> Self {
         self.port = port.to_be_bytes();
@@ -222,6 +229,12 @@ pub struct FlowEntry {
     pub egress_ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    /// What signalling said of the side that sends on this flow: its endpoint, and (port 0)
+    /// its SIP source or confirmed relay address. Punts of a packet from either take the
+    /// priority budget, so a flood from elsewhere cannot crowd the real peer's first packets
+    /// out of learning. Unset when unknown.
+    pub hint: Endpoint,
+    pub hint_ip: Endpoint,
 }
 
 impl FlowEntry {
@@ -239,7 +252,17 @@ impl FlowEntry {
             egress_ifindex: 0,
             src_mac: [0; 6],
             dst_mac: [0; 6],
+            hint: Endpoint::UNSET,
+            hint_ip: Endpoint::UNSET,
         }
+    }
+
+    /// Whether `src` is what signalling said of the sending side (see [`FlowEntry::hint`]).
+    #[inline(always)]
+    #[must_use]
+    pub fn hinted(&self, src: &Endpoint) -> bool {
+        (self.hint.is_set() && self.hint == *src)
+            || (self.hint_ip.is_set() && src.same_address(&self.hint_ip))
     }
 
     #[inline(always)]
@@ -283,6 +306,9 @@ pub struct FlowCounters {
     /// timeout needs and costs a fraction of the precise clock) of the last accepted packet,
     /// 0 if none.
     pub last_seen_ns: u64,
+    /// The flow's punt budget: the theoretical arrival time of its next punt (GCRA, in
+    /// `bpf_ktime_get_ns` time), written by the kernel only.
+    pub punt_tat_ns: u64,
 }
 
 /// Global counters, one `u64` per CPU per counter in a per-CPU array. The index is the
@@ -344,12 +370,19 @@ pub enum Counter {
     TcToUserspace,
     /// TC: wrong source on a flow with the drop policy: dropped.
     TcDropMismatch,
-    /// TC: the redirect failed: the packet was handed to the stack unchanged.
-    TcRedirectFailed,
+    /// Punt refused: the flow's or the CPU's punt budget is spent (a flood): dropped.
+    DropPuntBudget,
+    /// A probe-port packet refused: the CPU's probe budget is spent: dropped.
+    DropProbeBudget,
+    /// Punted: IPv4 options (source routing among them) are not forwarded; userspace sends
+    /// the payload on in a clean datagram.
+    PuntIpOptions,
+    /// FORWARD, TTL or hop limit exhausted (a forwarding loop between relays): dropped.
+    DropTtl,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::TcRedirectFailed as usize + 1;
+    pub const COUNT: usize = Counter::DropTtl as usize + 1;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Frames,
@@ -376,7 +409,10 @@ impl Counter {
         Counter::TcFwd,
         Counter::TcToUserspace,
         Counter::TcDropMismatch,
-        Counter::TcRedirectFailed,
+        Counter::DropPuntBudget,
+        Counter::DropProbeBudget,
+        Counter::PuntIpOptions,
+        Counter::DropTtl,
     ];
 
     #[must_use]
@@ -406,9 +442,56 @@ impl Counter {
             Counter::TcFwd => "tc_fwd",
             Counter::TcToUserspace => "tc_to_userspace",
             Counter::TcDropMismatch => "tc_drop_mismatch",
-            Counter::TcRedirectFailed => "tc_redirect_failed",
+            Counter::DropPuntBudget => "drop_punt_budget",
+            Counter::DropProbeBudget => "drop_probe_budget",
+            Counter::PuntIpOptions => "punt_ip_options",
+            Counter::DropTtl => "drop_ttl",
         }
     }
+}
+
+/// A punt budget: GCRA with an emission interval and a burst tolerance, in nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Budget {
+    pub interval_ns: u64,
+    pub burst_ns: u64,
+}
+
+impl Budget {
+    /// `rate` packets a second, with bursts of `burst` packets.
+    #[must_use]
+    pub const fn per_second(rate: u64, burst: u64) -> Self {
+        let interval_ns = 1_000_000_000 / if rate == 0 { 1 } else { rate };
+        Self {
+            interval_ns,
+            burst_ns: interval_ns * if burst == 0 { 0 } else { burst - 1 },
+        }
+    }
+
+    /// Takes one packet's worth from the bucket whose state is `tat` (the theoretical
+    /// arrival time of the next packet), at `now`. Racy across CPUs by design: a lost update
+    /// lets one packet more or less through, never more than a burst.
+    #[inline(always)]
+    pub fn take(&self, tat: &mut u64, now: u64) -> bool {
+        let t = if *tat > now { *tat } else { now };
+        if t - now > self.burst_ns {
+            return false;
+        }
+        *tat = t + self.interval_ns;
+        true
+    }
+}
+
+/// Indices of the per-CPU global punt budgets (`PUNT_TAT`).
+pub mod budget {
+    /// Punts of packets from sources that signalling did not name.
+    pub const MEDIA: u32 = 0;
+    /// Punts of packets from the signalled endpoint, SIP source or confirmed relay.
+    pub const PRIORITY: u32 = 1;
+    /// Probe-port packets.
+    pub const PROBES: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Program-wide settings, in a one-element array map written by userspace at start-up.
@@ -417,15 +500,32 @@ impl Counter {
 pub struct RelayConfig {
     /// UDP port on which probes and probe ACKs arrive, network order; 0 disables.
     pub probe_port: [u8; 2],
-    _pad: [u8; 2],
+    _pad: [u8; 6],
+    /// Per flow: punts of unsignalled sources.
+    pub flow_budget: Budget,
+    /// Per CPU, indexed by [`budget`].
+    pub cpu_budget: [Budget; budget::COUNT as usize],
 }
 
 impl RelayConfig {
+    /// A flow may punt 1000 packets a second (a HOLD flow's 50 pps of RTP, a video flow too
+    /// large for its egress), in bursts of 100; each CPU 50,000 of unsignalled sources,
+    /// 20,000 of signalled ones, and 5,000 probes: what the control thread takes with room
+    /// to spare, whatever a flood sends.
+    pub const FLOW_BUDGET: Budget = Budget::per_second(1000, 100);
+    pub const CPU_BUDGET: [Budget; budget::COUNT as usize] = [
+        Budget::per_second(50_000, 5_000),
+        Budget::per_second(20_000, 2_000),
+        Budget::per_second(5_000, 500),
+    ];
+
     #[must_use]
     pub const fn new(probe_port: u16) -> Self {
         Self {
             probe_port: probe_port.to_be_bytes(),
-            _pad: [0; 2],
+            _pad: [0; 6],
+            flow_budget: Self::FLOW_BUDGET,
+            cpu_budget: Self::CPU_BUDGET,
         }
     }
 }
@@ -440,6 +540,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RelayConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Endpoint {}
 }
 
 #[cfg(test)]
@@ -463,14 +565,16 @@ mod tests {
         assert_packed!(FlowKey, 20, 1, [Endpoint]);
         assert_packed!(
             FlowEntry,
-            84,
+            124,
             4,
             [
-                u8, u8, u16, u32, Endpoint, Endpoint, Endpoint, u32, [u8; 6], [u8; 6]
+                u8, u8, u16, u32, Endpoint, Endpoint, Endpoint, u32, [u8; 6], [u8; 6], Endpoint,
+                Endpoint
             ]
         );
-        assert_packed!(FlowCounters, 48, 8, [u64, u64, u64, u64, u64, u64]);
-        assert_packed!(RelayConfig, 4, 1, [[u8; 2], [u8; 2]]);
+        assert_packed!(FlowCounters, 56, 8, [u64, u64, u64, u64, u64, u64, u64]);
+        assert_packed!(Budget, 16, 8, [u64, u64]);
+        assert_packed!(RelayConfig, 72, 8, [[u8; 2], [u8; 6], Budget, [Budget; 3]]);
     }
 
     #[test]
@@ -508,6 +612,41 @@ mod tests {
         assert_eq!(e.state(), FlowState::Forward);
         e.state = 7;
         assert_eq!(e.state(), FlowState::Hold);
+    }
+
+    #[test]
+    fn budgets_pass_their_rate_and_bursts_and_no_more() {
+        let b = Budget::per_second(1000, 10);
+        let mut tat = 0;
+        let t0 = 5_000_000_000;
+        // A burst of 10 passes at once, the 11th does not.
+        let passed = (0..20).filter(|_| b.take(&mut tat, t0)).count();
+        assert_eq!(passed, 10);
+        // Over a second at a steady 10,000 offered, about 1000 pass.
+        let mut n = 0;
+        for i in 0..10_000u64 {
+            if b.take(&mut tat, t0 + 1_000_000 + i * 100_000) {
+                n += 1;
+            }
+        }
+        assert!((990..=1011).contains(&n), "{n}");
+        // A zero rate still works (one a second), never a division by zero.
+        let z = Budget::per_second(0, 0);
+        let mut tat = 0;
+        assert!(z.take(&mut tat, 1));
+        assert!(!z.take(&mut tat, 2));
+    }
+
+    #[test]
+    fn hints_match_the_endpoint_or_the_address() {
+        let mut e = FlowEntry::hold(0);
+        let phone = Endpoint::v4([192, 0, 2, 1], 4000);
+        assert!(!e.hinted(&phone));
+        e.hint = phone;
+        assert!(e.hinted(&phone));
+        assert!(!e.hinted(&phone.with_port(4001)));
+        e.hint_ip = Endpoint::v4([198, 51, 100, 7], 0);
+        assert!(e.hinted(&Endpoint::v4([198, 51, 100, 7], 61_000)));
     }
 
     #[test]

@@ -77,7 +77,10 @@ fn udp_header_sum(udp: &UdpHdr) -> u64 {
     u64::from(udp.src_port()) + u64::from(udp.dst_port()) + u64::from(udp.len())
 }
 
-/// Rewrites an IPv4/UDP packet to go from `src` to `dst` (both IPv4 endpoints).
+/// Rewrites an IPv4/UDP packet to go from `src` to `dst` (both IPv4 endpoints), with the TTL
+/// one lower, as any hop that forwards at wire speed must (two relays that forward to each
+/// other by mistake then lose the packet after 64 hops instead of looping it forever). The
+/// caller has checked that the TTL is above 1.
 ///
 /// `payload_sum` returns the one's-complement sum (see [`csum::add_bytes`]) of the UDP payload,
 /// the bytes after the UDP header; it is called only for a partial checksum.
@@ -93,9 +96,11 @@ pub fn rewrite_v4(
     let new_dst = dst.addr_v4();
     let kind = classify_v4(ip, udp);
 
+    let ttl = ip.ttl.saturating_sub(1);
     let ip_check = Incremental::new(u16::from_be_bytes(ip.check))
         .replace(&ip.src, new_src)
         .replace(&ip.dst, new_dst)
+        .replace(&[ip.ttl, ip.proto], &[ttl, ip.proto])
         .finish();
 
     match kind {
@@ -120,11 +125,13 @@ pub fn rewrite_v4(
     }
     ip.src = *new_src;
     ip.dst = *new_dst;
+    ip.ttl = ttl;
     ip.check = ip_check.to_be_bytes();
 }
 
-/// Rewrites an IPv6/UDP packet to go from `src` to `dst` (both IPv6 endpoints). The caller has
-/// already rejected a zero checksum, which IPv6 forbids (RFC 8200 section 8.1).
+/// Rewrites an IPv6/UDP packet to go from `src` to `dst` (both IPv6 endpoints), with the hop
+/// limit one lower (see [`rewrite_v4`]). The caller has already rejected a zero checksum,
+/// which IPv6 forbids (RFC 8200 section 8.1), and a hop limit of 1 or less.
 #[inline(always)]
 pub fn rewrite_v6(
     ip: &mut Ipv6Hdr,
@@ -153,6 +160,7 @@ pub fn rewrite_v6(
     }
     ip.src = *new_src;
     ip.dst = *new_dst;
+    ip.hop_limit = ip.hop_limit.saturating_sub(1);
 }
 
 /// RFC 768: a UDP checksum that computes to zero is sent as all ones.

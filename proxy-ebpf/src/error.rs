@@ -22,6 +22,12 @@ pub enum Error {
     NoSocket,
     /// The DEVMAP redirect failed after the rewrite (the interface left the map meanwhile).
     RedirectFailed,
+    /// A punt refused by its budget (a flood).
+    PuntBudget,
+    /// A probe-port packet refused by the probe budget.
+    ProbeBudget,
+    /// TTL or hop limit exhausted.
+    Ttl,
 }
 
 impl Error {
@@ -36,9 +42,13 @@ impl Error {
             | Error::Fragment
             | Error::Truncated
             | Error::NoFlow => xdp_action::XDP_PASS,
-            Error::Malformed | Error::Mismatch | Error::NoSocket | Error::RedirectFailed => {
-                xdp_action::XDP_DROP
-            }
+            Error::Malformed
+            | Error::Mismatch
+            | Error::NoSocket
+            | Error::RedirectFailed
+            | Error::PuntBudget
+            | Error::ProbeBudget
+            | Error::Ttl => xdp_action::XDP_DROP,
         }
     }
 
@@ -55,6 +65,9 @@ impl Error {
             Error::Mismatch => Counter::DropMismatch,
             Error::NoSocket => Counter::DropNoSocket,
             Error::RedirectFailed => Counter::DropRedirect,
+            Error::PuntBudget => Counter::DropPuntBudget,
+            Error::ProbeBudget => Counter::DropProbeBudget,
+            Error::Ttl => Counter::DropTtl,
         }
     }
 }

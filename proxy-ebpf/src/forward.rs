@@ -55,6 +55,14 @@ pub fn forward<const SKB: bool>(
     if pkt.ip_len > entry.mtu {
         return Ok(Sent::NotYet(Counter::PuntTooBig));
     }
+    // IPv4 options (source routing among them) are not the relay's to forward: userspace
+    // sends the payload on in a clean datagram. Rare on media, so the slow path is fine.
+    if pkt.family == family::V4 && pkt.udp_off != L3_OFF + core::mem::size_of::<Ipv4Hdr>() {
+        return Ok(Sent::NotYet(Counter::PuntIpOptions));
+    }
+    if pkt.ttl <= 1 {
+        return Err(Error::Ttl);
+    }
     // Native frames reach an egress only if its driver takes them (userspace knows from the
     // kernel's xdp-features); generic XDP transmits through the device's own path.
     if !SKB && !entry.has_flag(flow_flags::NATIVE_TX) {

@@ -10,14 +10,20 @@
 //! | `XSKS`          | base + rx queue      | userspace, one AF_XDP socket per queue       |
 //! | `EGRESS`        | ifindex              | userspace, each egress a next hop uses       |
 //! | `SOCKETS`       | 0: IPv4, 1: IPv6     | userspace: the fallback sockets sk_lookup assigns |
+//! | `LOCAL_ADDRS`   | address (port 0)     | userspace: the relay's own addresses (probes)|
+//! | `PUNT_TAT`      | `budget::*`          | kernel, per CPU: the global punt budgets     |
 //!
 //! Userspace may resize `FLOWS` and `FLOW_COUNTERS` at load time (`--max-flows`).
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, PerCpuArray, SockMap, XskMap},
 };
-use proxy_common::{Counter, FlowCounters, FlowEntry, FlowKey, RelayConfig};
+use proxy_common::{
+    Counter, Endpoint, FlowCounters, FlowEntry, FlowKey, RelayConfig,
+    flow::{Budget, budget},
+};
 
 const MAX_FLOWS: u32 = 65_536;
 /// Rx queues per interface that can punt to userspace; shared with userspace.
@@ -48,6 +54,15 @@ pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 #[map]
 pub static SOCKETS: SockMap = SockMap::with_max_entries(2, 0);
 
+#[map]
+static LOCAL_ADDRS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map]
+static PUNT_TAT: PerCpuArray<u64> = PerCpuArray::with_max_entries(budget::COUNT, 0);
+
+/// Addresses of the relay that can receive probes.
+const MAX_LOCAL_ADDRS: u32 = 256;
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -63,6 +78,43 @@ pub fn probe_port() -> [u8; 2] {
         Some(cfg) => cfg.probe_port,
         None => [0, 0],
     }
+}
+
+/// Whether `addr` (any port) is one of the relay's own addresses.
+#[inline(always)]
+pub fn is_local(addr: &Endpoint) -> bool {
+    let key = addr.with_port(0);
+    // SAFETY: a u8 value, only tested for presence.
+    unsafe { LOCAL_ADDRS.get(&key) }.is_some()
+}
+
+/// Takes one punt from the CPU's budget `which` (see `proxy_common::flow::budget`), and for
+/// an unsignalled source first from the flow's own (its GCRA state in `counters`).
+#[inline(always)]
+pub fn take_budget(which: u32, counters: Option<*mut FlowCounters>) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return true;
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if which == budget::MEDIA
+        && let Some(c) = counters
+    {
+        // SAFETY: a valid array element for the program run (see `relay::touch`); races
+        // between CPUs only let a packet more or less through.
+        if !cfg.flow_budget.take(unsafe { &mut (*c).punt_tat_ns }, now) {
+            return false;
+        }
+    }
+    let Some(tat) = PUNT_TAT.get_ptr_mut(which) else {
+        return true;
+    };
+    let b: &Budget = match cfg.cpu_budget.get(which as usize) {
+        Some(b) => b,
+        None => return true,
+    };
+    // SAFETY: a per-CPU slot, touched only by this CPU.
+    b.take(unsafe { &mut *tat }, now)
 }
 
 #[inline(always)]

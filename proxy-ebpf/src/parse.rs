@@ -32,6 +32,8 @@ pub struct Parsed {
     pub lengths_ok: bool,
     pub src: Endpoint,
     pub dst: Endpoint,
+    /// TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
 }
 
 #[inline(always)]
@@ -84,6 +86,7 @@ fn parse_v4<C: Packet>(ctx: &C) -> Result<Parsed, Error> {
         lengths_ok,
         src: Endpoint::v4(ip.src, udp.src_port()),
         dst: Endpoint::v4(ip.dst, udp.dst_port()),
+        ttl: ip.ttl,
     })
 }
 
@@ -116,5 +119,6 @@ fn parse_v6<C: Packet>(ctx: &C) -> Result<Parsed, Error> {
         lengths_ok,
         src: Endpoint::v6(ip.src, udp.src_port()),
         dst: Endpoint::v6(ip.dst, udp.dst_port()),
+        ttl: ip.hop_limit,
     })
 }

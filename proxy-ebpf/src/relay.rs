@@ -2,7 +2,10 @@
 //! packet to the TC program.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use proxy_common::{Counter, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags};
+use proxy_common::{
+    Counter, FlowCounters, FlowEntry, FlowKey, FlowState,
+    flow::{budget, flow_flags},
+};
 
 use crate::{
     error::Error,
@@ -23,8 +26,13 @@ pub struct Verdict {
 pub fn handle<const SKB: bool>(ctx: &XdpContext) -> Result<Verdict, Error> {
     let pkt = parse::parse(ctx)?;
 
+    // Probes and ACKs arrive at the probe port of the relay's own addresses; the same port
+    // on another destination is the host's other traffic, not ours to punt.
     let probe_port = maps::probe_port();
-    if probe_port != [0, 0] && *pkt.dst.port_be() == probe_port {
+    if probe_port != [0, 0] && *pkt.dst.port_be() == probe_port && maps::is_local(&pkt.dst) {
+        if !maps::take_budget(budget::PROBES, None) {
+            return Err(Error::ProbeBudget);
+        }
         return punt(ctx, Counter::PuntProbe);
     }
 
@@ -43,13 +51,36 @@ pub fn handle<const SKB: bool>(ctx: &XdpContext) -> Result<Verdict, Error> {
         if entry.has_flag(flow_flags::MISMATCH_DROP) {
             return Err(Error::Mismatch);
         }
-        return punt_counted(ctx, counters, payload, Counter::PuntMismatch);
+        return punt_budgeted(ctx, &pkt, entry, counters, payload, Counter::PuntMismatch);
     }
     touch(counters);
     if entry.state() == FlowState::Hold {
-        return punt_counted(ctx, counters, payload, Counter::PuntHold);
+        return punt_budgeted(ctx, &pkt, entry, counters, payload, Counter::PuntHold);
     }
     forward_flow::<SKB>(ctx, &pkt, entry, counters, payload)
+}
+
+/// A flow's punt, within its budget: a packet from the source signalling named takes the
+/// priority budget, any other the flow's and the CPU's, so that a flood neither reaches the
+/// control thread nor crowds out the real peer.
+#[inline(always)]
+fn punt_budgeted(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    entry: &FlowEntry,
+    counters: Option<*mut FlowCounters>,
+    payload: u64,
+    why: Counter,
+) -> Result<Verdict, Error> {
+    let (which, per_flow) = if entry.hinted(&pkt.src) {
+        (budget::PRIORITY, None)
+    } else {
+        (budget::MEDIA, counters)
+    };
+    if !maps::take_budget(which, per_flow) {
+        return Err(Error::PuntBudget);
+    }
+    punt_counted(ctx, counters, payload, why)
 }
 
 #[inline(always)]
@@ -71,7 +102,9 @@ fn forward_flow<const SKB: bool>(
             });
         }
         // Untouched: userspace hands it to the kernel's stack.
-        forward::Sent::NotYet(why) => return punt_counted(ctx, counters, payload, why),
+        forward::Sent::NotYet(why) => {
+            return punt_budgeted(ctx, pkt, entry, counters, payload, why);
+        }
     };
     add(counters, |c| &mut c.fwd_packets, 1);
     add(counters, |c| &mut c.fwd_bytes, payload);

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use proxy_common::{
     Counter, Endpoint, FlowEntry, FlowKey, FlowState,
     flow::{family, flow_flags},
-    wire::{EthHdr, Ipv4Hdr, Ipv6Hdr},
+    wire::{EthHdr, Header as _, Ipv4Hdr, Ipv6Hdr, ip_proto},
 };
 
 use crate::{
@@ -32,8 +32,10 @@ use crate::{
 /// options, UDP.
 const HEADERS: u32 = (core::mem::size_of::<EthHdr>() + 60 + 8) as u32;
 /// Offsets of the fields the rewrite touches.
+const V4_TTL: usize = L3_OFF + 8;
 const V4_CHECK: usize = L3_OFF + 10;
 const V4_ADDRS: usize = L3_OFF + 12;
+const V6_HOP_LIMIT: usize = L3_OFF + 7;
 const V6_ADDRS: usize = L3_OFF + 8;
 
 /// What the program does with a flow's packet, and the counter for it. `None`: not a
@@ -62,13 +64,20 @@ pub fn handle(ctx: &TcContext) -> Option<(i32, Counter)> {
         }
         return to_userspace;
     }
+    // As in XDP: what TC cannot send goes up, IPv4 options included (userspace sends the
+    // payload on clean).
+    let options = pkt.family == family::V4 && pkt.udp_off != L3_OFF + Ipv4Hdr::LEN;
     if entry.state() == FlowState::Hold
         || !entry.has_flag(flow_flags::NEXT_HOP)
         || entry.out_src.family() != pkt.family
         || entry.out_dst.family() != pkt.family
         || pkt.ip_len > entry.mtu
+        || options
     {
         return to_userspace;
+    }
+    if pkt.ttl <= 1 {
+        return Some((TC_ACT_SHOT as i32, Counter::DropTtl));
     }
     touch(counters);
     if rewrite(ctx, &pkt, entry).is_err() {
@@ -93,6 +102,13 @@ fn rewrite(ctx: &TcContext, pkt: &Parsed, entry: &FlowEntry) -> Result<(), i64> 
         let new = addrs_v4(&entry.out_src, &entry.out_dst);
         let diff = csum_diff(&old, &new)?;
         ctx.l3_csum_replace(V4_CHECK, 0, diff, 0)?;
+        // One hop: TTL down by one (see proxy_common::rewrite), in the same 16-bit word as
+        // the protocol for the header checksum.
+        let ttl = pkt.ttl - 1;
+        let old_word = u16::from_ne_bytes([pkt.ttl, ip_proto::UDP]);
+        let new_word = u16::from_ne_bytes([ttl, ip_proto::UDP]);
+        ctx.l3_csum_replace(V4_CHECK, u64::from(old_word), u64::from(new_word), 2)?;
+        ctx.store(V4_TTL, &ttl, 0)?;
         // The addresses are in the UDP pseudo-header: with BPF_F_PSEUDO_HDR a partial
         // checksum gets its seed updated, a complete one its field (and skb->csum).
         ctx.l4_csum_replace(
@@ -113,6 +129,7 @@ fn rewrite(ctx: &TcContext, pkt: &Parsed, entry: &FlowEntry) -> Result<(), i64> 
             u64::from(BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
         )?;
         ctx.store(V6_ADDRS, &new, 0)?;
+        ctx.store(V6_HOP_LIMIT, &(pkt.ttl - 1), 0)?;
     }
     let old_ports = ports(&pkt.src, &pkt.dst);
     let new_ports = ports(&entry.out_src, &entry.out_dst);

@@ -1226,6 +1226,8 @@ fn program_timing(dp: &mut Dataplane, ingress: u32) -> anyhow::Result<(f64, f64)
             peer: Some(peer),
             mismatch: MismatchPolicy::Drop,
             out_src: key,
+            hint: None,
+            hint_ip: None,
             out_dst: peer,
         };
         let egress = bench_egress(key, peer)?;
@@ -1286,6 +1288,8 @@ fn scale_point(
             peer: Some(Endpoint::v4(GEN_IP, GEN_PORT)),
             mismatch: MismatchPolicy::Drop,
             out_src: Endpoint::v4([10, 0, 2, 1], 40_000),
+            hint: None,
+            hint_ip: None,
             out_dst: Endpoint::v4(SINK_IP, SINK_PORT),
         };
         let egress = bench_egress(spec.out_src, spec.out_dst)?;

@@ -301,7 +301,7 @@ impl Control {
             FallbackSocket::bind(true).context("the IPv6 fallback socket")?,
         ];
         dp.attach_lookup(&fallback[0], &fallback[1])?;
-        let io = io::spawn(Vec::new(), fallback)?;
+        let io = io::spawn(Vec::new(), fallback, probe_port)?;
         let egresses = Egresses::new().context("rtnetlink for next hops")?;
         let monitor = Monitor::new().context("subscribing to rtnetlink notifications")?;
         let features = match egresses.netdev().map(crate::netdev::Netdev::monitor) {
@@ -433,7 +433,22 @@ impl Control {
                 wake = wake.min(t);
             }
             let timeout = wake.saturating_duration_since(now);
+            // Probes and ACKs first: control work, never behind a burst of media punts.
+            for p in self
+                .io
+                .priority
+                .try_iter()
+                .take(PUNT_BURST)
+                .collect::<Vec<_>>()
+            {
+                self.on_punted(p);
+            }
             select! {
+                recv(self.io.priority) -> p => {
+                    if let Ok(p) = p {
+                        self.on_punted(p);
+                    }
+                }
                 recv(self.io.rx) -> p => match p {
                     Ok(p) => {
                         self.on_punted(p);
@@ -527,6 +542,7 @@ impl Control {
             return;
         };
         let mut own = std::collections::HashSet::new();
+        let list_addrs = list.iter().map(|(_, ip, _)| *ip).collect();
         for (_, ip, prefix) in list {
             own.insert(ip);
             if let std::net::IpAddr::V4(a) = ip
@@ -537,6 +553,10 @@ impl Control {
             }
         }
         self.calls.set_local_addresses(own.iter().copied());
+        let addrs: std::collections::HashSet<std::net::IpAddr> = list_addrs;
+        if let Err(e) = self.dp.set_local_addresses(&addrs) {
+            warn!("the relay's addresses for probes: {e:#}");
+        }
         self.own = own;
     }
 

@@ -11,6 +11,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     os::fd::AsRawFd,
 };
 
@@ -73,6 +74,10 @@ pub struct FlowSpec {
     pub out_src: Endpoint,
     /// The destination, unset until known.
     pub out_dst: Endpoint,
+    /// What signalling said of the sending side: its endpoint, and its SIP source (or
+    /// confirmed relay) address. The kernel gives their punts priority over a flood's.
+    pub hint: Option<Endpoint>,
+    pub hint_ip: Option<IpAddr>,
 }
 
 impl FlowSpec {
@@ -84,6 +89,8 @@ impl FlowSpec {
             mismatch: MismatchPolicy::default(),
             out_src: Endpoint::UNSET,
             out_dst: Endpoint::UNSET,
+            hint: None,
+            hint_ip: None,
         }
     }
 
@@ -99,6 +106,10 @@ impl FlowSpec {
         }
         e.out_src = self.out_src;
         e.out_dst = self.out_dst;
+        e.hint = self.hint.unwrap_or(Endpoint::UNSET);
+        e.hint_ip = self.hint_ip.map_or(Endpoint::UNSET, |ip| {
+            Endpoint::from(std::net::SocketAddr::new(ip, 0))
+        });
         if let Some(g) = egress {
             e.flags |= flow_flags::NEXT_HOP;
             if g.native {
@@ -229,6 +240,8 @@ pub struct Dataplane {
     egress: DevMapHash<MapData>,
     egress_devices: HashSet<u32>,
     sockets: SockMap<MapData>,
+    local_addrs: BpfHashMap<MapData, Endpoint, u8>,
+    local_set: HashSet<IpAddr>,
     attachments: Vec<Attachment>,
     lookup: Option<SkLookupLinkId>,
     /// Userspace's copy of every entry in `FLOWS`.
@@ -276,6 +289,7 @@ impl Dataplane {
         let xsk_base = BpfHashMap::try_from(take(&mut ebpf, "XSK_BASE")?)?;
         let egress = DevMapHash::try_from(take(&mut ebpf, "EGRESS")?)?;
         let sockets = SockMap::try_from(take(&mut ebpf, "SOCKETS")?)?;
+        let local_addrs = BpfHashMap::try_from(take(&mut ebpf, "LOCAL_ADDRS")?)?;
         let mut config: Array<MapData, RelayConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)?;
         config
             .set(0, RelayConfig::new(cfg.probe_port), 0)
@@ -291,6 +305,8 @@ impl Dataplane {
             egress,
             egress_devices: HashSet::new(),
             sockets,
+            local_addrs,
+            local_set: HashSet::new(),
             attachments: Vec::new(),
             lookup: None,
             mirror: HashMap::new(),
@@ -450,6 +466,21 @@ impl Dataplane {
             p.attach(netns)
                 .context("attaching the sk_lookup program to the network namespace")?,
         );
+        Ok(())
+    }
+
+    /// The relay's own addresses: probes are punted only when sent to one of them.
+    pub fn set_local_addresses(&mut self, addrs: &HashSet<IpAddr>) -> anyhow::Result<()> {
+        let key = |ip: &IpAddr| Endpoint::from(std::net::SocketAddr::new(*ip, 0));
+        for gone in self.local_set.difference(addrs) {
+            let _ = self.local_addrs.remove(&key(gone));
+        }
+        for new in addrs.difference(&self.local_set) {
+            self.local_addrs
+                .insert(key(new), 1, 0)
+                .with_context(|| format!("adding {new} to LOCAL_ADDRS"))?;
+        }
+        self.local_set.clone_from(addrs);
         Ok(())
     }
 

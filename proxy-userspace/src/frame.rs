@@ -419,6 +419,7 @@ mod tests {
         assert_eq!(&f[0..12], &[2, 0, 0, 0, 0, 8, 2, 0, 0, 0, 0, 9]);
         let expect = FrameBuilder::udp(s, d)
             .macs([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
+            .ttl(63)
             .payload(&[7; 172])
             .build();
         assert_eq!(f, expect);

@@ -89,6 +89,9 @@ enum Request {
 
 pub struct IoHandle {
     pub rx: Receiver<Punted>,
+    /// Probe-port frames: control work, kept apart so that media punts cannot crowd them
+    /// out of the queue.
+    pub priority: Receiver<Punted>,
     sender: IoSender,
     requests: Sender<Request>,
     stop: Arc<AtomicBool>,
@@ -190,8 +193,27 @@ const STATS_EVERY: Duration = Duration::from_millis(200);
 /// Largest datagram the fallback sockets take (the largest UDP payload).
 const MAX_DATAGRAM: usize = 65_535;
 
-/// Starts the I/O thread over `sockets` and the fallback sockets.
-pub fn spawn(sockets: Vec<XskSocket>, fallback: Vec<FallbackSocket>) -> std::io::Result<IoHandle> {
+/// Depth of the probe-port queue.
+const PRIORITY_DEPTH: usize = 4096;
+
+/// The UDP destination port of an Ethernet frame, if it is IPv4/IPv6 UDP (no options walk:
+/// a probe has none), for sorting punts without a full parse.
+fn udp_dst_port(f: &[u8]) -> Option<u16> {
+    let at = match u16::from_be_bytes([*f.get(12)?, *f.get(13)?]) {
+        0x0800 => 14 + usize::from(f.get(14)? & 0x0f) * 4 + 2,
+        0x86dd => 14 + 40 + 2,
+        _ => return None,
+    };
+    Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]))
+}
+
+/// Starts the I/O thread over `sockets` and the fallback sockets; frames to `probe_port`
+/// (0: none) go to the priority queue.
+pub fn spawn(
+    sockets: Vec<XskSocket>,
+    fallback: Vec<FallbackSocket>,
+    probe_port: u16,
+) -> std::io::Result<IoHandle> {
     // SAFETY: plain eventfd(2).
     let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if efd < 0 {
@@ -200,6 +222,7 @@ pub fn spawn(sockets: Vec<XskSocket>, fallback: Vec<FallbackSocket>) -> std::io:
     // SAFETY: fresh fd we own.
     let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
     let (rx_tx, rx_rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
+    let (prio_tx, prio_rx) = crossbeam_channel::bounded(PRIORITY_DEPTH);
     let (tx_tx, tx_rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
     let (req_tx, req_rx) = crossbeam_channel::unbounded();
     let stop = Arc::new(AtomicBool::new(false));
@@ -210,6 +233,8 @@ pub fn spawn(sockets: Vec<XskSocket>, fallback: Vec<FallbackSocket>) -> std::io:
             sockets,
             fallback,
             to_control: rx_tx,
+            priority: prio_tx,
+            probe_port,
             from_control: tx_rx,
             requests: req_rx,
             wake_fd: wake_fd.clone(),
@@ -223,6 +248,7 @@ pub fn spawn(sockets: Vec<XskSocket>, fallback: Vec<FallbackSocket>) -> std::io:
     };
     Ok(IoHandle {
         rx: rx_rx,
+        priority: prio_rx,
         sender: IoSender {
             tx: tx_tx,
             wake: wake_fd,
@@ -240,6 +266,8 @@ struct IoLoop {
     sockets: Vec<XskSocket>,
     fallback: Vec<FallbackSocket>,
     to_control: Sender<Punted>,
+    priority: Sender<Punted>,
+    probe_port: u16,
     from_control: Receiver<TxFrame>,
     requests: Receiver<Request>,
     wake_fd: Arc<OwnedFd>,
@@ -307,7 +335,17 @@ impl IoLoop {
     }
 
     fn deliver(&self, p: Punted) {
-        if self.to_control.try_send(p).is_err() {
+        let probe = self.probe_port != 0
+            && match &p.packet {
+                Packet::Frame(f) => udp_dst_port(f) == Some(self.probe_port),
+                Packet::Datagram { dst, .. } => dst.port() == self.probe_port,
+            };
+        let queue = if probe {
+            &self.priority
+        } else {
+            &self.to_control
+        };
+        if queue.try_send(p).is_err() {
             self.counters
                 .rx_backlog_drops
                 .fetch_add(1, Ordering::Relaxed);

@@ -434,6 +434,8 @@ impl Stream {
             Latching::Asymmetric => true,
         };
         let mut spec = FlowSpec::hold();
+        spec.hint = side.remote;
+        spec.hint_ip = side.sip_source.or(side.relay_ip);
         let learning = side.learning_until.is_some();
         spec.mismatch = if !self.cfg.strict_source && (learning || relatch) {
             MismatchPolicy::Punt

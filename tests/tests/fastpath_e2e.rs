@@ -90,7 +90,7 @@ fn run(mode: XdpMode, tag: &str) {
                 dp.register_socket(ifindex, 0, &s).unwrap();
                 socks.push(s);
             }
-            (dp, io::spawn(socks, Vec::new()).unwrap(), r1)
+            (dp, io::spawn(socks, Vec::new(), 0).unwrap(), r1)
         })
         .unwrap();
 

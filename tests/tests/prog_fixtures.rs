@@ -34,7 +34,7 @@ const PEER1_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x02];
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
 #[repr(C)]
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct XdpMd {
     data: u32,
     data_end: u32,
@@ -90,6 +90,8 @@ fn forward_spec(peer: Option<Endpoint>, out_src: Endpoint, out_dst: Endpoint) ->
         peer,
         mismatch: MismatchPolicy::Punt,
         out_src,
+        hint: None,
+        hint_ip: None,
         out_dst,
     }
 }
@@ -145,6 +147,12 @@ fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
         probe_port: PROBE_PORT,
     })
     .expect("load the programs");
+    let own: std::collections::HashSet<std::net::IpAddr> =
+        ["10.0.1.1", "10.0.2.1", "fd00:1::1", "fd00:2::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+    dp.set_local_addresses(&own).unwrap();
     let xsk = XskSocket::bind(
         relay0,
         0,
@@ -257,9 +265,11 @@ fn ipv4_fixtures() {
                 .macs(PEER0_MAC, RELAY0_MAC)
                 .payload(p)
         };
+        // One hop: TTL (hop limit) 64 in, 63 out.
         let forwarded = |p: &[u8]| {
             FrameBuilder::udp(relay_b, b)
                 .macs(RELAY1_MAC, PEER1_MAC)
+                .ttl(63)
                 .payload(p)
         };
         // Toward B through relay1: native frames delivered; the same with jumbo MTU; an
@@ -285,6 +295,7 @@ fn ipv4_fixtures() {
         let hairpin_veth = hop(relay0, RELAY0_MAC, PEER0_MAC, 1500, true, true);
         let hairpinned = FrameBuilder::udp(v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002))
             .macs(RELAY0_MAC, PEER0_MAC)
+            .ttl(63)
             .payload(&payload)
             .build();
 
@@ -387,18 +398,32 @@ fn ipv4_fixtures() {
                 counter: Counter::FwdRedirect,
             },
             Case {
-                name: "FORWARD: IPv4 options kept, header checksum updated",
+                name: "FORWARD: IPv4 options (loose source route here): punted, userspace sends clean",
                 flows: vec![(relay_a, fwd, to_b)],
                 input: input(&payload)
-                    .ip_options(&[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00])
+                    .ip_options(&[0x83, 0x07, 0x04, 10, 0, 9, 9, 0x00])
                     .build(),
                 action: XDP_REDIRECT,
-                output: Out::Bytes(
-                    forwarded(&payload)
-                        .ip_options(&[0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00])
-                        .build(),
-                ),
-                counter: Counter::FwdRedirect,
+                output: Out::Same,
+                counter: Counter::PuntIpOptions,
+            },
+            Case {
+                name: "FORWARD: TTL 1 (a forwarding loop): dropped",
+                flows: vec![(relay_a, fwd, to_b)],
+                input: input(&payload).ttl(1).build(),
+                action: XDP_DROP,
+                output: Out::Same,
+                counter: Counter::DropTtl,
+            },
+            Case {
+                name: "probe port to another host's address: not ours, passed",
+                flows: vec![],
+                input: FrameBuilder::udp(v4([10, 0, 1, 2], 7999), v4([10, 0, 1, 77], PROBE_PORT))
+                    .payload(b"MPRB")
+                    .build(),
+                action: XDP_PASS,
+                output: Out::Same,
+                counter: Counter::PassNoFlow,
             },
             Case {
                 name: "FORWARD: back out of the ingress NIC with XDP_TX",
@@ -647,12 +672,20 @@ fn ipv4_fixtures() {
                 counter: Counter::TcFwd,
             },
             Case {
-                name: "TC, FORWARD with IPv4 options",
+                name: "TC, FORWARD with IPv4 options: left to userspace, which sends clean",
                 flows: vec![(relay_a, fwd, to_b_skb)],
                 input: input(&payload).ip_options(&[0x01, 0x01, 0x01, 0x00]).build(),
-                action: TC_ACT_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).ip_options(&[0x01, 0x01, 0x01, 0x00]).build()),
-                counter: Counter::TcFwd,
+                action: TC_ACT_OK,
+                output: Out::Same,
+                counter: Counter::TcToUserspace,
+            },
+            Case {
+                name: "TC, TTL 1: dropped",
+                flows: vec![(relay_a, fwd, to_b_skb)],
+                input: input(&payload).ttl(1).build(),
+                action: TC_ACT_SHOT,
+                output: Out::Same,
+                counter: Counter::DropTtl,
             },
             Case {
                 name: "TC, larger than the egress MTU: left to the stack (the fallback socket)",
@@ -731,9 +764,11 @@ fn ipv6_fixtures() {
                 .macs(PEER0_MAC, RELAY0_MAC)
                 .payload(p)
         };
+        // One hop: TTL (hop limit) 64 in, 63 out.
         let forwarded = |p: &[u8]| {
             FrameBuilder::udp(relay_b, b)
                 .macs(RELAY1_MAC, PEER1_MAC)
+                .ttl(63)
                 .payload(p)
         };
         let to_b = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true);
@@ -876,6 +911,95 @@ fn ipv6_fixtures() {
             },
         ];
         run_table(env, Prog::Tc, tc_cases);
+    })
+    .unwrap();
+}
+
+/// The kernel's punt budgets under BPF_PROG_TEST_RUN's repeat (thousands of runs within
+/// milliseconds, a flood's rate): an unsignalled source gets its flow's burst through and no
+/// more, the source that signalling named keeps getting through, and probes to the relay's
+/// address have their own budget.
+#[test]
+fn punt_budgets_hold_a_flood_back_but_not_the_signalled_peer() {
+    need_root();
+    let env = Env::fixture("fxb").unwrap();
+    env.enter(|env| {
+        let relay0 = env.ifindex("relay0");
+        let mut dp = Dataplane::load(&DataplaneConfig {
+            max_flows: 8,
+            probe_port: PROBE_PORT,
+        })
+        .unwrap();
+        let own = std::iter::once("10.0.1.1".parse().unwrap()).collect();
+        dp.set_local_addresses(&own).unwrap();
+        let xsk = XskSocket::bind(relay0, 0, XskConfig::default()).unwrap();
+        dp.register_socket(relay0, 0, &xsk).unwrap();
+        let relay_a = v4([10, 0, 1, 1], 30000);
+        let phone = v4([10, 0, 1, 2], 4000);
+        let spec = FlowSpec {
+            hint: Some(phone),
+            ..FlowSpec::hold()
+        };
+        dp.add_flow(FlowKey::new(relay_a), &spec, None).unwrap();
+        let md = XdpMd {
+            ingress_ifindex: relay0,
+            ..XdpMd::default()
+        };
+        let run = |dp: &Dataplane, frame: &[u8], repeat: u32| {
+            let mut md = md;
+            md.data_end = frame.len() as u32;
+            let before = dp.global_counters().unwrap();
+            let mut out = vec![0u8; frame.len() + 256];
+            dp.program()
+                .unwrap()
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(as_bytes(&md)),
+                    repeat,
+                    ..TestRunOptions::default()
+                })
+                .unwrap();
+            let after = dp.global_counters().unwrap();
+            let d = |c: Counter| after.get(c) - before.get(c);
+            (
+                d(Counter::PuntHold) + d(Counter::PuntProbe),
+                d(Counter::DropPuntBudget) + d(Counter::DropProbeBudget),
+            )
+        };
+        let sprayer = FrameBuilder::udp(v4([203, 0, 113, 9], 1234), relay_a)
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(&rtp_payload(172))
+            .build();
+        let (punted, refused) = run(&dp, &sprayer, 5000);
+        println!("unsignalled source, 5000 packets: {punted} punted, {refused} refused");
+        assert!(
+            (100..=200).contains(&punted) && punted + refused == 5000,
+            "the flow's budget: a burst of 100 and 1000/s: {punted} punted"
+        );
+        let peer = FrameBuilder::udp(phone, relay_a)
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(&rtp_payload(172))
+            .build();
+        let (punted, refused) = run(&dp, &peer, 1000);
+        println!(
+            "signalled source after the flood, 1000 packets: {punted} punted, {refused} refused"
+        );
+        assert_eq!(
+            (punted, refused),
+            (1000, 0),
+            "the signalled peer is not crowded out"
+        );
+        let probe = FrameBuilder::udp(v4([203, 0, 113, 9], 7999), v4([10, 0, 1, 1], PROBE_PORT))
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(&[0; 108])
+            .build();
+        let (punted, refused) = run(&dp, &probe, 5000);
+        println!("probe flood, 5000 packets: {punted} punted, {refused} refused");
+        assert!(
+            (500..=1000).contains(&punted) && punted + refused == 5000,
+            "{punted} probes punted"
+        );
     })
     .unwrap();
 }
