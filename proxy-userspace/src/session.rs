@@ -777,7 +777,7 @@ impl Engine {
             let rank = expect.rank(&from);
             let verdict = match (side.latched, rank) {
                 (_, None) => Verdict::Refuse,
-                (None, Some(r)) => side.learner.observe(&learn, from, r, payload, now),
+                (None, Some(r)) => side.learner.observe(&learn, &expect, from, r, payload, now),
                 // Latched: only a strictly better-ranked source, only while the window after
                 // signalling is open; or, if the operator allows it, any after silence.
                 (Some(_), Some(r)) => {
@@ -791,7 +791,7 @@ impl Engine {
                     } else if after_silence {
                         Verdict::Latch { src: from, rank: r }
                     } else if better {
-                        side.learner.observe(&learn, from, r, payload, now)
+                        side.learner.observe(&learn, &expect, from, r, payload, now)
                     } else {
                         Verdict::Refuse
                     }

@@ -69,6 +69,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Seconds per fuzz target in the test suite.
+const FUZZ_SMOKE_SECONDS: u64 = 15;
 const TOOLCHAIN_LINK: &str = "deb-rustc";
 
 fn root() -> PathBuf {
@@ -217,7 +219,8 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     run(&mut c)?;
     if filter.is_none() {
-        fuzz(20)?;
+        // Seven targets: a short smoke run each in CI (0 crashes), longer by `cargo xtask fuzz`.
+        fuzz(FUZZ_SMOKE_SECONDS)?;
         // The benchmark is a product feature: its quick profile must produce every figure.
         let release = build_release()?;
         let out = root().join("target/bench-smoke");
@@ -238,15 +241,24 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every fuzz target (fuzz/fuzz_targets): the ng codec and SDP, the probe codec and
+/// verifier, the userspace frame parser, the ng options, and the stateful call model and
+/// session engine driven by event sequences.
+const FUZZ_TARGETS: [&str; 7] = [
+    "bencode", "sdp", "probe", "frame", "flags", "calls", "engine",
+];
+
 /// The fuzz targets (fuzz/): cargo-fuzz with libFuzzer and AddressSanitizer, on nightly.
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
-    for target in ["bencode", "sdp"] {
+    for target in FUZZ_TARGETS {
         let corpus = root().join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
+        let seeds = root().join("fuzz/seeds").join(target);
+        std::fs::create_dir_all(&seeds)?;
         run(cargo()
             .args(["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", target])
             .arg(&corpus)
-            .arg(root().join("fuzz/seeds").join(target))
+            .arg(seeds)
             .arg("--")
             .arg(format!("-max_total_time={seconds}")))?;
     }

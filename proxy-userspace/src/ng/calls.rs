@@ -293,6 +293,14 @@ impl Calls {
         }
     }
 
+    /// Makes every call's last signalling `by` older (the timeout reads the wall clock).
+    #[cfg(test)]
+    pub(crate) fn age_signalling_for_tests(&mut self, by: Duration) {
+        for c in self.calls.values_mut() {
+            c.last_signal = c.last_signal.checked_sub(by).unwrap_or(c.last_signal);
+        }
+    }
+
     /// The host's addresses as the daemon sees them (besides the configured interfaces').
     pub fn set_local_addresses(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
         self.local_addrs = self
@@ -542,8 +550,9 @@ impl Calls {
             &mut created,
         );
         if let Err(e) = result {
-            // Nothing allocated for this request survives a failure.
-            for (media, ports) in created {
+            // Nothing allocated for this request survives a failure. Last first: releasing a
+            // media section truncates the call's list there, which would hide later ones.
+            for (media, ports) in created.into_iter().rev() {
                 self.release_media(&call_id, media, ports);
             }
             if new_call {

@@ -13,7 +13,10 @@
 //! their packets and latches the best candidate once it has sent [`LearnConfig::packets`]
 //! consistent packets (RTP: one SSRC, sequence numbers in order) and
 //! [`LearnConfig::min_wait`] has passed since the first candidate spoke, unless a better-ranked
-//! source appears first. The held packets of the winner are then delivered, so learning costs
+//! source appears first. Where signalling gave the side anything to match (an SDP endpoint, a
+//! SIP source, a relay), a rank 3 source waits [`LearnConfig::anchored_wait`] instead: a
+//! sprayer that reaches the port before the phone speaks sends a consistent stream just as
+//! easily, and only time lets the phone's matching source show up and win. The held packets of the winner are then delivered, so learning costs
 //! no audio; the others are dropped and counted. The budget: [`LearnConfig::max_candidates`]
 //! sources tracked at once and the side's held buffer (16 packets by default).
 //!
@@ -81,6 +84,19 @@ impl Expect {
     /// The source's rank, or `None` if it may not be learnt at all (RTCP from an address its
     /// RTP stream did not latch to).
     #[must_use]
+    /// Signalling gave something a real peer would match; an unmatched source then has to
+    /// wait [`LearnConfig::anchored_wait`].
+    #[must_use]
+    pub fn anchored(&self) -> bool {
+        self.signalled
+            .and_then(|s| s.ip())
+            .is_some_and(|ip| !ip.is_unspecified())
+            || self.sip_source.is_some()
+            || self.relay.is_some()
+            || self.rtp_peer.is_some()
+    }
+
+    #[must_use]
     pub fn rank(&self, src: &Endpoint) -> Option<Rank> {
         if self.signalled == Some(*src) {
             return Some(Rank::Signalled);
@@ -106,6 +122,10 @@ pub struct LearnConfig {
     /// How long after the first candidate spoke a rank 2 or 3 candidate may win: time for a
     /// better-ranked source to show up.
     pub min_wait: Duration,
+    /// How long after the first candidate spoke an unmatched (rank 3) source may win on a
+    /// side that signalling anchored (see [`Expect::anchored`]). rtpengine's heuristic
+    /// learning waits the same 3 s.
+    pub anchored_wait: Duration,
     /// Candidate sources tracked at once; more are refused until a decision.
     pub max_candidates: usize,
 }
@@ -117,6 +137,7 @@ impl Default for LearnConfig {
             // anyone notices, and more than a sprayer sends to one port of a range it sweeps.
             packets: 5,
             min_wait: Duration::from_millis(100),
+            anchored_wait: Duration::from_secs(3),
             max_candidates: 4,
         }
     }
@@ -167,6 +188,7 @@ impl Learner {
     pub fn observe(
         &mut self,
         cfg: &LearnConfig,
+        expect: &Expect,
         src: Endpoint,
         rank: Rank,
         payload: &[u8],
@@ -205,7 +227,14 @@ impl Learner {
         }
         let waited = self
             .first
-            .is_some_and(|f| now.saturating_duration_since(f) >= cfg.min_wait);
+            .map_or(Duration::ZERO, |f| now.saturating_duration_since(f));
+        let wait = |r: Rank| {
+            if r == Rank::Unknown && expect.anchored() {
+                cfg.anchored_wait
+            } else {
+                cfg.min_wait
+            }
+        };
         let best = self
             .candidates
             .iter()
@@ -213,7 +242,7 @@ impl Learner {
             .min_by_key(|c| (c.rank, std::cmp::Reverse(c.consistent)))
             .copied();
         match best {
-            Some(b) if waited => Verdict::Latch {
+            Some(b) if waited >= wait(b.rank) => Verdict::Latch {
                 src: b.src,
                 rank: b.rank,
             },
@@ -302,7 +331,7 @@ mod tests {
         for (src, rank) in [(SDP, Rank::Signalled), (NAT, Rank::SipSource)] {
             let mut l = Learner::default();
             assert_eq!(
-                l.observe(&cfg, src, rank, &rtp(1, 1), now),
+                l.observe(&cfg, &expect(), src, rank, &rtp(1, 1), now),
                 Verdict::Latch { src, rank }
             );
         }
@@ -317,6 +346,7 @@ mod tests {
         for i in 0..20u16 {
             let v = l.observe(
                 &cfg,
+                &Expect::default(),
                 ATTACKER,
                 Rank::Unknown,
                 &rtp(u32::from(i) * 7919, i * 1000),
@@ -330,6 +360,7 @@ mod tests {
         for s in 0..5 {
             last = l.observe(
                 &cfg,
+                &Expect::default(),
                 phone,
                 Rank::Unknown,
                 &rtp(42, 100 + s),
@@ -345,6 +376,55 @@ mod tests {
         );
     }
 
+    /// Where signalling anchored the side, a consistent unmatched stream (a sprayer that got
+    /// to the port first, or a phone that matches nothing) waits the anchored window, and a
+    /// matching source that shows up meanwhile wins.
+    #[test]
+    fn an_unmatched_stream_waits_longer_where_signalling_anchored_the_side() {
+        let cfg = LearnConfig::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut l = Learner::default();
+        for s in 0..100u16 {
+            let v = l.observe(
+                &cfg,
+                &expect(),
+                ATTACKER,
+                Rank::Unknown,
+                &rtp(9, s),
+                at(u64::from(s) * 20),
+            );
+            assert_eq!(v, Verdict::Wait, "packet {s} at {} ms", u64::from(s) * 20);
+        }
+        assert_eq!(
+            l.observe(&cfg, &expect(), NAT, Rank::SipSource, &rtp(1, 0), at(2100)),
+            Verdict::Latch {
+                src: NAT,
+                rank: Rank::SipSource
+            }
+        );
+        // Nobody better came: the unmatched stream wins once the window has passed.
+        let mut l = Learner::default();
+        let mut last = Verdict::Wait;
+        for s in 0..=150u16 {
+            last = l.observe(
+                &cfg,
+                &expect(),
+                ATTACKER,
+                Rank::Unknown,
+                &rtp(9, s),
+                at(u64::from(s) * 20),
+            );
+        }
+        assert_eq!(
+            last,
+            Verdict::Latch {
+                src: ATTACKER,
+                rank: Rank::Unknown
+            }
+        );
+    }
+
     #[test]
     fn a_better_rank_wins_over_a_candidate_that_came_first() {
         let cfg = LearnConfig::default();
@@ -355,6 +435,7 @@ mod tests {
             assert_eq!(
                 l.observe(
                     &cfg,
+                    &Expect::default(),
                     ATTACKER,
                     Rank::Unknown,
                     &rtp(9, s),
@@ -366,6 +447,7 @@ mod tests {
         for s in 0..5 {
             let v = l.observe(
                 &cfg,
+                &Expect::default(),
                 other_port,
                 Rank::SignalledAddress,
                 &rtp(5, s),
@@ -392,6 +474,7 @@ mod tests {
             assert_eq!(
                 l.observe(
                     &cfg,
+                    &Expect::default(),
                     ATTACKER.with_port(p + 1),
                     Rank::Unknown,
                     &rtp(1, 1),
@@ -403,6 +486,7 @@ mod tests {
         assert_eq!(
             l.observe(
                 &cfg,
+                &Expect::default(),
                 ATTACKER.with_port(999),
                 Rank::Unknown,
                 &rtp(1, 1),
@@ -419,7 +503,14 @@ mod tests {
         let now = Instant::now();
         let mut l = Learner::default();
         for n in 0..40usize {
-            let _ = l.observe(&cfg, ATTACKER, Rank::Unknown, &vec![0xa5; n], now);
+            let _ = l.observe(
+                &cfg,
+                &expect(),
+                ATTACKER,
+                Rank::Unknown,
+                &vec![0xa5; n],
+                now,
+            );
         }
     }
 }

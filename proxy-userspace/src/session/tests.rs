@@ -485,6 +485,19 @@ fn an_ack_for_another_target_is_refused() {
     e.handle_ack(&forged, NEXT, t0 + Duration::from_millis(210));
     assert!(sends(&drain(&mut e)).is_empty());
     assert_eq!(e.counters().acks_unmatched, 1);
+    // The wrong ACK did not consume the nonce: the right one that follows still works.
+    e.handle_ack(
+        &probe.ack(0, Endpoint::from(NEXT)),
+        NEXT,
+        t0 + Duration::from_millis(220),
+    );
+    let out = drain(&mut e);
+    assert_eq!(sends(&out).len(), 1, "the held packet goes on the good ACK");
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::ProbeAcked { .. }))
+    );
 }
 
 #[test]
@@ -964,4 +977,204 @@ fn two_relays_behind_a_nat_unblock_with_probing() {
     );
     let (a, b) = (net.delivered_a.len(), net.delivered_b.len());
     assert!(a >= 135 && b >= 135, "delivered A {a}, B {b} of 150");
+}
+
+// ---------------------------------------------------------------------------------------
+// The learning rule against RTP Bleed and RTP Inject.
+
+/// An RTP packet of stream `ssrc`, sequence `seq`.
+fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
+const ATTACKER: Endpoint = Endpoint::v4([203, 0, 113, 66], 1234);
+
+/// A spray reaches both of the relay's ports before the phones speak: nothing from it is
+/// delivered (inject), nothing is sent to it (bleed), and the phones latch on their first
+/// packets.
+#[test]
+fn a_spray_before_the_phones_speak_wins_nothing() {
+    let (mut e, id) = one_relay(EngineConfig::default());
+    drain(&mut e);
+    let t0 = Instant::now();
+    for i in 0..40u16 {
+        let at = t0 + Duration::from_millis(u64::from(i) * 5);
+        e.handle_media(LOCAL_A, ATTACKER, &rtp(7, i), None, at);
+        e.handle_media(LOCAL_B, ATTACKER.with_port(999), &rtp(8, i), None, at);
+    }
+    let out = drain(&mut e);
+    assert!(sends(&out).is_empty(), "the spray went somewhere");
+    let t1 = t0 + Duration::from_millis(300);
+    e.handle_media(LOCAL_A, PHONE_A, &rtp(1, 0), None, t1);
+    e.handle_media(LOCAL_B, PHONE_B, &rtp(2, 0), None, t1);
+    let out = drain(&mut e);
+    let st = e.status(id).unwrap();
+    assert_eq!(
+        (st[0].latched, st[1].latched),
+        (Some(PHONE_A), Some(PHONE_B))
+    );
+    for (from, to, p) in sends(&out) {
+        assert!(to == PHONE_A || to == PHONE_B, "bleed to {to}");
+        assert!(p == rtp(1, 0) || p == rtp(2, 0), "inject from {from}");
+    }
+    assert_eq!(sends(&out).len(), 2);
+}
+
+/// A phone behind a port-randomising NAT never matches its signalled endpoint; the spray
+/// reaches its port first, from another address. Its SIP source address (Kamailio's
+/// received-from) makes it win at once.
+#[test]
+fn a_phone_behind_a_port_changing_nat_wins_by_its_sip_source_address() {
+    let mut e = Engine::new(EngineConfig::default(), 1);
+    let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
+    let private = ep([192, 168, 1, 20], 4000);
+    sc.remote = [Some(private), Some(PHONE_B)];
+    sc.sip_source = [Some("198.51.100.7".parse().unwrap()), None];
+    let id = e.add_stream(sc).unwrap();
+    let t0 = Instant::now();
+    for i in 0..10 {
+        e.handle_media(LOCAL_A, ATTACKER, &rtp(7, i), None, t0);
+    }
+    let natted = ep([198, 51, 100, 7], 61_234);
+    e.handle_media(
+        LOCAL_A,
+        natted,
+        &rtp(1, 0),
+        None,
+        t0 + Duration::from_millis(50),
+    );
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(natted));
+    assert_eq!(e.status(id).unwrap()[0].latch_rank, Some(Rank::SipSource));
+}
+
+/// Without any signalled match, a source needs consistent RTP and time to win; a sprayer
+/// sending one packet per port sweep never gets there.
+#[test]
+fn an_unsignalled_source_wins_only_by_a_consistent_stream() {
+    let mut e = Engine::new(EngineConfig::default(), 1);
+    let sc = StreamConfig::new(LOCAL_A, LOCAL_B);
+    let id = e.add_stream(sc).unwrap();
+    let t0 = Instant::now();
+    for i in 0..30u16 {
+        // Each sweep: a new SSRC and sequence.
+        e.handle_media(
+            LOCAL_A,
+            ATTACKER,
+            &rtp(u32::from(i), i * 977),
+            None,
+            t0 + Duration::from_millis(u64::from(i) * 20),
+        );
+    }
+    assert_eq!(e.status(id).unwrap()[0].latched, None);
+    let phone = ep([198, 51, 100, 99], 7000);
+    for i in 0..6u16 {
+        e.handle_media(
+            LOCAL_A,
+            phone,
+            &rtp(42, i),
+            None,
+            t0 + Duration::from_millis(700 + u64::from(i) * 20),
+        );
+    }
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(phone));
+}
+
+/// RTCP is learnt only from the address its RTP stream latched to.
+#[test]
+fn rtcp_is_learnt_only_from_its_rtp_streams_address() {
+    let mut e = Engine::new(EngineConfig::default(), 1);
+    let mut rtp_cfg = StreamConfig::new(LOCAL_A, LOCAL_B);
+    rtp_cfg.remote = [Some(PHONE_A), Some(PHONE_B)];
+    let rtp_id = e.add_stream(rtp_cfg).unwrap();
+    let mut rtcp_cfg = StreamConfig::new(LOCAL_A.with_port(30001), LOCAL_B.with_port(30003));
+    rtcp_cfg.remote = [Some(PHONE_A.with_port(4001)), Some(PHONE_B.with_port(5001))];
+    rtcp_cfg.rtp_stream = Some(rtp_id);
+    let rtcp_id = e.add_stream(rtcp_cfg).unwrap();
+    let t0 = Instant::now();
+    let rtcp_pkt = [0x80, 200, 0, 6, 0, 0, 0, 1];
+    // Before RTP latched, an RTCP packet from elsewhere is refused.
+    e.handle_media(LOCAL_A.with_port(30001), ATTACKER, &rtcp_pkt, None, t0);
+    assert_eq!(e.status(rtcp_id).unwrap()[0].latched, None);
+    e.handle_media(LOCAL_A, PHONE_A, &rtp(1, 0), None, t0);
+    // RTP latched to PHONE_A: its RTCP, from another port (a NAT), is accepted.
+    let nat_port = PHONE_A.with_port(4555);
+    e.handle_media(LOCAL_A.with_port(30001), nat_port, &rtcp_pkt, None, t0);
+    assert_eq!(e.status(rtcp_id).unwrap()[0].latched, Some(nat_port));
+}
+
+/// A re-INVITE opens a window in which a better-ranked source takes a latched side over (a
+/// phone that moved); a worse-ranked one does not, and after the window nothing does.
+#[test]
+fn a_reinvite_lets_a_better_source_take_over_for_a_while_only() {
+    let (mut e, id) = one_relay(EngineConfig::default());
+    let t0 = Instant::now();
+    e.handle_media(LOCAL_A, PHONE_A, &rtp(1, 0), None, t0);
+    e.handle_media(LOCAL_B, PHONE_B, &rtp(2, 0), None, t0);
+    let moved = ep([10, 0, 1, 77], 4100);
+    let upd = StreamUpdate {
+        remote: [Some(moved), None],
+        signalled: [true, false],
+        ..StreamUpdate::default()
+    };
+    let t1 = t0 + Duration::from_secs(10);
+    e.update_stream(id, &upd, t1).unwrap();
+    drain(&mut e);
+    // A stranger in the window: refused (worse than the old latch, now unsignalled).
+    e.handle_media(
+        LOCAL_A,
+        ATTACKER,
+        &rtp(9, 0),
+        None,
+        t1 + Duration::from_millis(10),
+    );
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(PHONE_A));
+    // The newly signalled endpoint: takes over.
+    e.handle_media(
+        LOCAL_A,
+        moved,
+        &rtp(3, 0),
+        None,
+        t1 + Duration::from_millis(20),
+    );
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(moved));
+    // After the window closes, the kernel drops other sources and userspace refuses them.
+    e.handle_timeout(t1 + Duration::from_secs(4));
+    let f: HashMap<_, _> = flows(&drain(&mut e)).into_iter().collect();
+    assert_eq!(f[&LOCAL_A].mismatch, MismatchPolicy::Drop);
+    e.handle_media(
+        LOCAL_A,
+        PHONE_A,
+        &rtp(1, 9),
+        None,
+        t1 + Duration::from_secs(5),
+    );
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(moved));
+}
+
+#[test]
+fn martian_sources_are_never_latched() {
+    let (mut e, id) = one_relay(EngineConfig::default());
+    let t0 = Instant::now();
+    for m in [
+        ep([127, 0, 0, 1], 4000),
+        ep([0, 0, 0, 0], 4000),
+        ep([0, 9, 9, 9], 4000),
+        ep([224, 0, 0, 9], 4000),
+        ep([255, 255, 255, 255], 4000),
+        ep([10, 0, 1, 2], 0),
+        Endpoint::from("[::ffff:127.0.0.1]:4000".parse::<SocketAddr>().unwrap()),
+        Endpoint::v6(
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
+            4000,
+        ),
+        Endpoint::from("[::1]:4000".parse::<SocketAddr>().unwrap()),
+    ] {
+        e.handle_media(LOCAL_A, m, &rtp(1, 0), None, t0);
+        assert_eq!(e.status(id).unwrap()[0].latched, None, "{m}");
+    }
+    assert_eq!(e.counters().martian_sources, 9);
 }

@@ -617,3 +617,280 @@ fn statistics_has_rtpengine_sections() {
         .unwrap();
     assert_eq!(cur.get("sessionsown").and_then(Value::as_int), Some(1));
 }
+
+// Findings of the hostile-networks review, each pinned down.
+
+/// `delete-delay` of i64::MAX once made `Instant + Duration` panic and stopped the daemon.
+#[test]
+fn any_delete_delay_is_taken_within_bounds() {
+    let mut c = calls();
+    for (i, d) in [i64::MAX, i64::MIN, -1, 0, 1 << 40].into_iter().enumerate() {
+        let call = format!("c{i}");
+        offer(&mut c, &call, &[]);
+        let r = run(
+            &mut c,
+            &req(&[
+                ("command", s("delete")),
+                ("call-id", s(&call)),
+                ("delete-delay", Value::Int(d)),
+            ]),
+        );
+        assert_eq!(r.get_str("result"), Some("ok"), "delete-delay {d}");
+    }
+    c.housekeeping(
+        Instant::now() + MAX_DELETE_DELAY + Duration::from_secs(1),
+        &(),
+    );
+    assert_eq!(
+        c.call_count(),
+        0,
+        "every delayed delete happens within an hour"
+    );
+}
+
+/// Running out of ports between the two sides of a media section, or part-way through a
+/// multi-media offer, gives back everything that request took.
+#[test]
+fn a_partial_allocation_leaks_nothing_two_sides_or_many_media() {
+    // One pair facing A, three facing B: the B side has room when A has none.
+    let mut c = Calls::new(
+        CallsConfig {
+            interfaces: vec![
+                Interface::parse("internal/10.0.1.1").unwrap(),
+                Interface::parse("external/10.0.2.1").unwrap(),
+            ],
+            port_min: 30000,
+            port_max: 30006,
+            ..CallsConfig::default()
+        },
+        EngineConfig::default(),
+        9,
+    );
+    let four_media = format!(
+        "{OFFER_SDP}m=video 4002 RTP/AVP 96\r\nm=audio 0 RTP/AVP 8\r\nm=video 4006 RTP/AVP 96\r\nm=audio 4008 RTP/AVP 8\r\n"
+    );
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("big")),
+            ("from-tag", s("f")),
+            ("sdp", s(&four_media)),
+        ]),
+    );
+    assert_eq!(r.get_str("error-reason"), Some("Ran out of ports"));
+    assert_eq!(
+        (
+            c.ports_in_use(),
+            c.engine_ref().stream_count(),
+            c.call_count()
+        ),
+        (0, 0, 0)
+    );
+    // All the ports are free again: three one-media calls fit.
+    for i in 0..3 {
+        assert_eq!(
+            offer(&mut c, &format!("c{i}"), &[]).get_str("result"),
+            Some("ok")
+        );
+    }
+}
+
+#[test]
+fn too_many_media_sections_are_refused_before_anything_is_allocated() {
+    let mut c = calls();
+    let mut sdp = OFFER_SDP.to_owned();
+    for i in 0..CallsConfig::default().max_media {
+        sdp.push_str(&format!("m=audio {} RTP/AVP 8\r\n", 5000 + 2 * i));
+    }
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("m")),
+            ("from-tag", s("f")),
+            ("sdp", s(&sdp)),
+        ]),
+    );
+    assert!(
+        r.get_str("error-reason")
+            .unwrap()
+            .starts_with("Too many media sections")
+    );
+    assert_eq!((c.ports_in_use(), c.call_count()), (0, 0));
+}
+
+/// Past the call limit (or the kernel's flow table), Kamailio gets rtpengine's load-limit
+/// answer and moves on to its next relay; a client that did not announce it gets an error.
+#[test]
+fn the_call_limit_answers_load_limit_to_those_who_take_it() {
+    let mut c = Calls::new(
+        CallsConfig {
+            max_calls: 1,
+            ..cfg()
+        },
+        EngineConfig::default(),
+        3,
+    );
+    assert_eq!(offer(&mut c, "one", &[]).get_str("result"), Some("ok"));
+    let r = offer(
+        &mut c,
+        "two",
+        &[("supports", Value::List(vec![s("load limit")]))],
+    );
+    assert_eq!(r.get_str("result"), Some("load limit"));
+    assert_eq!(r.get_str("message"), Some("Parallel session limit reached"));
+    let r = offer(&mut c, "three", &[]);
+    assert_eq!(r.get_str("result"), Some("error"));
+    assert_eq!(
+        r.get_str("error-reason"),
+        Some("Parallel session limit reached")
+    );
+    // A re-offer of the call it holds is no new call.
+    assert_eq!(offer(&mut c, "one", &[]).get_str("result"), Some("ok"));
+}
+
+#[test]
+fn a_full_flow_table_fails_the_offer_instead_of_advertising_dead_ports() {
+    let mut c = Calls::new(
+        CallsConfig {
+            max_flows: 4,
+            ..cfg()
+        },
+        EngineConfig::default(),
+        3,
+    );
+    assert_eq!(offer(&mut c, "one", &[]).get_str("result"), Some("ok"));
+    let r = offer(&mut c, "two", &[]);
+    assert_eq!(
+        r.get_str("error-reason"),
+        Some("Parallel session limit reached")
+    );
+    assert_eq!(
+        c.engine_ref().stream_count(),
+        2,
+        "only the first call's RTP and RTCP"
+    );
+}
+
+#[test]
+fn sdp_addresses_that_would_make_the_relay_a_reflector_are_refused() {
+    let mut c = calls();
+    for bad in [
+        "127.0.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "0.1.2.3",
+        "10.0.2.1",
+        "203.0.113.7",
+    ] {
+        let sdp = OFFER_SDP.replace("10.0.1.2", bad);
+        let r = run(
+            &mut c,
+            &req(&[
+                ("command", s("offer")),
+                ("call-id", s(bad)),
+                ("from-tag", s("f")),
+                ("sdp", s(&sdp)),
+            ]),
+        );
+        assert!(
+            r.get_str("error-reason")
+                .is_some_and(|e| e.starts_with("Invalid address in SDP")),
+            "{bad}: {r:?}"
+        );
+    }
+    assert_eq!((c.ports_in_use(), c.call_count()), (0, 0));
+    // 0.0.0.0 is hold, and stays supported.
+    let held = OFFER_SDP.replace("10.0.1.2", "0.0.0.0");
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("hold")),
+            ("from-tag", s("f")),
+            ("sdp", s(&held)),
+        ]),
+    );
+    assert_eq!(r.get_str("result"), Some("ok"));
+}
+
+/// A call that loops through the relay twice (a B2BUA hairpin): the second leg's SDP names
+/// the first leg's own endpoint, which is joined, not refused.
+#[test]
+fn an_sdp_naming_one_of_our_own_endpoints_is_accepted_for_joining() {
+    let mut c = calls();
+    let first = offer(&mut c, "leg1", &[]);
+    let out = String::from_utf8(first.get("sdp").unwrap().as_bytes().unwrap().to_vec()).unwrap();
+    // The first leg's SDP toward B advertises 203.0.113.7 (the external interface's
+    // advertised address); the hairpin brings the internal address back in.
+    let port: u16 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ours = OFFER_SDP
+        .replace("10.0.1.2", "10.0.2.1")
+        .replace("m=audio 4000", &format!("m=audio {port}"));
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("leg2")),
+            ("from-tag", s("f2")),
+            ("sdp", s(&ours)),
+        ]),
+    );
+    assert_eq!(r.get_str("result"), Some("ok"), "{r:?}");
+}
+
+#[test]
+fn ports_are_picked_at_random_not_in_sequence() {
+    let mut c = Calls::new(
+        CallsConfig {
+            port_min: 30000,
+            port_max: 40000,
+            ..cfg()
+        },
+        EngineConfig::default(),
+        5,
+    );
+    let ports: Vec<u16> = (0..20)
+        .map(|i| {
+            let r = offer(&mut c, &format!("c{i}"), &[]);
+            let sdp =
+                String::from_utf8(r.get("sdp").unwrap().as_bytes().unwrap().to_vec()).unwrap();
+            sdp.lines()
+                .find_map(|l| l.strip_prefix("m=audio "))
+                .and_then(|r| r.split(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let sequential = ports.windows(2).filter(|w| w[1] == w[0] + 2).count();
+    assert!(sequential < 3, "ports look sequential: {ports:?}");
+}
+
+#[test]
+fn a_media_less_call_times_out() {
+    let mut c = calls();
+    let none = "v=0\r\no=- 1 1 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\n";
+    let r = run(
+        &mut c,
+        &req(&[
+            ("command", s("offer")),
+            ("call-id", s("empty")),
+            ("from-tag", s("f")),
+            ("sdp", s(none)),
+        ]),
+    );
+    assert_eq!(r.get_str("result"), Some("ok"));
+    assert_eq!(c.call_count(), 1);
+    // Housekeeping reads signalling age from the wall clock; pretend it is old.
+    c.age_signalling_for_tests(Duration::from_secs(3600));
+    c.housekeeping(Instant::now(), &());
+    assert_eq!(c.call_count(), 0);
+}
