@@ -361,6 +361,22 @@ struct SideState {
 }
 
 impl SideState {
+    /// Latched to a source that matched nothing signalling said, although signalling said
+    /// something (a sprayer that got there first, or a phone whose media comes from neither
+    /// its SDP address nor its SIP source). Such a latch stays open to any better-ranked
+    /// source, whenever it shows up: that source is closer to what the call server said, and
+    /// an attacker gains it only by spoofing the signalled address, which gets them nothing
+    /// back.
+    fn provisional(&self) -> bool {
+        self.latch_rank == Some(Rank::Unknown)
+            && (self
+                .remote
+                .and_then(|r| r.ip())
+                .is_some_and(|ip| !ip.is_unspecified())
+                || self.sip_source.is_some()
+                || self.relay_ip.is_some())
+    }
+
     fn new(local: Endpoint, remote: Option<Endpoint>, next_relay: Option<SocketAddr>) -> Self {
         Self {
             local,
@@ -418,8 +434,9 @@ impl Stream {
     /// The kernel flow for packets arriving from `from`.
     ///
     /// A wrong source is dropped in the kernel (and counted there, at no syscall) unless
-    /// userspace may still take it: during the learning window after signalling, or when the
-    /// operator allowed re-latching after silence. `strict source` drops it always.
+    /// userspace may still take it: during the learning window after signalling, when the
+    /// operator allowed re-latching after silence (neither under `strict source`), or while
+    /// the latch is provisional. The punts are budgeted in the kernel either way.
     fn flow_spec(&self, from: Side, kernel_forwarding: bool, relatch: bool) -> FlowSpec {
         let to = from.other();
         let side = self.side(from);
@@ -437,7 +454,8 @@ impl Stream {
         spec.hint = side.remote;
         spec.hint_ip = side.sip_source.or(side.relay_ip);
         let learning = side.learning_until.is_some();
-        spec.mismatch = if !self.cfg.strict_source && (learning || relatch) {
+        spec.mismatch = if side.provisional() || (!self.cfg.strict_source && (learning || relatch))
+        {
             MismatchPolicy::Punt
         } else {
             MismatchPolicy::Drop
@@ -779,14 +797,16 @@ impl Engine {
                 (_, None) => Verdict::Refuse,
                 (None, Some(r)) => side.learner.observe(&learn, &expect, from, r, payload, now),
                 // Latched: only a strictly better-ranked source, only while the window after
-                // signalling is open; or, if the operator allows it, any after silence.
+                // signalling is open or the latch is provisional; or, if the operator allows
+                // it, any after silence.
                 (Some(_), Some(r)) => {
-                    let better =
-                        side.learning_until.is_some() && side.latch_rank.is_none_or(|lr| r < lr);
+                    let provisional = side.provisional();
+                    let better = (side.learning_until.is_some() || provisional)
+                        && side.latch_rank.is_none_or(|lr| r < lr);
                     let last = side.last_packet.max(kernel_last_seen);
                     let silent = last.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
                     let after_silence = relatch_after.is_some_and(|after| silent >= after);
-                    if strict {
+                    if strict && !provisional {
                         Verdict::Refuse
                     } else if after_silence {
                         Verdict::Latch { src: from, rank: r }

@@ -81,9 +81,6 @@ pub struct Expect {
 }
 
 impl Expect {
-    /// The source's rank, or `None` if it may not be learnt at all (RTCP from an address its
-    /// RTP stream did not latch to).
-    #[must_use]
     /// Signalling gave something a real peer would match; an unmatched source then has to
     /// wait [`LearnConfig::anchored_wait`].
     #[must_use]
@@ -96,6 +93,8 @@ impl Expect {
             || self.rtp_peer.is_some()
     }
 
+    /// The source's rank, or `None` if it may not be learnt at all (RTCP from an address its
+    /// RTP stream did not latch to).
     #[must_use]
     pub fn rank(&self, src: &Endpoint) -> Option<Rank> {
         if self.signalled == Some(*src) {

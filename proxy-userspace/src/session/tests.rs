@@ -1024,6 +1024,39 @@ fn a_spray_before_the_phones_speak_wins_nothing() {
     assert_eq!(sends(&out).len(), 2);
 }
 
+/// A spray that outlasts the anchored wait wins the side, but only provisionally: the phone's
+/// first packet from its signalled endpoint takes it back, at any time, and from then on the
+/// spray gets nothing.
+#[test]
+fn a_long_spray_wins_only_until_the_phone_speaks() {
+    let (mut e, id) = one_relay(EngineConfig::default());
+    drain(&mut e);
+    let t0 = Instant::now();
+    for i in 0..200u16 {
+        let at = t0 + Duration::from_millis(u64::from(i) * 20);
+        e.handle_media(LOCAL_A, ATTACKER, &rtp(7, i), None, at);
+    }
+    let st = e.status(id).unwrap();
+    assert_eq!(st[0].latched, Some(ATTACKER));
+    assert_eq!(st[0].latch_rank, Some(Rank::Unknown));
+    drain(&mut e);
+    let t1 = t0 + Duration::from_secs(10);
+    e.handle_media(LOCAL_A, PHONE_A, &rtp(1, 0), None, t1);
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(PHONE_A));
+    drain(&mut e);
+    for i in 200..260u16 {
+        e.handle_media(
+            LOCAL_A,
+            ATTACKER,
+            &rtp(7, i),
+            None,
+            t1 + Duration::from_millis(u64::from(i)),
+        );
+    }
+    assert_eq!(e.status(id).unwrap()[0].latched, Some(PHONE_A));
+    assert!(sends(&drain(&mut e)).is_empty(), "the spray went somewhere");
+}
+
 /// A phone behind a port-randomising NAT never matches its signalled endpoint; the spray
 /// reaches its port first, from another address. Its SIP source address (Kamailio's
 /// received-from) makes it win at once.
