@@ -547,7 +547,6 @@ impl Harness {
         for s in sinks.iter_mut() {
             zero_sink(s)?;
         }
-        let n = nr_cpus().map_err(|(_, e)| e)?;
         let reverse = self.reverse.as_ref().filter(|_| target.both_ways);
         let share = if reverse.is_some() { rate / 2 } else { rate };
         let mut gens: Vec<(&Netns, &Generator, GenConfig)> = vec![(
@@ -586,53 +585,13 @@ impl Harness {
                 },
             ));
         }
-        for (_, g, cfg) in &gens {
-            let mut e = g.ebpf.lock().expect("not poisoned");
-            let mut c: Array<_, GenConfig> =
-                Array::try_from(e.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
-            c.set(0, *cfg, 0)?;
-            let mut st: PerCpuArray<_, GenState> =
-                PerCpuArray::try_from(e.map_mut("GEN_STATE").context("GEN_STATE")?)?;
-            st.set(0, PerCpuValues::try_from(vec![GenState::default(); n])?, 0)?;
-        }
         let busy0 = cpu_busy_ns(RELAY_CPU);
         let t0 = Instant::now();
-        std::thread::scope(|scope| -> anyhow::Result<()> {
-            let mut running = Vec::new();
-            for (ns, g, _) in &gens {
-                let tid = Arc::new(AtomicU64::new(0));
-                let tid2 = tid.clone();
-                let h = std::thread::Builder::new()
-                    .spawn_scoped(scope, move || ns.enter(move || run_generator(g, &tid2))?)?;
-                running.push((tid, h));
-            }
-            std::thread::sleep(window);
-            for (tid, _) in &running {
-                while tid.load(Ordering::SeqCst) == 0 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                // SAFETY: the thread is alive until joined below; the signal ends its run.
-                unsafe {
-                    libc::pthread_kill(tid.load(Ordering::SeqCst) as libc::pthread_t, libc::SIGUSR1)
-                };
-            }
-            for (_, h) in running {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
-            }
-            Ok(())
-        })?;
+        let sent = run_generators(&gens, window)?;
         let seconds = t0.elapsed().as_secs_f64();
         // Frames still in flight arrive within a few ms.
         std::thread::sleep(Duration::from_millis(50));
         let busy = cpu_busy_ns(RELAY_CPU).saturating_sub(busy0);
-        let mut sent = 0u64;
-        for (_, g, _) in &gens {
-            let e = g.ebpf.lock().expect("not poisoned");
-            let st: PerCpuArray<_, GenState> =
-                PerCpuArray::try_from(e.map("GEN_STATE").context("GEN_STATE")?)?;
-            sent += st.get(&0, 0)?.iter().map(|s| s.sent).sum::<u64>();
-        }
         let mut received = 0u64;
         for s in sinks.iter() {
             received += sink_count(s)?;
@@ -653,6 +612,116 @@ impl Harness {
             seconds,
             relay_busy_ns: busy,
         })
+    }
+}
+
+/// Configures each generator, runs them all for `window` (each a live-frames test run on the
+/// generator's CPU, ended by a signal), and returns the frames they sent.
+fn run_generators(
+    gens: &[(&Netns, &Generator, GenConfig)],
+    window: Duration,
+) -> anyhow::Result<u64> {
+    let n = nr_cpus().map_err(|(_, e)| e)?;
+    for (_, g, cfg) in gens {
+        let mut e = g.ebpf.lock().expect("not poisoned");
+        let mut c: Array<_, GenConfig> =
+            Array::try_from(e.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
+        c.set(0, *cfg, 0)?;
+        let mut st: PerCpuArray<_, GenState> =
+            PerCpuArray::try_from(e.map_mut("GEN_STATE").context("GEN_STATE")?)?;
+        st.set(0, PerCpuValues::try_from(vec![GenState::default(); n])?, 0)?;
+    }
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut running = Vec::new();
+        for (ns, g, _) in gens {
+            let tid = Arc::new(AtomicU64::new(0));
+            let tid2 = tid.clone();
+            let h = std::thread::Builder::new()
+                .spawn_scoped(scope, move || ns.enter(move || run_generator(g, &tid2))?)?;
+            running.push((tid, h));
+        }
+        std::thread::sleep(window);
+        for (tid, _) in &running {
+            while tid.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // SAFETY: the thread is alive until joined below; the signal ends its run.
+            unsafe {
+                libc::pthread_kill(tid.load(Ordering::SeqCst) as libc::pthread_t, libc::SIGUSR1)
+            };
+        }
+        for (_, h) in running {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let mut sent = 0u64;
+    for (_, g, _) in gens {
+        let e = g.ebpf.lock().expect("not poisoned");
+        let st: PerCpuArray<_, GenState> =
+            PerCpuArray::try_from(e.map("GEN_STATE").context("GEN_STATE")?)?;
+        sent += st.get(&0, 0)?.iter().map(|s| s.sent).sum::<u64>();
+    }
+    Ok(sent)
+}
+
+/// The benchmark's generator aimed at a relay, for the flood test: frames from `src` out of
+/// one interface of a namespace, at a paced rate or flat out.
+pub struct Flood {
+    ns: Netns,
+    generator: Generator,
+}
+
+impl Flood {
+    /// Loads the generator in `ns` (which the flood owns from then on), sending out of
+    /// `ifname` toward `dst_mac`.
+    pub fn new(
+        ns: Netns,
+        ifname: &'static str,
+        src: Endpoint,
+        dst_mac: [u8; 6],
+    ) -> anyhow::Result<Self> {
+        install_signal_handler();
+        let ebpf = ns.enter(|| load_bench("bench_gen", None))??;
+        let ifindex = ns.enter(move || crate::caps::ifindex(ifname))??;
+        let src_mac = ns.enter(move || interface_mac(ifname))??;
+        Ok(Self {
+            ns,
+            generator: Generator {
+                ebpf: Arc::new(Mutex::new(ebpf)),
+                ifindex,
+                src_mac,
+                dst_mac,
+                src,
+            },
+        })
+    }
+
+    /// Sends to `ports` consecutive ports from `dst` for `window`, at `rate_pps` (0: as fast
+    /// as the generator goes); returns the frames sent.
+    pub fn run(
+        &self,
+        dst: Endpoint,
+        ports: u32,
+        rate_pps: u64,
+        window: Duration,
+    ) -> anyhow::Result<u64> {
+        let g = &self.generator;
+        let cfg = GenConfig {
+            rate_pps,
+            flows: ports.max(1),
+            ports_per_ip: ports.max(1),
+            ifindex: g.ifindex,
+            dst_port: dst.port(),
+            src_port: g.src.port(),
+            src_mac: g.src_mac,
+            dst_mac: g.dst_mac,
+            src_ip: *g.src.addr_v4(),
+            dst_ip: *dst.addr_v4(),
+            _pad: [0; 4],
+        };
+        run_generators(&[(&self.ns, g, cfg)], window)
     }
 }
 

@@ -725,6 +725,7 @@ impl Control {
             "af_xdp" => crate::ng_dict! {
                 "rx frames" => io.rx_frames,
                 "rx backlog drops" => io.rx_backlog_drops,
+                "rx priority drops" => io.rx_priority_drops,
                 "tx frames" => io.tx_frames,
                 "tx ring full" => io.tx_ring_full,
                 "tx errors" => io.tx_errors,

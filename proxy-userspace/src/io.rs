@@ -59,6 +59,8 @@ pub struct IoCounters {
     pub rx_datagrams: AtomicU64,
     /// Frames dropped because the control logic's queue was full: counted, never silent.
     pub rx_backlog_drops: AtomicU64,
+    /// Of those, probe-port frames (the priority queue): control work that was lost.
+    pub rx_priority_drops: AtomicU64,
     pub tx_frames: AtomicU64,
     /// TX requests for an interface without a socket.
     pub tx_no_socket: AtomicU64,
@@ -73,6 +75,7 @@ pub struct IoStats {
     pub rx_frames: u64,
     pub rx_datagrams: u64,
     pub rx_backlog_drops: u64,
+    pub rx_priority_drops: u64,
     pub tx_frames: u64,
     pub tx_no_socket: u64,
     pub tx_ring_full: u64,
@@ -133,6 +136,7 @@ impl IoHandle {
             rx_frames: c.rx_frames.load(Ordering::Relaxed),
             rx_datagrams: c.rx_datagrams.load(Ordering::Relaxed),
             rx_backlog_drops: c.rx_backlog_drops.load(Ordering::Relaxed),
+            rx_priority_drops: c.rx_priority_drops.load(Ordering::Relaxed),
             tx_frames: c.tx_frames.load(Ordering::Relaxed),
             tx_no_socket: c.tx_no_socket.load(Ordering::Relaxed),
             tx_ring_full: c.tx_ring_full.load(Ordering::Relaxed),
@@ -349,6 +353,11 @@ impl IoLoop {
             self.counters
                 .rx_backlog_drops
                 .fetch_add(1, Ordering::Relaxed);
+            if probe {
+                self.counters
+                    .rx_priority_drops
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

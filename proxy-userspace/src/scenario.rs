@@ -142,6 +142,25 @@ impl Relay {
         }
     }
 
+    /// The daemon's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
+    /// The daemon's resident memory, in bytes (`VmRSS`).
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .context("no VmRSS")?
+            .trim()
+            .parse()?;
+        Ok(kb * 1024)
+    }
+
     /// An ng client inside the relay's namespace.
     pub fn ng(&self, ns: &Netns) -> anyhow::Result<NgClient> {
         let addr = self.ng;
