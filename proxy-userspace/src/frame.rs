@@ -23,6 +23,9 @@ pub enum FrameError {
     Fragment,
     /// Lengths in the headers contradict each other or the frame.
     BadLength,
+    /// IPv6 UDP with a zero checksum: RFC 8200 section 8.1 says to discard it, and the XDP
+    /// program drops it.
+    NoChecksum,
 }
 
 impl std::fmt::Display for FrameError {
@@ -34,6 +37,7 @@ impl std::fmt::Display for FrameError {
             FrameError::NotUdp => "not UDP",
             FrameError::Fragment => "IP fragment",
             FrameError::BadLength => "inconsistent lengths",
+            FrameError::NoChecksum => "IPv6 UDP without a checksum",
         })
     }
 }
@@ -115,6 +119,9 @@ impl UdpFrame {
         let udp_len = usize::from(udp.len());
         if udp_len < UdpHdr::LEN || udp_len > ip_payload_len {
             return Err(FrameError::BadLength);
+        }
+        if src.family() == family::V6 && udp.check() == 0 {
+            return Err(FrameError::NoChecksum);
         }
         Ok(Self {
             src_mac: eth.src,

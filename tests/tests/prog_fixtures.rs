@@ -1003,3 +1003,245 @@ fn punt_budgets_hold_a_flood_back_but_not_the_signalled_peer() {
     })
     .unwrap();
 }
+
+/// A small deterministic generator (xorshift64*): the differential run is the same on every
+/// machine, and a failure names the frame that caused it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len())]
+    }
+}
+
+/// One random frame: a valid RTP frame to a flow (IPv4, IPv4 with options, IPv6), then one to
+/// three mutations aimed at the fields both parsers read.
+fn mutant(rng: &mut Rng, bases: &[Vec<u8>]) -> Vec<u8> {
+    let mut f = bases[rng.below(bases.len())].clone();
+    let v6 = f.len() > 13 && f[12..14] == [0x86, 0xdd];
+    for _ in 0..=rng.below(3) {
+        let be = |f: &mut Vec<u8>, at: usize, v: u16| {
+            if at + 2 <= f.len() {
+                f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            }
+        };
+        let udp = if v6 {
+            14 + 40
+        } else {
+            14 + usize::from(f.get(14).map_or(5, |b| b & 0x0f)) * 4
+        };
+        let near = |rng: &mut Rng, v: usize| {
+            (v as i64 + rng.below(41) as i64 - 20).clamp(0, 0xffff) as u16
+        };
+        let r = rng.next();
+        match rng.below(12) {
+            0 => {
+                let at = rng.below(f.len().min(80));
+                if at < f.len() {
+                    f[at] = rng.next() as u8;
+                }
+            }
+            1 => be(
+                &mut f,
+                12,
+                rng.pick(&[0x0800, 0x86dd, 0x8100, 0x88a8, 0x0806, r as u16]),
+            ),
+            2 if f.len() > 14 => f[14] = (f[14] & 0x0f) | (rng.pick(&[4u8, 6, 0, 5, 15]) << 4),
+            3 if f.len() > 14 && !v6 => f[14] = (f[14] & 0xf0) | rng.below(16) as u8,
+            4 if !v6 => {
+                let total = f.len() - 14;
+                be(&mut f, 16, near(rng, total));
+            }
+            4 => {
+                let payload = f.len().saturating_sub(54);
+                be(&mut f, 18, near(rng, payload));
+            }
+            5 if !v6 => be(
+                &mut f,
+                20,
+                rng.pick(&[0x2000, 0x0001, 0x4000, 0x0000, r as u16]),
+            ),
+            6 => {
+                let at = if v6 { 20 } else { 23 };
+                if at < f.len() {
+                    f[at] = rng.pick(&[17u8, 6, 1, 0, 44, 43, 60, r as u8]);
+                }
+            }
+            7 => {
+                let len = f.len().saturating_sub(udp);
+                be(&mut f, udp + 4, near(rng, len));
+            }
+            8 => be(&mut f, udp + 6, 0),
+            9 => f.truncate(rng.below(f.len() + 1)),
+            10 => f.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            _ => be(
+                &mut f,
+                udp + 2,
+                rng.pick(&[30000, 30001, PROBE_PORT, r as u16]),
+            ),
+        }
+    }
+    f
+}
+
+/// The userspace parser (`UdpFrame::parse`, which reads every punted frame) and the XDP
+/// program agree on random frames: what the kernel punts, userspace can read, with the
+/// endpoints the flow was keyed by; what userspace would accept for a flow, the kernel
+/// punts; and both put a non-relayable frame in the same class.
+#[test]
+fn userspace_parser_agrees_with_the_xdp_program() {
+    use proxy_userspace::frame::{FrameError, UdpFrame};
+    need_root();
+    let env = Env::fixture("fxdiff").unwrap();
+    env.enter(|env| {
+        let relay0 = env.ifindex("relay0");
+        let mut dp = Dataplane::load(&DataplaneConfig {
+            max_flows: 64,
+            probe_port: PROBE_PORT,
+        })
+        .unwrap();
+        let xsk = XskSocket::bind(
+            relay0,
+            0,
+            XskConfig {
+                frames: 64,
+                frame_size: 2048,
+                ring_size: 32,
+            },
+        )
+        .unwrap();
+        dp.register_socket(relay0, 0, &xsk).unwrap();
+        let flow4 = v4([10, 0, 1, 1], 30000);
+        let flow6 = v6(1, 1, 30000);
+        for f in [flow4, flow6] {
+            dp.add_flow(FlowKey::new(f), &FlowSpec::hold(), None)
+                .unwrap();
+        }
+        let payload = rtp_payload(172);
+        let bases = vec![
+            FrameBuilder::udp(v4([10, 0, 1, 2], 4000), flow4)
+                .macs(PEER0_MAC, RELAY0_MAC)
+                .payload(&payload)
+                .build(),
+            FrameBuilder::udp(v4([10, 0, 1, 2], 4000), flow4)
+                .macs(PEER0_MAC, RELAY0_MAC)
+                .ip_options(&[1, 1, 1, 0])
+                .payload(&payload)
+                .build(),
+            FrameBuilder::udp(v6(2, 1, 4000), flow6)
+                .macs(PEER0_MAC, RELAY0_MAC)
+                .payload(&payload)
+                .build(),
+        ];
+        let mut rng = Rng(0x6d65_6469_6170_7278);
+        let mut failures = Vec::new();
+        let mut classes = std::collections::BTreeMap::<String, u32>::new();
+        const FRAMES: usize = 20_000;
+        for i in 0..FRAMES {
+            let frame = mutant(&mut rng, &bases);
+            let user = UdpFrame::parse(&frame);
+            if frame.len() < 14 {
+                // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+                if user != Err(FrameError::Truncated) {
+                    failures.push(format!("#{i}: {} bytes parsed as {user:?}", frame.len()));
+                }
+                continue;
+            }
+            let before = dp.global_counters().unwrap();
+            let md = XdpMd {
+                data_end: frame.len() as u32,
+                ingress_ifindex: relay0,
+                ..XdpMd::default()
+            };
+            let r = dp
+                .program_of(AttachMode::Native)
+                .unwrap()
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(as_bytes(&md)),
+                    ..TestRunOptions::default()
+                })
+                .unwrap();
+            let delta = dp.global_counters().unwrap().delta(&before);
+            let counter = delta
+                .iter()
+                .map(|(n, _)| *n)
+                .find(|n| *n != "frames")
+                .unwrap_or("none");
+            let punted = matches!(counter, "punt_hold" | "drop_punt_budget");
+            let ours = |d: Endpoint| d == flow4 || d == flow6;
+            let agree = match &user {
+                Ok(u) if ours(u.dst) => punted,
+                // The probe port of an address that is not one of the relay's (none is set
+                // here): passed, as any other packet to no flow.
+                Ok(_) => counter == "pass_no_flow",
+                Err(FrameError::NotIp) => counter == "pass_not_ip",
+                Err(FrameError::Vlan) => counter == "pass_vlan",
+                Err(FrameError::NotUdp) => counter == "pass_not_udp",
+                Err(FrameError::Fragment) => counter == "pass_fragment",
+                // Malformed: never punted. The kernel passes it when it is not addressed to a
+                // flow (the host's traffic is not ours to judge) and drops it when it is.
+                Err(FrameError::Truncated | FrameError::BadLength | FrameError::NoChecksum) => {
+                    matches!(
+                        counter,
+                        "pass_truncated" | "drop_malformed" | "pass_no_flow"
+                    )
+                }
+            };
+            // The action follows the counter: the stated rule of the program's error type.
+            let want_action = match counter {
+                "punt_hold" => XDP_REDIRECT,
+                c if c.starts_with("pass_") => XDP_PASS,
+                _ => XDP_DROP,
+            };
+            if !agree || r.return_value != want_action {
+                failures.push(format!(
+                    "#{i}: userspace {user:?}, XDP {counter} (action {}): {}",
+                    r.return_value,
+                    hex(&frame)
+                ));
+            }
+            *classes.entry(counter.to_owned()).or_default() += 1;
+        }
+        println!("differential | {FRAMES} random frames, XDP verdicts: {classes:?}");
+        assert!(
+            failures.is_empty(),
+            "{} of {FRAMES} frames judged differently:\n{}",
+            failures.len(),
+            failures
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // The run covered every class, or it proves little.
+        for c in [
+            "punt_hold",
+            "pass_no_flow",
+            "pass_not_ip",
+            "pass_vlan",
+            "pass_not_udp",
+            "pass_fragment",
+            "pass_truncated",
+            "drop_malformed",
+        ] {
+            assert!(
+                classes.get(c).copied().unwrap_or(0) > 10,
+                "too few {c}: {classes:?}"
+            );
+        }
+    })
+    .unwrap();
+}
