@@ -492,6 +492,9 @@ impl Control {
             self.calls.engine().handle_timeout(now);
             if self.resync_at.is_some_and(|t| now >= t) {
                 self.resync_at = None;
+                // An address came or went: the relay's own set (never a source, never a
+                // destination, the probe port's) follows it.
+                self.refresh_own_addresses();
                 let changes = self.egresses.resync();
                 self.apply_changes(changes);
             }
