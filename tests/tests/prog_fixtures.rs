@@ -1060,7 +1060,7 @@ fn mutant(rng: &mut Rng, bases: &[Vec<u8>]) -> Vec<u8> {
             2 if f.len() > 14 => f[14] = (f[14] & 0x0f) | (rng.pick(&[4u8, 6, 0, 5, 15]) << 4),
             3 if f.len() > 14 && !v6 => f[14] = (f[14] & 0xf0) | rng.below(16) as u8,
             4 if !v6 => {
-                let total = f.len() - 14;
+                let total = f.len().saturating_sub(14);
                 be(&mut f, 16, near(rng, total));
             }
             4 => {
