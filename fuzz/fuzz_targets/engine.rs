@@ -12,9 +12,11 @@ use std::{
 use libfuzzer_sys::fuzz_target;
 use proxy_common::{
     Endpoint,
-    probe::{Kind, ProbeMessage},
+    probe::{Kind, ProbeMessage, Trust},
 };
-use proxy_userspace::session::{Engine, EngineConfig, Side, StreamConfig, StreamUpdate, is_martian};
+use proxy_userspace::session::{
+    Engine, EngineConfig, FarSide, Side, StreamConfig, StreamUpdate, is_martian,
+};
 
 fn source(k: u8) -> Endpoint {
     match k % 8 {
@@ -30,7 +32,15 @@ fn source(k: u8) -> Endpoint {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let cfg = EngineConfig::default();
+    // Both policies toward a silent side, by the first byte.
+    let cfg = EngineConfig {
+        far_side: if data.first().is_some_and(|b| b & 1 == 1) {
+            FarSide::Confirmed
+        } else {
+            FarSide::Signalled
+        },
+        ..EngineConfig::default()
+    };
     let mut e = Engine::new(cfg, 3);
     let t0 = Instant::now();
     let mut now = t0;
@@ -77,11 +87,13 @@ fuzz_target!(|data: &[u8]| {
                     target: locals(u16::try_from(stream).unwrap())[side],
                     sender: source(c),
                     receiver: Endpoint::v4([10, 0, 1, 1], 7999),
+                    unsigned: b & 1 == 1,
                 };
+                let trust = if b & 2 == 0 { Trust::Authenticated } else { Trust::Unverified };
                 let from: SocketAddr = source(c).socket_addr().unwrap_or_else(|| "192.0.2.9:1".parse().unwrap());
                 match msg.kind {
-                    Kind::Probe => e.handle_probe(Endpoint::v4([10, 0, 1, 1], 7999), from, &msg, 0, now),
-                    Kind::Ack => e.handle_ack(&msg, from, now),
+                    Kind::Probe => e.handle_probe(Endpoint::v4([10, 0, 1, 1], 7999), from, &msg, trust, 0, now),
+                    Kind::Ack => e.handle_ack(&msg, from, trust, now),
                 }
             }
             4 => {

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use proxy_common::probe::{MESSAGE_LEN, ProbeMessage, SIGNED_LEN};
-use proxy_userspace::probe_auth::{ProbeAuth, Rejected};
+use proxy_userspace::probe_auth::{ProbeAuth, Rejected, check};
 
 fuzz_target!(|data: &[u8]| {
     let now = 1_800_000_000_000u64;
@@ -18,9 +18,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = auth.verify(data, now) {
         panic!("forged message accepted: {m:?}");
     }
+    // Without a secret, nothing is more than unverified; with one, a random message is never
+    // authenticated.
+    if let Ok((_, trust)) = check(Some(&mut auth), data, now) {
+        assert_eq!(trust, proxy_common::probe::Trust::Unverified);
+    }
     // Sign what parses, then tamper with it.
     if let Ok(mut m) = ProbeMessage::parse(data) {
         m.timestamp_ms = now;
+        m.unsigned = false;
         let signed = auth.sign(&m);
         assert!(auth.verify(&signed, now).is_ok());
         assert_eq!(auth.verify(&signed, now), Err(Rejected::Replayed));

@@ -16,7 +16,10 @@
 //!  +-------------------------+-------------------------+------------------+---------+
 //! ```
 //!
-//! - `ver` is 2; `type` 1 = PROBE, 2 = ACK; `flags` must be 0.
+//! - `ver` is 2; `type` 1 = PROBE, 2 = ACK; `flags` is 0, or [`FLAG_UNSIGNED`] for a message
+//!   sent without a MAC (its MAC field is zero): the form relays of different operators, who
+//!   share no secret, use. An unsigned message can only release media toward the address the
+//!   call server signalled anyway, so a forged one gains an attacker nothing.
 //! - `nonce` is random per PROBE; an ACK echoes it, and the prober accepts an ACK only for a
 //!   nonce it has outstanding.
 //! - `timestamp` is the sender's Unix time in milliseconds; receivers reject messages outside
@@ -45,6 +48,8 @@ pub const MESSAGE_LEN: usize = 108;
 /// Bytes covered by the MAC.
 pub const SIGNED_LEN: usize = 92;
 pub const MAC_LEN: usize = 16;
+/// `flags`: the message carries no MAC.
+pub const FLAG_UNSIGNED: u16 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -61,6 +66,18 @@ pub struct ProbeMessage {
     pub target: Endpoint,
     pub sender: Endpoint,
     pub receiver: Endpoint,
+    /// Sent without a MAC ([`FLAG_UNSIGNED`]).
+    pub unsigned: bool,
+}
+
+/// How far a received message could be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Signed with the deployment secret, fresh and not a replay.
+    Authenticated,
+    /// Unsigned (or signed where we hold no secret), fresh: it may only release media toward
+    /// the signalled address.
+    Unverified,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +87,8 @@ pub enum ProbeError {
     BadMagic,
     UnknownVersion,
     UnknownType,
-    /// Flags or an endpoint's padding not zero, or an unknown address family.
+    /// Unknown flags, an endpoint's padding not zero, an unknown address family, or an
+    /// unsigned message with a MAC.
     Malformed,
 }
 
@@ -137,9 +155,12 @@ impl ProbeMessage {
             2 => Kind::Ack,
             _ => return Err(ProbeError::UnknownType),
         };
-        if b[field::FLAGS] != [0, 0] {
-            return Err(ProbeError::Malformed);
-        }
+        let unsigned = match u16::from_be_bytes([b[field::FLAGS.start], b[field::FLAGS.start + 1]])
+        {
+            0 => false,
+            FLAG_UNSIGNED if b[field::MAC].iter().all(|&x| x == 0) => true,
+            _ => return Err(ProbeError::Malformed),
+        };
         Ok(Self {
             kind,
             nonce: u64_at(b, field::NONCE),
@@ -148,6 +169,7 @@ impl ProbeMessage {
             target: endpoint_at(b, field::TARGET)?,
             sender: endpoint_at(b, field::SENDER)?,
             receiver: endpoint_at(b, field::RECEIVER)?,
+            unsigned,
         })
     }
 
@@ -158,6 +180,8 @@ impl ProbeMessage {
         b[field::MAGIC].copy_from_slice(&MAGIC);
         b[field::VERSION] = VERSION;
         b[field::KIND] = self.kind as u8;
+        let flags = if self.unsigned { FLAG_UNSIGNED } else { 0 };
+        b[field::FLAGS].copy_from_slice(&flags.to_be_bytes());
         b[field::NONCE].copy_from_slice(&self.nonce.to_be_bytes());
         b[field::TIMESTAMP].copy_from_slice(&self.timestamp_ms.to_be_bytes());
         b[field::SESSION].copy_from_slice(&self.session.to_be_bytes());
@@ -174,6 +198,16 @@ impl ProbeMessage {
         b[..SIGNED_LEN].copy_from_slice(&self.signed_bytes());
         b[field::MAC].copy_from_slice(mac);
         b
+    }
+
+    /// The message without a MAC ([`FLAG_UNSIGNED`]).
+    #[must_use]
+    pub fn emit_unsigned(&self) -> [u8; MESSAGE_LEN] {
+        Self {
+            unsigned: true,
+            ..*self
+        }
+        .emit(&[0; MAC_LEN])
     }
 
     /// The MAC carried by a raw message (which must be [`MESSAGE_LEN`] bytes).
@@ -210,6 +244,7 @@ mod tests {
                 30002,
             ),
             receiver: Endpoint::v4([192, 0, 2, 10], 7999),
+            unsigned: false,
         }
     }
 
@@ -246,8 +281,19 @@ mod tests {
         bad[5] = 3;
         assert_eq!(ProbeMessage::parse(&bad), Err(ProbeError::UnknownType));
         let mut bad = b;
-        bad[7] = 1;
+        bad[7] = 2;
         assert_eq!(ProbeMessage::parse(&bad), Err(ProbeError::Malformed));
+        let mut bad = sample().emit(&[0xaa; MAC_LEN]);
+        bad[7] = 1; // unsigned, yet with a MAC
+        assert_eq!(ProbeMessage::parse(&bad), Err(ProbeError::Malformed));
+        let u = sample().emit_unsigned();
+        assert_eq!(
+            ProbeMessage::parse(&u),
+            Ok(ProbeMessage {
+                unsigned: true,
+                ..sample()
+            })
+        );
         let mut bad = b;
         bad[32 + 18] = 5; // family
         assert_eq!(ProbeMessage::parse(&bad), Err(ProbeError::Malformed));

@@ -26,7 +26,10 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use crossbeam_channel::{Receiver, Sender, select};
 use log::{debug, info, warn};
-use proxy_common::{Endpoint, FlowCounters, FlowKey, probe::Kind};
+use proxy_common::{
+    Endpoint, FlowCounters, FlowKey,
+    probe::{Kind, MESSAGE_LEN, ProbeMessage},
+};
 
 use crate::{
     dataplane::{AttachMode, Dataplane, DataplaneConfig, Egress},
@@ -286,11 +289,9 @@ fn media_devices(cfg: &DaemonConfig) -> anyhow::Result<Vec<String>> {
 
 impl Control {
     fn new(cfg: &DaemonConfig) -> anyhow::Result<Self> {
-        let probe_port = if cfg.probe_secret.is_some() {
-            cfg.calls.probe_port
-        } else {
-            0
-        };
+        // The probe port is served with or without a secret: unsigned probes are how relays
+        // of different operators find each other.
+        let probe_port = cfg.calls.probe_port;
         let mut dp = Dataplane::load(&DataplaneConfig {
             max_flows: cfg.max_flows,
             probe_port,
@@ -760,7 +761,17 @@ impl Control {
             "martian sources" => c.martian_sources + e.martian_sources,
             "joined inside the relay" => c.joined,
             "ng requests too late to run" => c.ng_stale,
+            "unverified probes and acks" => e.unverified,
         };
+        // How long each side's media took to go on from its first packet.
+        let mut unblocked = Dict::new();
+        for (i, n) in e.unblocked_after.iter().enumerate() {
+            let label = crate::session::UNBLOCK_BUCKETS_MS
+                .get(i)
+                .map_or_else(|| "longer".to_owned(), |b| format!("<= {b} ms"));
+            unblocked.push(&label, Value::from(*n));
+        }
+        mp.push("unblocked after", Value::Dict(unblocked));
         mp.push("interfaces", Value::List(self.interface_report()));
         if let Some((_, Value::Dict(st))) = reply.0.iter_mut().find(|(k, _)| k == b"statistics") {
             st.push("mediaproxy", Value::Dict(mp));
@@ -845,11 +856,8 @@ impl Control {
             }
         };
         if self.probe_port != 0 && dst.port() == self.probe_port {
-            let Some(auth) = self.auth.as_mut() else {
-                return;
-            };
-            match auth.verify(payload, unix_ms()) {
-                Ok(msg) => {
+            match crate::probe_auth::check(self.auth.as_mut(), payload, unix_ms()) {
+                Ok((msg, trust)) => {
                     let Some(from) = src.socket_addr() else {
                         return;
                     };
@@ -866,12 +874,15 @@ impl Control {
                         return;
                     }
                     match msg.kind {
-                        Kind::Probe => {
-                            self.calls
-                                .engine()
-                                .handle_probe(dst, from, &msg, unix_ms(), p.at)
-                        }
-                        Kind::Ack => self.calls.engine().handle_ack(&msg, from, p.at),
+                        Kind::Probe => self.calls.engine().handle_probe(
+                            dst,
+                            from,
+                            &msg,
+                            trust,
+                            unix_ms(),
+                            p.at,
+                        ),
+                        Kind::Ack => self.calls.engine().handle_ack(&msg, from, trust, p.at),
                     }
                 }
                 Err(why) => {
@@ -913,6 +924,16 @@ impl Control {
             .handle_media(dst, src, &payload, last_seen, p.at);
     }
 
+    /// A probe message stamped with the wall clock, signed if it may be and we hold the
+    /// secret, unsigned otherwise.
+    fn seal(&self, mut msg: ProbeMessage) -> [u8; MESSAGE_LEN] {
+        msg.timestamp_ms = unix_ms();
+        match &self.auth {
+            Some(auth) if !msg.unsigned => auth.sign(&msg),
+            _ => msg.emit_unsigned(),
+        }
+    }
+
     fn apply_outputs(&mut self) {
         self.joined_budget = JOIN_BUDGET;
         while let Some(o) = self.calls.engine().poll_output() {
@@ -940,17 +961,13 @@ impl Control {
                     }
                 }
                 Output::SendMedia { from, to, payload } => self.send_udp(from, to, &payload),
-                Output::SendProbe { to, mut msg } => {
-                    let Some(auth) = &self.auth else { continue };
-                    msg.timestamp_ms = unix_ms();
-                    let bytes = auth.sign(&msg);
+                Output::SendProbe { to, msg } => {
+                    let bytes = self.seal(msg);
                     let from = msg.sender.with_port(self.probe_port);
                     self.send_udp(from, Endpoint::from(to), &bytes);
                 }
-                Output::SendAck { from, to, mut msg } => {
-                    let Some(auth) = &self.auth else { continue };
-                    msg.timestamp_ms = unix_ms();
-                    let bytes = auth.sign(&msg);
+                Output::SendAck { from, to, msg } => {
+                    let bytes = self.seal(msg);
                     self.send_udp(from, Endpoint::from(to), &bytes);
                 }
                 Output::Event { stream, event } => {
@@ -1211,7 +1228,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     if cfg.probe_secret.is_none() {
         info!(
-            "no probe secret given: probing is off, and probes from other relays are not answered"
+            "no probe secret given: probes go out unsigned, and only unsigned probes are answered in kind (an unsigned probe or ACK can only release media toward the signalled address)"
         );
     }
     let control = Control::new(&cfg)?;

@@ -39,8 +39,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     for one_armed in [false, true] {
         container(packets, one_armed)?;
     }
-    for probing in [false, true] {
-        two_relays(a, packets, probing)?;
+    for v in [Variant::Deadlock, Variant::Probed, Variant::Default] {
+        two_relays(a, packets, v)?;
     }
     println!("\nAll namespaces, links and programs are removed on exit.");
     Ok(())
@@ -134,14 +134,48 @@ fn container(packets: u16, one_armed: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn two_relays(a: &DemoArgs, packets: u16, probing: bool) -> anyhow::Result<()> {
+/// The three ways two relays in series can meet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// Both hold toward a silent side and never probe: the deadlock of latching relays.
+    Deadlock,
+    /// Both hold toward a silent side (`--far-side confirmed`); the call servers name the
+    /// next relay, and the probe/ACK exchange unblocks.
+    Probed,
+    /// The defaults, and no flags: what a stock call-server config gets.
+    Default,
+}
+
+fn two_relays(a: &DemoArgs, packets: u16, v: Variant) -> anyhow::Result<()> {
+    let (title, tag, probing, extra, named): (&str, &str, bool, &[&str], bool) = match v {
+        Variant::Deadlock => (
+            "holding toward a silent side, no probes",
+            "demo2",
+            false,
+            &["--far-side", "confirmed", "--no-probing"],
+            true,
+        ),
+        Variant::Probed => (
+            "holding toward a silent side, next relays named, probing",
+            "demo3",
+            true,
+            &["--far-side", "confirmed"],
+            true,
+        ),
+        Variant::Default => (
+            "default options, no flags from the call servers",
+            "demo4",
+            false,
+            &[],
+            false,
+        ),
+    };
     println!(
-        "== Two relays in series: A — MP1 — NAT (192.0.2.1, port-changing) — MP2 — B, probing {} ==",
-        if probing { "ON" } else { "OFF" }
+        "== Two relays in series: A — MP1 — NAT (192.0.2.1, port-changing) — MP2 — B; {title} =="
     );
-    let t = TwoRelays::build(if probing { "demo3" } else { "demo2" }, mode(a))?;
-    let (r1, r2) = t.relays(probing, mode(a), &[])?;
-    let call = scenario::two_relay_call(&t, &r1, &r2, "demo-2", true)?;
+    let t = TwoRelays::build(tag, mode(a))?;
+    let (r1, r2) = t.relays(probing, mode(a), extra)?;
+    let call = scenario::two_relay_call(&t, &r1, &r2, "demo-2", named)?;
     let mut pa = Phone::bind(&t.a, "10.0.1.2:4000".parse()?)?;
     let mut pb = Phone::bind(&t.b, "10.0.2.2:5000".parse()?)?;
     let started = Instant::now();
@@ -181,7 +215,7 @@ fn two_relays(a: &DemoArgs, packets: u16, probing: bool) -> anyhow::Result<()> {
             query_figure(q, far, "packets xdp"),
         );
     }
-    if probing {
+    if v != Variant::Deadlock {
         match (ab.setup_delay(), ba.setup_delay()) {
             (Some(x), Some(y)) => println!(
                 "  => unblocked: media flows both ways ({} ms and {} ms after the first packet)",
@@ -200,7 +234,7 @@ fn two_relays(a: &DemoArgs, packets: u16, probing: bool) -> anyhow::Result<()> {
             started.elapsed().as_millis()
         );
     } else {
-        println!("  => unexpected: media flowed without probing");
+        println!("  => unexpected: media flowed without probing while holding");
     }
     println!();
     Ok(())

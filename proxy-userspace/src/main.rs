@@ -11,7 +11,7 @@ use proxy_userspace::{
         calls::{CallsConfig, Interface},
         client::NgClient,
     },
-    session::EngineConfig,
+    session::{EngineConfig, FarSide},
 };
 
 #[derive(Parser)]
@@ -101,12 +101,20 @@ struct RunArgs {
     /// The deployment's probe port, the same on every relay.
     #[arg(long, default_value_t = 7999)]
     probe_port: u16,
-    /// File holding the deployment's probe secret. Without a secret, probing is off.
+    /// File holding the deployment's probe secret, shared by its relays. Without one, probes
+    /// and ACKs go unsigned, which relays of other operators answer in kind; an unsigned
+    /// message can only release media toward the signalled address.
     #[arg(long)]
     probe_secret_file: Option<PathBuf>,
-    /// Never probe, even with a secret (probes from others are still answered).
+    /// Never probe (probes from others are still answered).
     #[arg(long)]
     no_probing: bool,
+    /// Where media toward a party that has not spoken goes: `signalled` (the default, as
+    /// rtpengine): to its SDP address at once, so one-way streams and early media flow;
+    /// `confirmed`: held until it speaks or a relay there answers a probe (no early media
+    /// toward a silent party, nothing toward an unconfirmed address).
+    #[arg(long, value_enum, default_value = "signalled")]
+    far_side: FarSideArg,
     /// Silence from the far side after the near side's first packet before blocking is
     /// suspected.
     #[arg(long, default_value_t = 200)]
@@ -198,6 +206,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FarSideArg {
+    Signalled,
+    Confirmed,
+}
+
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let interfaces = a
         .interfaces
@@ -230,7 +244,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         engine: EngineConfig {
             blocking_timeout: Duration::from_millis(a.blocking_timeout_ms),
-            probing: !a.no_probing && probe_secret.is_some(),
+            probing: !a.no_probing,
+            far_side: match a.far_side {
+                FarSideArg::Signalled => FarSide::Signalled,
+                FarSideArg::Confirmed => FarSide::Confirmed,
+            },
+            probe_port: a.probe_port,
             probe_rto: Duration::from_millis(a.probe_rto_ms),
             probe_attempts: a.probe_attempts,
             relatch_after: (a.relatch_after_secs > 0)

@@ -11,7 +11,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use hmac::{Hmac, Mac};
-use proxy_common::probe::{MAC_LEN, MESSAGE_LEN, ProbeError, ProbeMessage, SIGNED_LEN};
+use proxy_common::probe::{MAC_LEN, MESSAGE_LEN, ProbeError, ProbeMessage, SIGNED_LEN, Trust};
 use sha2::Sha256;
 
 /// How far a message's timestamp may be from ours, either way.
@@ -133,6 +133,24 @@ impl ProbeAuth {
     }
 }
 
+/// Checks a received message as this relay can: with a secret (`auth`), a signed message is
+/// authenticated or refused (bad MAC, stale, replayed); an unsigned one, or a signed one where
+/// we hold no secret, is accepted as [`Trust::Unverified`] if fresh. Unverified messages are
+/// kept out of the replay cache: they may only release media toward the signalled address,
+/// which repeating them does not change.
+pub fn check(
+    auth: Option<&mut ProbeAuth>,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<(ProbeMessage, Trust), Rejected> {
+    let msg = ProbeMessage::parse(bytes).map_err(Rejected::Malformed)?;
+    match auth {
+        Some(a) if !msg.unsigned => a.verify(bytes, now_ms).map(|m| (m, Trust::Authenticated)),
+        _ if msg.timestamp_ms.abs_diff(now_ms) > FRESHNESS_MS => Err(Rejected::Stale),
+        _ => Ok((msg, Trust::Unverified)),
+    }
+}
+
 /// The current Unix time in milliseconds.
 #[must_use]
 pub fn unix_ms() -> u64 {
@@ -156,7 +174,33 @@ mod tests {
             target: Endpoint::v4([10, 0, 0, 2], 40000),
             sender: Endpoint::v4([10, 0, 0, 1], 30002),
             receiver: Endpoint::v4([10, 0, 0, 2], 7999),
+            unsigned: false,
         }
+    }
+
+    #[test]
+    fn unsigned_messages_are_unverified_and_signed_ones_need_the_secret() {
+        let mut auth = ProbeAuth::new(b"secret");
+        let now = 5_000_000;
+        let signed = auth.sign(&probe(1, now));
+        let unsigned = probe(2, now).emit_unsigned();
+        assert_eq!(
+            check(Some(&mut auth), &signed, now).unwrap().1,
+            Trust::Authenticated
+        );
+        assert_eq!(
+            check(Some(&mut auth), &signed, now),
+            Err(Rejected::Replayed)
+        );
+        assert_eq!(
+            check(Some(&mut auth), &unsigned, now).unwrap().1,
+            Trust::Unverified
+        );
+        let other = ProbeAuth::new(b"another operator").sign(&probe(3, now));
+        assert_eq!(check(Some(&mut auth), &other, now), Err(Rejected::BadMac));
+        assert_eq!(check(None, &other, now).unwrap().1, Trust::Unverified);
+        let stale = probe(4, now - FRESHNESS_MS - 1).emit_unsigned();
+        assert_eq!(check(None, &stale, now), Err(Rejected::Stale));
     }
 
     #[test]

@@ -12,20 +12,25 @@
 //! owns a local endpoint: the peer on that side sends to it, and the relay sends to the peer
 //! from it. Packets arriving at `local[X]` go out of `local[Y]` (Y the other side).
 //!
-//! With symmetric latching (RFC 4961), the relay learns side X's real address from the first
-//! packet X sends, accepts X's packets only from there, and sends toward X only there. The
-//! direction X→Y is forwarded once X is latched and Y's destination is known: Y latched, or
-//! Y *unblocked*. Y is unblocked when the next relay on Y's side acknowledged our probe, or
-//! probed us itself, or the call server said so: then the signalled address (SDP) is trusted
-//! until Y's first packet latches it.
+//! With symmetric latching (RFC 4961), the relay learns side X's real address from the packets
+//! X sends (the learning rule, [`learning`]), accepts X's packets only from there, and sends
+//! toward X only there. The direction X→Y is forwarded once X is latched and Y's destination
+//! is known: Y latched, or, before Y spoke, Y's signalled (SDP) address. By default
+//! ([`FarSide::Signalled`], rtpengine's behaviour) the signalled address is used from X's
+//! first packet on, so one-way streams, early media and relays in series flow at once; with
+//! [`FarSide::Confirmed`] it is used only once Y is *unblocked*: the relay on Y's side
+//! acknowledged our probe, or probed us itself, or the call server said so.
 //!
-//! # Blocking
-//! X's first packet starts the blocking timer. If Y has said nothing when it fires, blocking
-//! is suspected (and recorded). If the call server told us a next relay on Y's side, we probe
-//! it at the deployment's probe port; on its ACK we send X's held packets to Y's signalled
-//! media address and flip X→Y to FORWARD, before anything came from Y. When Y's first packet
-//! arrives, Y is latched and Y→X goes to FORWARD too; from then on the kernel forwards both
-//! directions and userspace sees nothing of the stream.
+//! # Probing
+//! X's first packet, while Y has not spoken, sends a PROBE toward Y: to the next relay the
+//! call server named, or else to Y's signalled address at the deployment's probe port (the
+//! call server's address for the next relay is the far side's SDP address). An ACK proves a
+//! relay is there: Y is unblocked, X's held packets go to Y's signalled address and X→Y flips
+//! to FORWARD. A phone there answers nothing; probes toward an address no call server named a
+//! relay cost it at most [`EngineConfig::implicit_probe_attempts`] packets. When Y's first
+//! packet arrives, Y is latched and Y→X goes to FORWARD too; from then on the kernel forwards
+//! both directions and userspace sees nothing of the stream. Silence from Y after X's first
+//! packet is still recorded (blocking suspected).
 
 use std::{
     cmp::Reverse,
@@ -40,7 +45,7 @@ pub use learning::{Expect, LearnConfig, Learner, Rank, Verdict};
 
 use proxy_common::{
     Endpoint, FlowState,
-    probe::{Kind, ProbeMessage},
+    probe::{Kind, ProbeMessage, Trust},
 };
 
 use crate::dataplane::{FlowSpec, MismatchPolicy};
@@ -100,6 +105,9 @@ pub struct StreamConfig {
     /// For an RTCP stream, its RTP stream: RTCP is learnt only from the addresses that stream
     /// latched to.
     pub rtp_stream: Option<StreamId>,
+    /// Per side: it takes media, by its SDP direction (not `sendonly` or `inactive`). A side
+    /// that does not is sent nothing at its signalled address before it speaks.
+    pub receives: [bool; 2],
 }
 
 impl StreamConfig {
@@ -114,6 +122,7 @@ impl StreamConfig {
             session_tag: 0,
             sip_source: [None, None],
             rtp_stream: None,
+            receives: [true; 2],
         }
     }
 }
@@ -128,6 +137,22 @@ pub struct StreamUpdate {
     pub sip_source: [Option<IpAddr>; 2],
     /// Sides whose signalling this is (the SDP came from them): their learning window opens.
     pub signalled: [bool; 2],
+    pub receives: [Option<bool>; 2],
+}
+
+/// Where packets toward a side that has not spoken yet go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FarSide {
+    /// To its signalled address, from the near side's first packet on, in the kernel, while a
+    /// probe runs; the side's own first packet then moves the destination to where it speaks
+    /// from. rtpengine does the same: one-way streams (music on hold, announcements), early
+    /// media and relays in series flow at once. The price: media toward an address nobody has
+    /// confirmed, the one the call server gave.
+    Signalled,
+    /// Held until the side speaks, a relay there answers a probe, or the call server says so.
+    /// Nothing goes toward an unconfirmed address, and there is no early media toward a
+    /// silent party or a phone that never sends.
+    Confirmed,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -137,8 +162,16 @@ pub struct EngineConfig {
     /// phones starting at once plus a few round trips, short enough that a blocked call's
     /// users hear little of it.
     pub blocking_timeout: Duration,
-    /// Whether suspected blocking starts a probe toward a known next relay.
+    /// Whether a side's first packet probes toward the far side (a named next relay, or its
+    /// signalled address).
     pub probing: bool,
+    /// Where packets toward a side that has not spoken go.
+    pub far_side: FarSide,
+    /// The deployment's probe port, where a signalled address is probed.
+    pub probe_port: u16,
+    /// Probes toward a signalled address that no `next-relay` named: it may be a phone, which
+    /// a call then costs at most this many packets on the probe port.
+    pub implicit_probe_attempts: u32,
     /// First probe retransmission timeout; doubled on each retry.
     pub probe_rto: Duration,
     /// Probes sent before giving up.
@@ -166,6 +199,9 @@ impl Default for EngineConfig {
         Self {
             blocking_timeout: Duration::from_millis(200),
             probing: true,
+            far_side: FarSide::Signalled,
+            probe_port: 7999,
+            implicit_probe_attempts: 2,
             probe_rto: Duration::from_millis(100),
             probe_attempts: 6,
             held_capacity: 16,
@@ -329,6 +365,33 @@ pub struct SideStatus {
     pub candidates: usize,
     /// The learning window after signalling is open.
     pub learning: bool,
+    /// What the far end of this side turned out to be.
+    pub far_end: FarEnd,
+    /// From this side's first packet to the first one sent on toward the other side.
+    pub unblocked_after: Option<Duration>,
+}
+
+/// What is at the far end of a side, as far as the relay can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FarEnd {
+    /// Not known yet (a probe is out, or nothing has happened).
+    Unknown,
+    /// A relay: it acknowledged our probe, or probed us.
+    Relay,
+    /// A plain endpoint: it spoke, or no relay answered our probes, and its signalled address
+    /// or its latched one is used.
+    Endpoint,
+}
+
+impl FarEnd {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            FarEnd::Unknown => "unknown",
+            FarEnd::Relay => "relay",
+            FarEnd::Endpoint => "endpoint",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -357,6 +420,14 @@ struct SideState {
     /// Nonces of this probing episode and when each was sent.
     probe_nonces: Vec<(u64, Instant)>,
     probe_next: Option<Instant>,
+    /// Where this episode probes (the named next relay, or the signalled address at the
+    /// probe port) and how many attempts it may take.
+    probe_to: Option<SocketAddr>,
+    probe_max: u32,
+    /// A relay on this side probed us.
+    probed_us: bool,
+    /// When the first packet from this side was sent on toward the other side.
+    first_sent: Option<Instant>,
     counters: SideCounters,
 }
 
@@ -374,7 +445,13 @@ impl SideState {
                 .and_then(|r| r.ip())
                 .is_some_and(|ip| !ip.is_unspecified())
                 || self.sip_source.is_some()
-                || self.relay_ip.is_some())
+                || self.relay().is_some())
+    }
+
+    /// Where this side's relay is: where an authenticated probe or ACK came from, or else
+    /// where the call server said it is (`next-relay`). Its media ranks with a SIP source.
+    fn relay(&self) -> Option<IpAddr> {
+        self.relay_ip.or(self.next_relay.map(|r| r.ip()))
     }
 
     fn new(local: Endpoint, remote: Option<Endpoint>, next_relay: Option<SocketAddr>) -> Self {
@@ -397,6 +474,10 @@ impl SideState {
             probe: ProbePhase::Idle,
             probe_nonces: Vec::new(),
             probe_next: None,
+            probe_to: None,
+            probe_max: 0,
+            probed_us: false,
+            first_sent: None,
             counters: SideCounters::default(),
         }
     }
@@ -408,6 +489,7 @@ struct Stream {
     sides: [SideState; 2],
     /// The flow specs last emitted, keyed by side: only changes are emitted.
     installed: [Option<FlowSpec>; 2],
+    far_side: FarSide,
 }
 
 impl Stream {
@@ -419,16 +501,34 @@ impl Stream {
         &mut self.sides[s.idx()]
     }
 
-    /// Where packets toward side `to` go, if anywhere yet.
+    /// Where packets toward side `to` go, if anywhere yet: its latched address, or else its
+    /// signalled one when that may be used (see [`FarSide`]; never `0.0.0.0`, hold).
     fn destination(&self, to: Side) -> Option<Endpoint> {
         let s = self.side(to);
         if let Some(l) = s.latched {
             return Some(l);
         }
+        let signalled = s
+            .remote
+            .filter(|r| r.ip().is_some_and(|ip| !ip.is_unspecified()));
         if self.cfg.latching[to.idx()] == Latching::Asymmetric || s.unblocked.is_some() {
-            return s.remote;
+            return signalled;
+        }
+        if self.far_side == FarSide::Signalled && self.cfg.receives[to.idx()] {
+            return signalled;
         }
         None
+    }
+
+    fn far_end(&self, s: Side) -> FarEnd {
+        let side = self.side(s);
+        if side.probed_us || matches!(side.probe, ProbePhase::Acked { .. }) {
+            FarEnd::Relay
+        } else if side.latched.is_some() || matches!(side.probe, ProbePhase::Failed { .. }) {
+            FarEnd::Endpoint
+        } else {
+            FarEnd::Unknown
+        }
     }
 
     /// The kernel flow for packets arriving from `from`.
@@ -494,7 +594,15 @@ pub struct EngineCounters {
     /// Packets from a source that is never latched (loopback, unspecified, multicast,
     /// broadcast, port 0): dropped before any learning.
     pub martian_sources: u64,
+    /// Probes and ACKs that were unsigned or could not be checked (no shared secret).
+    pub unverified: u64,
+    /// Sides by time from their first packet to the first one sent on, in buckets up to
+    /// [`UNBLOCK_BUCKETS_MS`] (the last: longer).
+    pub unblocked_after: [u64; UNBLOCK_BUCKETS_MS.len() + 1],
 }
+
+/// Upper bounds, in ms, of the unblock-time buckets `statistics` reports.
+pub const UNBLOCK_BUCKETS_MS: [u64; 7] = [1, 10, 50, 100, 200, 500, 1000];
 
 pub struct Engine {
     cfg: EngineConfig,
@@ -585,6 +693,7 @@ impl Engine {
             ],
             cfg,
             installed: [None, None],
+            far_side: self.cfg.far_side,
         };
         for s in Side::BOTH {
             stream.side_mut(s).sip_source = cfg.sip_source[s.idx()];
@@ -618,6 +727,9 @@ impl Engine {
             if let Some(l) = upd.latching[i] {
                 stream.cfg.latching[i] = l;
             }
+            if let Some(r) = upd.receives[i] {
+                stream.cfg.receives[i] = r;
+            }
             let side = stream.side_mut(s);
             if upd.remote[i].is_some() {
                 side.remote = upd.remote[i];
@@ -636,7 +748,7 @@ impl Engine {
                     signalled: side.remote,
                     sip_source: side.sip_source,
                     rtp_peer: rtp_peers[i],
-                    relay: side.relay_ip,
+                    relay: side.relay(),
                     rtcp,
                 };
                 side.latch_rank = side.latched.and_then(|l| expect.rank(&l));
@@ -692,13 +804,12 @@ impl Engine {
             .get(&id)
             .ok_or(StreamError::UnknownStream(id))?;
         if probe {
-            if stream.side(side).next_relay.is_none() {
-                return Err(StreamError::NoNextRelay(side));
-            }
             if stream.side(side).remote.is_none() {
                 return Err(StreamError::NoRemote(side));
             }
-            self.start_probe(id, side, now, true);
+            if !self.start_probe(id, side, now, true) {
+                return Err(StreamError::NoNextRelay(side));
+            }
         } else {
             self.mark_unblocked(id, side, Unblocked::Command, now);
         }
@@ -739,6 +850,11 @@ impl Engine {
                 latch_rank: side.latch_rank,
                 candidates: side.learner.len(),
                 learning: side.learning_until.is_some(),
+                far_end: st.far_end(s),
+                unblocked_after: side
+                    .first_sent
+                    .zip(side.first_packet)
+                    .map(|(sent, first)| sent.saturating_duration_since(first)),
             }
         }))
     }
@@ -789,7 +905,7 @@ impl Engine {
                 signalled: side.remote,
                 sip_source: side.sip_source,
                 rtp_peer,
-                relay: side.relay_ip,
+                relay: side.relay(),
                 rtcp,
             };
             let rank = expect.rank(&from);
@@ -898,6 +1014,7 @@ impl Engine {
                 to: dst,
                 payload: payload.to_vec(),
             });
+            self.note_sent(id, x, now);
         } else {
             let side = stream.side_mut(x);
             hold(side, from, payload, cap, None);
@@ -910,42 +1027,105 @@ impl Engine {
                 self.timers.push(Reverse((at, id, x, TimerKind::Blocking)));
             }
         }
+        self.probe_if_silent(id, y, now);
         self.sync_flows(id);
     }
 
-    /// An authenticated, fresh PROBE from `from`, received at our probe endpoint `local`.
+    /// X spoke and `y` has not: probe toward `y` now, no timer in between (once per episode).
+    /// An RTCP stream leaves it to its RTP stream, unless it holds until confirmed.
+    fn probe_if_silent(&mut self, id: StreamId, y: Side, now: Instant) {
+        let (probing, far_side) = (self.cfg.probing, self.cfg.far_side);
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        let rtcp = stream.cfg.rtp_stream.is_some();
+        let side = stream.side(y);
+        if probing
+            && side.latched.is_none()
+            && side.unblocked.is_none()
+            && side.probe == ProbePhase::Idle
+            && (!rtcp || far_side == FarSide::Confirmed)
+        {
+            self.start_probe(id, y, now, false);
+        }
+    }
+
+    /// The first packet from `x` went on toward the other side: the time it took is recorded.
+    fn note_sent(&mut self, id: StreamId, x: Side, now: Instant) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(x);
+        if side.first_sent.is_some() {
+            return;
+        }
+        side.first_sent = Some(now);
+        let after = side
+            .first_packet
+            .map_or(0, |f| now.saturating_duration_since(f).as_millis() as u64);
+        let bucket = UNBLOCK_BUCKETS_MS
+            .iter()
+            .position(|&b| after <= b)
+            .unwrap_or(UNBLOCK_BUCKETS_MS.len());
+        self.counters.unblocked_after[bucket] += 1;
+    }
+
+    /// A fresh PROBE from `from`, received at our probe endpoint `local`; `trust` says whether
+    /// it was authenticated with the deployment secret.
     pub fn handle_probe(
         &mut self,
         local: Endpoint,
         from: SocketAddr,
         msg: &ProbeMessage,
+        trust: Trust,
         now_ms: u64,
         now: Instant,
     ) {
         self.counters.probes_received += 1;
+        if trust == Trust::Unverified {
+            self.counters.unverified += 1;
+        }
         let Some(&(id, s)) = self.by_local.get(&msg.target) else {
             // Not one of ours (yet): no ACK, so the prober retries until the call server has
             // set the session up here, and nothing changes.
             self.counters.probes_unknown_session += 1;
             return;
         };
+        // Answered in kind: an unverified probe gets an unsigned ACK.
+        let mut ack = msg.ack(now_ms, Endpoint::from(from));
+        ack.unsigned = trust == Trust::Unverified;
         self.out.push_back(Output::SendAck {
             from: local,
             to: from,
-            msg: msg.ack(now_ms, Endpoint::from(from)),
+            msg: ack,
         });
-        // An authenticated probe names the relay behind this side, wherever its NAT put it:
-        // its media will come from that address, and ranks as well as a SIP source.
+        let mut vouched = false;
         if let Some(st) = self.streams.get_mut(&id) {
-            st.side_mut(s).relay_ip = Some(from.ip());
+            let side = st.side_mut(s);
+            side.probed_us = true;
+            // A probe names the relay behind this side, wherever its NAT put it: its media
+            // will come from that address, and ranks as well as a SIP source. If the probe is
+            // authenticated; or, unsigned (a relay of another operator), if it names as its
+            // sender exactly the media endpoint the call server signalled for this side,
+            // which only the parties to the call know. Any other unverified probe ranks
+            // nothing.
+            vouched = trust == Trust::Authenticated || side.remote == Some(msg.sender);
+            if vouched {
+                side.relay_ip = Some(from.ip());
+            }
+        }
+        if vouched {
+            self.relearn(id, s, now);
         }
         // The prober is alive and its media follows our ACK within a round trip. Its
-        // signalled address is worth sending to now only if the probe came from there: behind
-        // a NAT it did not, and packets sent there would be lost, so we wait for the media.
-        let trusted = self
-            .streams
-            .get(&id)
-            .is_some_and(|st| st.side(s).remote.and_then(|r| r.ip()) == Some(from.ip()));
+        // signalled endpoint is worth sending to now only if nothing between us changed
+        // address or port: the probe came from the signalled address *and* from the
+        // deployment's probe port. A NAT may change both, and what it did to the probe port
+        // says nothing about the media port, so then we wait for the media.
+        let probe_port = self.cfg.probe_port;
+        let trusted = self.streams.get(&id).is_some_and(|st| {
+            st.side(s).remote.and_then(|r| r.ip()) == Some(from.ip()) && from.port() == probe_port
+        });
         if trusted {
             self.mark_unblocked(id, s, Unblocked::Probe, now);
         } else {
@@ -956,13 +1136,17 @@ impl Engine {
         }
     }
 
-    /// An authenticated, fresh ACK from `from`.
+    /// A fresh ACK from `from`.
     ///
     /// The ACK is checked against what was asked (target, sender, an outstanding probe)
     /// before its nonce is consumed: an ACK for the wrong target leaves the probe waiting for
-    /// the right one.
-    pub fn handle_ack(&mut self, msg: &ProbeMessage, from: SocketAddr, now: Instant) {
+    /// the right one. Its nonce, random and sent only to the far side, is what an unverified
+    /// ACK proves; it releases media toward the signalled address, nothing more.
+    pub fn handle_ack(&mut self, msg: &ProbeMessage, from: SocketAddr, trust: Trust, now: Instant) {
         self.counters.acks_received += 1;
+        if trust == Trust::Unverified {
+            self.counters.unverified += 1;
+        }
         let Some(&(id, y)) = self.by_nonce.get(&msg.nonce) else {
             self.counters.acks_unmatched += 1;
             return;
@@ -987,7 +1171,9 @@ impl Engine {
         let rtt = sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         side.probe = ProbePhase::Acked { rtt };
         side.probe_next = None;
-        // The next relay answered from here: its media follows from the same address.
+        // The next relay answered from here: its media follows from the same address. The
+        // nonce, random and sent only toward the signalled address, vouches for an unsigned
+        // ACK as the MAC does for a signed one.
         side.relay_ip = Some(from.ip());
         for (n, _) in side.probe_nonces.drain(..) {
             self.by_nonce.remove(&n);
@@ -997,6 +1183,33 @@ impl Engine {
             event: Event::ProbeAcked { toward: y, rtt },
         });
         self.mark_unblocked(id, y, Unblocked::Ack, now);
+        self.relearn(id, y, now);
+    }
+
+    /// A probe or ACK just named side `s`'s relay: if its media is already
+    /// held as a candidate's, it ranks with a SIP source now and wins at once. Its latest
+    /// held packet goes through the learning again (the earlier ones follow as the winner's).
+    fn relearn(&mut self, id: StreamId, s: Side, now: Instant) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = stream.side_mut(s);
+        if side.latched.is_some() {
+            return;
+        }
+        let relay = side.relay_ip;
+        let Some(i) = side
+            .held
+            .iter()
+            .rposition(|(src, _)| src.ip().is_some() && src.ip() == relay)
+        else {
+            return;
+        };
+        let Some((src, payload)) = side.held.remove(i) else {
+            return;
+        };
+        let local = side.local;
+        self.handle_media(local, src, &payload, None, now);
     }
 
     #[must_use]
@@ -1062,14 +1275,15 @@ impl Engine {
             stream: id,
             event: Event::BlockingSuspected { near: x, after },
         });
-        let can_probe = stream.side(y).next_relay.is_some() && stream.side(y).remote.is_some();
-        if probing && can_probe && stream.side(y).probe == ProbePhase::Idle {
+        // Probing started with X's first packet; if it ended without an answer and the
+        // call server named a relay, one more episode.
+        let named = stream.side(y).next_relay.is_some();
+        if probing && named && matches!(stream.side(y).probe, ProbePhase::Idle) {
             self.start_probe(id, y, now, false);
         }
     }
 
     fn on_probe_timer(&mut self, id: StreamId, y: Side, at: Instant, now: Instant) {
-        let attempts_max = self.cfg.probe_attempts;
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -1081,7 +1295,7 @@ impl Engine {
         let ProbePhase::Probing { attempts } = side.probe else {
             return;
         };
-        if attempts >= attempts_max {
+        if attempts >= side.probe_max {
             side.probe = ProbePhase::Failed { attempts };
             for (n, _) in side.probe_nonces.drain(..) {
                 self.by_nonce.remove(&n);
@@ -1098,26 +1312,49 @@ impl Engine {
         self.send_probe(id, y, attempts + 1, now);
     }
 
-    fn start_probe(&mut self, id: StreamId, y: Side, now: Instant, forced: bool) {
+    /// Starts a probing episode toward side `y`: to its named next relay, or else to its
+    /// signalled address at the deployment's probe port (fewer attempts: it may be a phone).
+    /// Returns whether it started.
+    fn start_probe(&mut self, id: StreamId, y: Side, now: Instant, forced: bool) -> bool {
+        let (probe_port, named_attempts, implicit_attempts) = (
+            self.cfg.probe_port,
+            self.cfg.probe_attempts,
+            self.cfg.implicit_probe_attempts,
+        );
         let Some(stream) = self.streams.get_mut(&id) else {
-            return;
+            return false;
         };
         let side = stream.side_mut(y);
-        if side.next_relay.is_none() || side.remote.is_none() {
-            return;
-        }
-        if !forced
-            && matches!(
-                side.probe,
-                ProbePhase::Probing { .. } | ProbePhase::Acked { .. }
-            )
+        let Some(remote) = side
+            .remote
+            .and_then(|r| r.socket_addr())
+            .filter(|r| !r.ip().is_unspecified())
+        else {
+            return false;
+        };
+        let (to, max) = match side.next_relay {
+            Some(r) => (r, named_attempts),
+            None if probe_port != 0 => {
+                (SocketAddr::new(remote.ip(), probe_port), implicit_attempts)
+            }
+            None => return false,
+        };
+        if max == 0
+            || (!forced
+                && matches!(
+                    side.probe,
+                    ProbePhase::Probing { .. } | ProbePhase::Acked { .. }
+                ))
         {
-            return;
+            return false;
         }
+        side.probe_to = Some(to);
+        side.probe_max = max;
         for (n, _) in side.probe_nonces.drain(..) {
             self.by_nonce.remove(&n);
         }
         self.send_probe(id, y, 1, now);
+        true
     }
 
     fn send_probe(&mut self, id: StreamId, y: Side, attempt: u32, now: Instant) {
@@ -1129,7 +1366,7 @@ impl Engine {
         };
         let tag = stream.cfg.session_tag;
         let side = stream.side_mut(y);
-        let (Some(to), Some(target)) = (side.next_relay, side.remote) else {
+        let (Some(to), Some(target)) = (side.probe_to, side.remote) else {
             return;
         };
         side.probe = ProbePhase::Probing { attempts: attempt };
@@ -1144,6 +1381,9 @@ impl Engine {
             target,
             sender: side.local,
             receiver: Endpoint::from(to),
+            // The first attempt is signed (where the deployment has a secret); retries go
+            // unsigned, so that a relay of another operator, whose secret differs, answers.
+            unsigned: attempt > 1,
         };
         self.by_nonce.insert(nonce, (id, y));
         self.timers.push(Reverse((next, id, y, TimerKind::Probe)));
@@ -1189,7 +1429,7 @@ impl Engine {
     }
 
     /// Sends what `x` held toward `x.other()`, if its destination is known now.
-    fn flush_held(&mut self, id: StreamId, x: Side, _now: Instant) {
+    fn flush_held(&mut self, id: StreamId, x: Side, now: Instant) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -1215,6 +1455,7 @@ impl Engine {
                 payload,
             });
         }
+        self.note_sent(id, x, now);
         self.out.push_back(Output::Event {
             stream: id,
             event: Event::Forwarding { from: x, to: dst },

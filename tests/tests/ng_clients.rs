@@ -178,16 +178,24 @@ fn rtpengine_ng_client_drives_a_call_to_forward() {
     );
     assert_eq!(m_port(&new_sdp(&out)), pb, "re-INVITE keeps the relay port");
 
-    // A probe request from the call server (no next relay on A's side: a precise error).
+    // A probe request from the call server; no next relay named on A's side: A's signalled
+    // address is probed, at the probe port.
+    let out = ng_client(
+        &t.relay,
+        22222,
+        &["probe", "--call-id=cli-1", "--from-tag=ft"],
+    );
+    assert!(out.contains("probes => '1'"), "{out}");
+    // An unknown tag gets a precise error.
     let out = t.relay.exec(&[
         "rtpengine-ng-client",
         "--proxy-address=127.0.0.1",
         "--proxy-port=22222",
         "probe",
         "--call-id=cli-1",
-        "--from-tag=ft",
+        "--from-tag=nobody",
     ]);
-    assert!(format!("{out:?}").contains("no next relay"), "{out:?}");
+    assert!(format!("{out:?}").contains("Unknown tag"), "{out:?}");
     let out = ng_client(
         &t.relay,
         22222,

@@ -21,7 +21,6 @@ use proxy_userspace::{
 };
 
 const PACKETS: u16 = 150; // 3 s at 20 ms
-const BLOCKING_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn query(r: &Relay, ns: &Netns, call: &str) -> Dict {
     scenario::ng(
@@ -77,7 +76,14 @@ fn talk(
 fn without_probing_two_relays_deadlock() {
     need_root();
     let t = TwoRelays::build("dl", XdpMode::Driver).unwrap();
-    let (r1, r2) = t.relays(false, XdpMode::Driver, &[]).unwrap();
+    // Holding toward a silent side, and no probes: the deadlock of two latching relays.
+    let (r1, r2) = t
+        .relays(
+            false,
+            XdpMode::Driver,
+            &["--far-side", "confirmed", "--no-probing"],
+        )
+        .unwrap();
     let call = scenario::two_relay_call(&t, &r1, &r2, "deadlock", true).unwrap();
     let (ab, ba) = talk(&t, &call, PACKETS);
     assert_eq!(
@@ -105,7 +111,10 @@ fn without_probing_two_relays_deadlock() {
 fn with_probing_two_relays_unblock_and_xdp_forwards() {
     need_root();
     let t = TwoRelays::build("ub", XdpMode::Driver).unwrap();
-    let (r1, r2) = t.relays(true, XdpMode::Driver, &[]).unwrap();
+    // Holding toward a silent side: the probe/ACK exchange alone unblocks.
+    let (r1, r2) = t
+        .relays(true, XdpMode::Driver, &["--far-side", "confirmed"])
+        .unwrap();
     let call = scenario::two_relay_call(&t, &r1, &r2, "unblock", true).unwrap();
     let (ab, ba) = talk(&t, &call, PACKETS);
     let (d_ab, d_ba) = (
@@ -117,21 +126,16 @@ fn with_probing_two_relays_unblock_and_xdp_forwards() {
     let punted1 = query_figure(&q1, "tag-a", "packets punted");
     let punted2 = query_figure(&q2, "tag-b", "packets punted");
     println!(
-        "unblock: A→B first packet after {} ms, B→A after {} ms (blocking timeout {} ms); lost {} / {}; punted before the flip MP1 {punted1}, MP2 {punted2}",
+        "unblock (--far-side confirmed): A→B first packet after {} ms, B→A after {} ms; lost {} / {}; punted before the flip MP1 {punted1}, MP2 {punted2}",
         d_ab.as_millis(),
         d_ba.as_millis(),
-        BLOCKING_TIMEOUT.as_millis(),
         ab.lost(),
         ba.lost()
     );
-    // Close to the blocking timeout plus a few round trips (sub-millisecond on veth; the
-    // margin is for a loaded CI machine).
+    // The first packet probes at once: a few round trips (sub-millisecond on veth; the
+    // margin is for a loaded CI machine), no timer.
     for d in [d_ab, d_ba] {
-        assert!(
-            d >= BLOCKING_TIMEOUT - Duration::from_millis(20)
-                && d <= BLOCKING_TIMEOUT + Duration::from_millis(150),
-            "unblocked after {d:?}"
-        );
+        assert!(d <= Duration::from_millis(150), "unblocked after {d:?}");
     }
     assert_eq!(
         query_text(&q1, "tag-b", "probe").as_deref(),
@@ -184,7 +188,9 @@ fn send_from(ns: &Netns, from: &str, to: SocketAddr, payload: Vec<u8>, times: us
 fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
     need_root();
     let t = TwoRelays::build("ho", XdpMode::Driver).unwrap();
-    let (r1, r2) = t.relays(true, XdpMode::Driver, &[]).unwrap();
+    let (r1, r2) = t
+        .relays(true, XdpMode::Driver, &["--far-side", "confirmed"])
+        .unwrap();
     let call = scenario::two_relay_call(&t, &r1, &r2, "hostile", true).unwrap();
     let q_before = query(&r2, &t.mp2, "hostile");
     // MP2's media endpoint facing MP1 (the target a real probe names).
@@ -219,6 +225,7 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
         target: Endpoint::from(target),
         sender: Endpoint::from("10.1.0.2:30000".parse::<SocketAddr>().unwrap()),
         receiver: Endpoint::from(probe_addr),
+        unsigned: false,
     };
     let attacker = ProbeAuth::new(b"not the deployment secret!");
     let insider = ProbeAuth::new(SECRET.as_bytes());
@@ -317,7 +324,7 @@ fn a_vpn_leg_unblocks_the_same_way() {
     let r1 = Relay::start(
         &mp1,
         &["internal/10.0.1.1", "external/10.9.0.1"],
-        &[],
+        &["--far-side", "confirmed"],
         true,
         mode,
     )
@@ -325,7 +332,7 @@ fn a_vpn_leg_unblocks_the_same_way() {
     let r2 = Relay::start(
         &mp2,
         &["internal/10.0.2.1", "external/10.9.0.2"],
-        &[],
+        &["--far-side", "confirmed"],
         true,
         mode,
     )
@@ -414,7 +421,14 @@ fn with_one_relay_the_probe_times_out_and_the_call_works_once_the_far_end_sends(
     let relay = Relay::start(
         &t.relay,
         &["internal/10.0.1.1", "external/10.0.2.1"],
-        &["--probe-attempts", "3", "--probe-rto-ms", "50"],
+        &[
+            "--probe-attempts",
+            "3",
+            "--probe-rto-ms",
+            "50",
+            "--far-side",
+            "confirmed",
+        ],
         true,
         XdpMode::Driver,
     )
@@ -477,4 +491,63 @@ fn with_one_relay_the_probe_times_out_and_the_call_works_once_the_far_end_sends(
     );
     assert!(first >= Duration::from_millis(1000) && first <= Duration::from_millis(1300));
     assert!(ba.lost() <= 1, "B→A lost {}", ba.lost());
+}
+
+/// The defaults and no flags from the call servers (each knows only its own relay): media
+/// flows both ways at once, MP1 sending to MP2's signalled address from A's first packet and
+/// MP2 learning MP1 through the NAT, vouched for by MP1's unsigned probe (no shared secret).
+#[test]
+fn with_default_options_two_relays_flow_at_once_without_flags() {
+    need_root();
+    let t = TwoRelays::build("df", XdpMode::Driver).unwrap();
+    let (r1, r2) = t.relays(false, XdpMode::Driver, &[]).unwrap();
+    let call = scenario::two_relay_call(&t, &r1, &r2, "default", false).unwrap();
+    let (ab, ba) = talk(&t, &call, PACKETS);
+    let q1 = query(&r1, &t.mp1, "default");
+    let q2 = query(&r2, &t.mp2, "default");
+    println!(
+        "default, no flags: A→B first packet after {:?}, B→A after {:?}; delivered {}/{} and {}/{}; MP1 sees MP2 as {:?}, MP2 sees MP1 as {:?}",
+        ab.setup_delay(),
+        ba.setup_delay(),
+        ab.distinct,
+        ab.sent,
+        ba.distinct,
+        ba.sent,
+        query_text(&q1, "tag-b", "far end"),
+        query_text(&q2, "tag-a", "far end"),
+    );
+    if ab
+        .setup_delay()
+        .is_none_or(|d| d > Duration::from_millis(100))
+    {
+        println!("MP1:\n{}\nMP2:\n{}", r1.log_text(), r2.log_text());
+    }
+    let (d_ab, d_ba) = (
+        ab.setup_delay().expect("A→B never flowed"),
+        ba.setup_delay().expect("B→A never flowed"),
+    );
+    for d in [d_ab, d_ba] {
+        assert!(d <= Duration::from_millis(150), "first audio after {d:?}");
+    }
+    assert!(ab.distinct + 2 >= ab.sent && ba.distinct + 2 >= ba.sent);
+    assert_eq!(
+        query_text(&q1, "tag-b", "far end").as_deref(),
+        Some("relay")
+    );
+    assert_eq!(
+        query_text(&q2, "tag-a", "far end").as_deref(),
+        Some("relay")
+    );
+    for (q, tag) in [
+        (&q1, "tag-a"),
+        (&q1, "tag-b"),
+        (&q2, "tag-a"),
+        (&q2, "tag-b"),
+    ] {
+        assert_eq!(
+            query_text(q, tag, "state").as_deref(),
+            Some("FORWARD"),
+            "{tag}"
+        );
+    }
 }

@@ -50,6 +50,24 @@ fn sends(out: &[Output]) -> Vec<(Endpoint, Endpoint, Vec<u8>)> {
         .collect()
 }
 
+/// Holding toward a silent side (`--far-side confirmed`), without probes: the mechanics of
+/// HOLD on their own.
+fn holding() -> EngineConfig {
+    EngineConfig {
+        far_side: FarSide::Confirmed,
+        probing: false,
+        ..EngineConfig::default()
+    }
+}
+
+/// Holding toward a silent side, with probing.
+fn confirmed() -> EngineConfig {
+    EngineConfig {
+        far_side: FarSide::Confirmed,
+        ..EngineConfig::default()
+    }
+}
+
 fn one_relay(cfg: EngineConfig) -> (Engine, StreamId) {
     let mut e = Engine::new(cfg, 1);
     let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
@@ -71,7 +89,7 @@ fn new_streams_hold_both_ways() {
 
 #[test]
 fn latching_both_sides_flips_both_flows_and_releases_the_held_packet() {
-    let (mut e, id) = one_relay(EngineConfig::default());
+    let (mut e, id) = one_relay(holding());
     drain(&mut e);
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
@@ -141,7 +159,7 @@ fn latching_both_sides_flips_both_flows_and_releases_the_held_packet() {
 
 #[test]
 fn silence_from_the_far_side_is_recorded_as_suspected_blocking() {
-    let (mut e, id) = one_relay(EngineConfig::default());
+    let (mut e, id) = one_relay(holding());
     drain(&mut e);
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
@@ -286,7 +304,7 @@ fn strict_source_drops_in_the_kernel_and_never_relatches() {
 fn the_held_buffer_is_bounded_and_counts_what_it_drops() {
     let (mut e, id) = one_relay(EngineConfig {
         held_capacity: 4,
-        ..EngineConfig::default()
+        ..holding()
     });
     let t0 = Instant::now();
     for i in 0..10u8 {
@@ -337,7 +355,7 @@ fn asymmetric_streams_forward_to_the_signalled_address_at_once() {
 }
 
 fn two_sided_with_next_relay() -> (Engine, StreamId, SocketAddr, Endpoint) {
-    let mut e = Engine::new(EngineConfig::default(), 7);
+    let mut e = Engine::new(confirmed(), 7);
     let mp2_media = ep([192, 0, 2, 10], 40000);
     let mp2_probe: SocketAddr = "192.0.2.10:7999".parse().unwrap();
     let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
@@ -357,39 +375,42 @@ fn probes(out: &[Output]) -> Vec<(SocketAddr, ProbeMessage)> {
         .collect()
 }
 
+/// The first packet probes at once (no timer in between), retries back off, and the episode
+/// ends after the configured attempts; the first attempt is signed, the retries go unsigned
+/// (a relay of another operator answers those).
 #[test]
-fn blocking_with_a_next_relay_probes_with_backoff_then_gives_up() {
+fn a_first_packet_probes_the_next_relay_at_once_with_backoff_then_gives_up() {
     let (mut e, id, mp2_probe, mp2_media) = two_sided_with_next_relay();
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
-    drain(&mut e);
-    let mut t = t0 + Duration::from_millis(200);
-    e.handle_timeout(t);
-    let out = drain(&mut e);
-    let p = probes(&out);
+    let p = probes(&drain(&mut e));
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, mp2_probe);
     assert_eq!(
-        (p[0].1.kind, p[0].1.target, p[0].1.sender),
-        (Kind::Probe, mp2_media, LOCAL_B)
+        (p[0].1.kind, p[0].1.target, p[0].1.sender, p[0].1.unsigned),
+        (Kind::Probe, mp2_media, LOCAL_B, false)
     );
-    let mut gaps = Vec::new();
+    let mut sent_at = vec![t0];
     let mut nonces = vec![p[0].1.nonce];
     loop {
-        let next = e.poll_timeout().unwrap();
-        gaps.push(next - t);
-        t = next;
+        let t = e.poll_timeout().unwrap();
         e.handle_timeout(t);
         let out = drain(&mut e);
         if let Some(Event::ProbeFailed { attempts, .. }) = events(&out).last() {
             assert_eq!(*attempts, 6);
+            sent_at.push(t);
             break;
         }
-        let p = probes(&out);
-        assert_eq!(p.len(), 1, "one retransmission per timeout");
-        nonces.push(p[0].1.nonce);
+        for (_, m) in probes(&out) {
+            assert!(m.unsigned, "retries go unsigned");
+            sent_at.push(t);
+            nonces.push(m.nonce);
+        }
     }
-    let ms: Vec<u128> = gaps.iter().map(Duration::as_millis).collect();
+    let ms: Vec<u128> = sent_at
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
     assert_eq!(ms, vec![100, 200, 400, 800, 1600, 3200]);
     nonces.sort_unstable();
     nonces.dedup();
@@ -406,6 +427,7 @@ fn an_ack_releases_the_held_packet_to_the_next_relay_before_it_speaks() {
     let (mut e, id, _, mp2_media) = two_sided_with_next_relay();
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
+    let probe = probes(&drain(&mut e))[0].1;
     e.handle_media(
         LOCAL_A,
         PHONE_A,
@@ -414,12 +436,15 @@ fn an_ack_releases_the_held_packet_to_the_next_relay_before_it_speaks() {
         t0 + Duration::from_millis(20),
     );
     drain(&mut e);
-    e.handle_timeout(t0 + Duration::from_millis(200));
-    let probe = probes(&drain(&mut e))[0].1;
-    let t_ack = t0 + Duration::from_millis(230);
+    let t_ack = t0 + Duration::from_millis(30);
     // The next relay sits behind a NAT: its ACK comes from the NAT's address.
     let nat_probe: SocketAddr = "198.51.100.7:60999".parse().unwrap();
-    e.handle_ack(&probe.ack(0, Endpoint::from(NEXT)), nat_probe, t_ack);
+    e.handle_ack(
+        &probe.ack(0, Endpoint::from(NEXT)),
+        nat_probe,
+        Trust::Authenticated,
+        t_ack,
+    );
     let out = drain(&mut e);
     assert!(events(&out).contains(&Event::ProbeAcked {
         toward: Side::B,
@@ -468,6 +493,7 @@ fn an_ack_releases_the_held_packet_to_the_next_relay_before_it_speaks() {
     e.handle_ack(
         &probe.ack(0, Endpoint::from(NEXT)),
         NEXT,
+        Trust::Authenticated,
         t_ack + Duration::from_millis(50),
     );
     assert_eq!(e.counters().acks_unmatched, 1);
@@ -478,17 +504,22 @@ fn an_ack_for_another_target_is_refused() {
     let (mut e, _, _, _) = two_sided_with_next_relay();
     let t0 = Instant::now();
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
-    e.handle_timeout(t0 + Duration::from_millis(200));
     let probe = probes(&drain(&mut e))[0].1;
     let mut forged = probe.ack(0, Endpoint::from(NEXT));
     forged.target = ep([203, 0, 113, 9], 1234);
-    e.handle_ack(&forged, NEXT, t0 + Duration::from_millis(210));
+    e.handle_ack(
+        &forged,
+        NEXT,
+        Trust::Authenticated,
+        t0 + Duration::from_millis(210),
+    );
     assert!(sends(&drain(&mut e)).is_empty());
     assert_eq!(e.counters().acks_unmatched, 1);
     // The wrong ACK did not consume the nonce: the right one that follows still works.
     e.handle_ack(
         &probe.ack(0, Endpoint::from(NEXT)),
         NEXT,
+        Trust::Authenticated,
         t0 + Duration::from_millis(220),
     );
     let out = drain(&mut e);
@@ -502,7 +533,7 @@ fn an_ack_for_another_target_is_refused() {
 
 #[test]
 fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
-    let mut e = Engine::new(EngineConfig::default(), 3);
+    let mut e = Engine::new(confirmed(), 3);
     let mp1_media = ep([10, 1, 0, 2], 30002); // as signalled, behind a NAT
     let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
     sc.remote = [Some(mp1_media), Some(PHONE_B)];
@@ -520,9 +551,17 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
         target: LOCAL_A,
         sender: mp1_media,
         receiver: Endpoint::v4([192, 0, 2, 10], 7999),
+        unsigned: false,
     };
     let here = ep([192, 0, 2, 10], 7999);
-    e.handle_probe(here, from, &probe, 6, t0 + Duration::from_millis(250));
+    e.handle_probe(
+        here,
+        from,
+        &probe,
+        Trust::Authenticated,
+        6,
+        t0 + Duration::from_millis(250),
+    );
     let out = drain(&mut e);
     let acks: Vec<_> = out
         .iter()
@@ -549,7 +588,7 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
 
 #[test]
 fn a_probe_through_a_nat_is_acked_but_the_signalled_address_is_not_trusted() {
-    let mut e = Engine::new(EngineConfig::default(), 3);
+    let mut e = Engine::new(confirmed(), 3);
     let mp1_media = ep([10, 1, 0, 2], 30002);
     let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
     sc.remote = [Some(mp1_media), Some(PHONE_B)];
@@ -566,8 +605,16 @@ fn a_probe_through_a_nat_is_acked_but_the_signalled_address_is_not_trusted() {
         target: LOCAL_A,
         sender: mp1_media,
         receiver: Endpoint::v4([192, 0, 2, 10], 7999),
+        unsigned: false,
     };
-    e.handle_probe(ep([192, 0, 2, 10], 7999), from, &probe, 6, t0);
+    e.handle_probe(
+        ep([192, 0, 2, 10], 7999),
+        from,
+        &probe,
+        Trust::Authenticated,
+        6,
+        t0,
+    );
     let out = drain(&mut e);
     assert!(
         out.iter()
@@ -598,11 +645,13 @@ fn a_probe_for_an_unknown_endpoint_changes_nothing() {
         target: ep([10, 9, 9, 9], 1),
         sender: ep([10, 9, 9, 8], 1),
         receiver: Endpoint::v4([192, 0, 2, 10], 7999),
+        unsigned: false,
     };
     e.handle_probe(
         ep([10, 0, 1, 1], 7999),
         "10.9.9.8:7999".parse().unwrap(),
         &probe,
+        Trust::Authenticated,
         0,
         Instant::now(),
     );
@@ -618,10 +667,10 @@ fn probe_now_from_the_call_server_probes_immediately() {
     let p = probes(&drain(&mut e));
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, mp2_probe);
-    assert_eq!(
-        e.unblock(id, Side::A, true, Instant::now()),
-        Err(StreamError::NoNextRelay(Side::A))
-    );
+    // No next relay named on A's side: its signalled address is probed, at the probe port.
+    e.unblock(id, Side::A, true, Instant::now()).unwrap();
+    let p = probes(&drain(&mut e));
+    assert_eq!(p[0].0, "10.0.1.2:7999".parse().unwrap());
     // Told without a probe: trusted at once.
     e.unblock(id, Side::A, false, Instant::now()).unwrap();
     assert_eq!(e.status(id).unwrap()[0].unblocked, Some(Unblocked::Command));
@@ -646,6 +695,7 @@ fn removing_a_stream_removes_its_flows_and_forgets_its_probes() {
     e.handle_ack(
         &probe.ack(0, Endpoint::from(NEXT)),
         NEXT,
+        Trust::Authenticated,
         t0 + Duration::from_millis(220),
     );
     assert!(drain(&mut e).is_empty());
@@ -722,6 +772,9 @@ struct Net {
     punted: u64,
     events1: Vec<Event>,
     events2: Vec<Event>,
+    /// How probes and ACKs check out at the receiver: relays of one deployment share a
+    /// secret; relays of different operators do not.
+    trust: Trust,
 }
 
 const MP1_A: Endpoint = Endpoint::v4([10, 0, 1, 1], 30000);
@@ -734,24 +787,26 @@ const NAT_IP: [u8; 4] = [192, 0, 2, 1];
 const HOP: Duration = Duration::from_millis(2);
 
 impl Net {
-    fn new(probing: bool) -> Self {
-        let cfg = EngineConfig {
-            probing,
-            ..EngineConfig::default()
-        };
+    /// `named`: the call servers named each relay's next relay (`next-relay`); without, each
+    /// knows only the far side's signalled address.
+    fn new(cfg: EngineConfig, named: bool) -> Self {
         let mut mp1 = Engine::new(cfg, 11);
         let mut mp2 = Engine::new(cfg, 22);
         let mut s1 = StreamConfig::new(MP1_A, MP1_B);
         s1.remote = [Some(PHONE_A), Some(MP2_A)];
-        s1.next_relay = [None, Some(MP2_PROBE.socket_addr().unwrap())];
+        if named {
+            s1.next_relay = [None, Some(MP2_PROBE.socket_addr().unwrap())];
+        }
         mp1.add_stream(s1).unwrap();
         let mut s2 = StreamConfig::new(MP2_A, MP2_B);
         // MP1 signalled its inside address; the NAT's address would not help either.
         s2.remote = [Some(MP1_B), Some(PHONE_B)];
-        s2.next_relay = [
-            Some(Endpoint::v4(NAT_IP, 7999).socket_addr().unwrap()),
-            None,
-        ];
+        if named {
+            s2.next_relay = [
+                Some(Endpoint::v4(NAT_IP, 7999).socket_addr().unwrap()),
+                None,
+            ];
+        }
         mp2.add_stream(s2).unwrap();
         Self {
             mp1,
@@ -768,6 +823,7 @@ impl Net {
             punted: 0,
             events1: Vec::new(),
             events2: Vec::new(),
+            trust: Trust::Authenticated,
         }
     }
 
@@ -849,8 +905,10 @@ impl Net {
                 &mut self.mp2
             };
             match msg.kind {
-                Kind::Probe => e.handle_probe(to, from.socket_addr().unwrap(), &msg, 2, now),
-                Kind::Ack => e.handle_ack(&msg, from.socket_addr().unwrap(), now),
+                Kind::Probe => {
+                    e.handle_probe(to, from.socket_addr().unwrap(), &msg, self.trust, 2, now)
+                }
+                Kind::Ack => e.handle_ack(&msg, from.socket_addr().unwrap(), self.trust, now),
             }
             self.apply(which, now);
             return;
@@ -923,7 +981,7 @@ impl Net {
 
 #[test]
 fn two_relays_behind_a_nat_deadlock_without_probing() {
-    let mut net = Net::new(false);
+    let mut net = Net::new(holding(), true);
     let t0 = Instant::now();
     net.run(t0, Duration::from_secs(5));
     assert!(
@@ -944,19 +1002,20 @@ fn two_relays_behind_a_nat_deadlock_without_probing() {
 
 #[test]
 fn two_relays_behind_a_nat_unblock_with_probing() {
-    let mut net = Net::new(true);
+    let mut net = Net::new(confirmed(), true);
     let t0 = Instant::now();
     net.run(t0, Duration::from_secs(3));
     let first_b = *net.delivered_b.first().expect("B never heard A");
     let first_a = *net.delivered_a.first().expect("A never heard B");
-    // Blocking timeout (200 ms) + probe and ACK (2 hops each) + the held packet's 3 hops.
+    // No timer: the first packet's hop (2 ms), probe and ACK (2 hops each), the held
+    // packet's 2 hops to B.
     let unblock = first_b - t0;
     assert!(
-        unblock >= Duration::from_millis(200) && unblock <= Duration::from_millis(220),
+        unblock <= Duration::from_millis(20),
         "A→B after {unblock:?}"
     );
     assert!(
-        first_a - t0 <= Duration::from_millis(240),
+        first_a - t0 <= Duration::from_millis(40),
         "B→A after {:?}",
         first_a - t0
     );
@@ -977,6 +1036,39 @@ fn two_relays_behind_a_nat_unblock_with_probing() {
     );
     let (a, b) = (net.delivered_a.len(), net.delivered_b.len());
     assert!(a >= 135 && b >= 135, "delivered A {a}, B {b} of 150");
+}
+
+/// The default (`FarSide::Signalled`), and no `next-relay` anywhere: each relay knows only
+/// the far side's signalled address, as behind a stock call-server config. MP1 sends A's
+/// first packet to MP2 at once; MP2 learns MP1 through the NAT (its probe, authenticated
+/// here, names the relay), and media flows both ways within a few hops, with nothing lost
+/// but what B sent toward MP1's unreachable inside address before that.
+#[test]
+fn two_relays_behind_a_nat_flow_at_once_with_no_flags() {
+    let mut net = Net::new(EngineConfig::default(), false);
+    // Relays of different operators: no shared secret.
+    net.trust = Trust::Unverified;
+    let t0 = Instant::now();
+    net.run(t0, Duration::from_secs(3));
+    let first_b = *net.delivered_b.first().expect("B never heard A");
+    let first_a = *net.delivered_a.first().expect("A never heard B");
+    assert!(
+        first_b - t0 <= Duration::from_millis(10),
+        "A→B after {:?}",
+        first_b - t0
+    );
+    assert!(
+        first_a - t0 <= Duration::from_millis(30),
+        "B→A after {:?}",
+        first_a - t0
+    );
+    let (a, b) = (net.delivered_a.len(), net.delivered_b.len());
+    assert!(a >= 145 && b >= 148, "delivered A {a}, B {b} of 150");
+    assert!(
+        net.kernel_forwarded > 500,
+        "kernel forwarded {}",
+        net.kernel_forwarded
+    );
 }
 
 // ---------------------------------------------------------------------------------------

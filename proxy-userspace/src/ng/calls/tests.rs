@@ -469,11 +469,15 @@ fn the_probe_command_probes_toward_the_next_relay() {
             ("from-tag", s("ft")),
         ]),
     );
-    assert_eq!(
-        r.get_str("result"),
-        Some("error"),
-        "no next relay on A's side"
-    );
+    // No next relay named on A's side: its signalled address is probed at the probe port.
+    assert_eq!(r.get_str("result"), Some("ok"), "{r:?}");
+    let probes: Vec<_> = std::iter::from_fn(|| c.engine().poll_output())
+        .filter_map(|o| match o {
+            Output::SendProbe { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probes, vec!["10.0.1.2:7999".parse().unwrap()]);
 }
 
 #[test]
