@@ -223,7 +223,9 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
         timestamp_ms: unix_ms(),
         session: 0,
         target: Endpoint::from(target),
-        sender: Endpoint::from("10.1.0.2:30000".parse::<SocketAddr>().unwrap()),
+        // Not MP1's media endpoint (an odd port is never an RTP one): an attacker does not
+        // know the call's signalled endpoints.
+        sender: Endpoint::from("10.1.0.2:30001".parse::<SocketAddr>().unwrap()),
         receiver: Endpoint::from(probe_addr),
         unsigned: false,
     };
