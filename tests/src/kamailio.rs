@@ -74,6 +74,95 @@ onreply_route[MEDIA] {{
     )
 }
 
+/// Kamailio's own sample configuration as Debian ships it (`/etc/kamailio/kamailio.cfg`),
+/// with its NAT traversal and rtpengine support turned on (`WITH_NAT`, `WITH_RTPENGINE`:
+/// `rtpengine_manage`, with `SIP-source-address` when the SDP holds a private address) and
+/// `rtpengine_sock` set to `sock`. With `pstn_gw`, also its documented PSTN routing
+/// (`WITH_PSTN`, `pstn.gw_ip`): how an enterprise proxy hands calls for numbers to its
+/// carrier. Nothing else is changed.
+pub fn stock_config(sock: &str, pstn_gw: Option<&str>) -> anyhow::Result<String> {
+    let sample = std::fs::read_to_string("/etc/kamailio/kamailio.cfg")
+        .context("Kamailio's sample config (the kamailio package)")?;
+    let stock = r#"modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:2223")"#;
+    anyhow::ensure!(
+        sample.contains(stock),
+        "the sample config has no stock rtpengine_sock line"
+    );
+    let (first, rest) = sample.split_once('\n').context("an empty sample config")?;
+    let mut rest = rest.replace(
+        stock,
+        &format!(r#"modparam("rtpengine", "rtpengine_sock", "{sock}")"#),
+    );
+    let mut defines = "#!define WITH_NAT\n#!define WITH_RTPENGINE\n".to_owned();
+    if let Some(gw) = pstn_gw {
+        let unset = r#"pstn.gw_ip = "" desc "PSTN GW Address""#;
+        anyhow::ensure!(
+            rest.contains(unset),
+            "the sample config has no pstn.gw_ip line"
+        );
+        rest = rest.replace(
+            unset,
+            &format!(r#"pstn.gw_ip = "{gw}" desc "PSTN GW Address""#),
+        );
+        defines.push_str("#!define WITH_PSTN\n");
+    }
+    Ok(format!("{first}\n{defines}{rest}"))
+}
+
+/// A plain proxy config: answers requests where they came from (`force_rport`), record-routes,
+/// follows a preloaded route set, and calls
+/// `rtpengine_offer` / `rtpengine_answer` with `replace-origin replace-session-connection`
+/// (and `rtpengine_delete` on BYE), as most operators' own configs do.
+#[must_use]
+pub fn plain_config(sock: &str) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=2
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "rtpengine.so"
+modparam("rtpengine", "rtpengine_sock", "{sock}")
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    # Replies go back where the request came from (a NAT may have changed its port).
+    force_rport();
+    if (is_method("OPTIONS") && uri==myself) {{ sl_send_reply("200", "Keepalive"); exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{
+            if (is_method("BYE")) {{ rtpengine_delete(); }}
+            t_relay();
+            exit;
+        }}
+        if (is_method("ACK") && t_check_trans()) {{ t_relay(); }}
+        exit;
+    }}
+    loose_route();
+    if (is_method("INVITE") && has_body("application/sdp")) {{
+        rtpengine_offer("replace-origin replace-session-connection");
+        t_on_reply("MEDIA");
+    }}
+    record_route();
+    t_relay();
+}}
+
+onreply_route[MEDIA] {{
+    if (has_body("application/sdp")) {{
+        rtpengine_answer("replace-origin replace-session-connection");
+    }}
+}}
+"#
+    )
+}
+
 /// A Kamailio running in a namespace; killed on drop, its files removed.
 pub struct Kamailio {
     pub dir: PathBuf,
@@ -108,6 +197,14 @@ impl Kamailio {
         };
         // Kamailio pings the relay at start-up; wait until it answers SIP.
         k.wait_ready(ns, listen_of(cfg))?;
+        Ok(k)
+    }
+
+    /// As [`Kamailio::start`], for a config without a `listen=` line: waits until it answers
+    /// SIP at `at`.
+    pub fn start_at(ns: &Netns, cfg: &str, at: SocketAddr) -> anyhow::Result<Self> {
+        let k = Self::start(ns, cfg)?;
+        k.wait_ready(ns, Some(at))?;
         Ok(k)
     }
 
@@ -196,6 +293,7 @@ pub fn sip_call(
         callee_uri: format!("sip:bob@{ua_b}"),
         route: Vec::new(),
         to_header: format!("<sip:bob@{ua_b}>"),
+        preloaded: Vec::new(),
     };
     let ok = caller
         .invite(&scenario::sdp(&media_a.ip().to_string(), media_a.port()))

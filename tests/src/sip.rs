@@ -109,6 +109,9 @@ pub struct Caller {
     pub callee_uri: String,
     pub route: Vec<String>,
     pub to_header: String,
+    /// A preloaded route set for the INVITE (RFC 3261 section 8.1.2): the proxies it must
+    /// cross, first hop first.
+    pub preloaded: Vec<String>,
 }
 
 impl Caller {
@@ -123,7 +126,8 @@ impl Caller {
                 ("Max-Forwards".into(), "70".into()),
                 (
                     "From".into(),
-                    format!("<sip:alice@{}>;tag=alice-tag", self.local.ip()),
+                    // The caller's domain is its proxy's, as a phone's is its registrar's.
+                    format!("<sip:alice@{}>;tag=alice-tag", self.proxy.ip()),
                 ),
                 ("To".into(), self.to_header.clone()),
                 ("Call-ID".into(), self.call_id.clone()),
@@ -136,12 +140,17 @@ impl Caller {
 
     pub fn invite(&mut self, sdp: &str) -> anyhow::Result<Message> {
         let mut m = self.base("INVITE", &self.callee_uri.clone(), 1, "inv1");
+        for r in &self.preloaded {
+            m.headers.push(("Route".into(), r.clone()));
+        }
         m.headers
             .push(("Content-Type".into(), "application/sdp".into()));
         m.body = sdp.to_owned();
+        let mut seen = Vec::new();
         for _ in 0..3 {
             self.sock.send_to(&m.render(), self.proxy)?;
             if let Ok((ok, _)) = recv(&self.sock, Duration::from_secs(2), |r| {
+                seen.push(r.start.clone());
                 r.status() == Some(200)
             }) {
                 // The route set is the Record-Route list as it came (RFC 3261 section 12.1.2).
@@ -155,7 +164,7 @@ impl Caller {
                 return Ok(ok);
             }
         }
-        bail!("no 200 OK to the INVITE")
+        bail!("no 200 OK to the INVITE; replies: {seen:?}")
     }
 
     fn in_dialog(&self, method: &str, remote_target: &str, cseq: u32, branch: &str) -> Message {
@@ -180,6 +189,41 @@ impl Caller {
         })?
         .0)
     }
+}
+
+/// Registers `user` at `registrar` from `local` (contact there), for an hour; returns once
+/// the registrar said 200.
+pub fn register(
+    sock: &UdpSocket,
+    local: SocketAddr,
+    registrar: SocketAddr,
+    user: &str,
+) -> anyhow::Result<()> {
+    let aor = format!("sip:{user}@{}", registrar.ip());
+    let m = Message {
+        start: format!("REGISTER sip:{} SIP/2.0", registrar.ip()),
+        headers: vec![
+            (
+                "Via".into(),
+                format!("SIP/2.0/UDP {local};branch=z9hG4bKreg1;rport"),
+            ),
+            ("Max-Forwards".into(), "70".into()),
+            ("From".into(), format!("<{aor}>;tag=reg-tag")),
+            ("To".into(), format!("<{aor}>")),
+            ("Call-ID".into(), format!("reg-{user}@{}", local.ip())),
+            ("CSeq".into(), "1 REGISTER".into()),
+            ("Contact".into(), format!("<sip:{user}@{local}>")),
+            ("Expires".into(), "3600".into()),
+        ],
+        body: String::new(),
+    };
+    for _ in 0..3 {
+        sock.send_to(&m.render(), registrar)?;
+        if recv(sock, Duration::from_secs(2), |r| r.status() == Some(200)).is_ok() {
+            return Ok(());
+        }
+    }
+    bail!("no 200 OK to the REGISTER")
 }
 
 /// The callee: answers an INVITE with 200 OK and `sdp`, and BYE with 200 OK.
