@@ -1303,3 +1303,59 @@ fn martian_sources_are_never_latched() {
     }
     assert_eq!(e.counters().martian_sources, 9);
 }
+
+/// The default: toward a side that has not spoken, its signalled address at once (a one-way
+/// stream, early media); a side whose SDP said `sendonly` or `inactive` gets nothing there
+/// before it speaks; and the side's own first packet moves the destination to where it
+/// speaks from.
+#[test]
+fn a_silent_side_gets_media_at_its_signalled_address_unless_it_said_it_takes_none() {
+    let mut e = Engine::new(
+        EngineConfig {
+            probing: false,
+            ..EngineConfig::default()
+        },
+        1,
+    );
+    let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
+    sc.remote = [Some(PHONE_A), Some(PHONE_B)];
+    let id = e.add_stream(sc).unwrap();
+    drain(&mut e);
+    let t0 = Instant::now();
+    e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
+    let out = drain(&mut e);
+    assert_eq!(sends(&out), vec![(LOCAL_B, PHONE_B, b"a1".to_vec())]);
+    let f: HashMap<_, _> = flows(&out).into_iter().collect();
+    assert_eq!(
+        (f[&LOCAL_A].state, f[&LOCAL_A].out_dst),
+        (FlowState::Forward, PHONE_B),
+        "the rest goes in the kernel"
+    );
+    let st = e.status(id).unwrap();
+    assert_eq!(st[0].unblocked_after, Some(Duration::ZERO));
+    assert_eq!(e.counters().unblocked_after[0], 1);
+    // B speaks from elsewhere (a NAT): A's media follows it.
+    let natted = ep([198, 51, 100, 7], 61_000);
+    let mut upd = StreamUpdate::default();
+    upd.sip_source[1] = natted.ip();
+    e.update_stream(id, &upd, t0).unwrap();
+    e.handle_media(LOCAL_B, natted, b"b1", None, t0 + Duration::from_millis(40));
+    let f: HashMap<_, _> = flows(&drain(&mut e)).into_iter().collect();
+    assert_eq!(f[&LOCAL_A].out_dst, natted);
+
+    // `sendonly` from B: nothing goes to B's signalled address before B speaks.
+    let mut e = Engine::new(
+        EngineConfig {
+            probing: false,
+            ..EngineConfig::default()
+        },
+        1,
+    );
+    let mut sc = StreamConfig::new(LOCAL_A, LOCAL_B);
+    sc.remote = [Some(PHONE_A), Some(PHONE_B)];
+    sc.receives = [true, false];
+    e.add_stream(sc).unwrap();
+    drain(&mut e);
+    e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
+    assert!(sends(&drain(&mut e)).is_empty(), "sent to a sendonly party");
+}
