@@ -762,6 +762,7 @@ impl Control {
             "joined inside the relay" => c.joined,
             "ng requests too late to run" => c.ng_stale,
             "unverified probes and acks" => e.unverified,
+            "sprayer packets refused" => e.sprayer_refused,
         };
         // How long each side's media took to go on from its first packet.
         let mut unblocked = Dict::new();

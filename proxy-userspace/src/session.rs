@@ -41,7 +41,7 @@ use std::{
 
 mod learning;
 
-pub use learning::{Expect, LearnConfig, Learner, Rank, Verdict};
+pub use learning::{Expect, LearnConfig, Learner, Rank, SprayConfig, Sprayers, Verdict};
 
 use proxy_common::{
     Endpoint, FlowState,
@@ -186,6 +186,8 @@ pub struct EngineConfig {
     pub relatch_after: Option<Duration>,
     /// How a side picks its source (see [`learning`]).
     pub learning: LearnConfig,
+    /// Who counts as spraying the port range (see [`learning`]).
+    pub spraying: SprayConfig,
     /// After a signalling event, how long a latched side may still move to a better-ranked
     /// source (a re-INVITE from a phone that moved); rtpengine's window is the same 3 s.
     pub learning_window: Duration,
@@ -207,6 +209,7 @@ impl Default for EngineConfig {
             held_capacity: 16,
             relatch_after: None,
             learning: LearnConfig::default(),
+            spraying: SprayConfig::default(),
             learning_window: Duration::from_secs(3),
             kernel_forwarding: true,
         }
@@ -403,6 +406,8 @@ struct SideState {
     /// Where an authenticated probe or ACK for this side came from.
     relay_ip: Option<IpAddr>,
     latched: Option<Endpoint>,
+    /// When it first latched.
+    latched_at: Option<Instant>,
     latch_rank: Option<Rank>,
     learner: Learner,
     /// The learning window after a signalling event is open until this instant.
@@ -462,6 +467,7 @@ impl SideState {
             sip_source: None,
             relay_ip: None,
             latched: None,
+            latched_at: None,
             latch_rank: None,
             learner: Learner::default(),
             learning_until: None,
@@ -596,6 +602,8 @@ pub struct EngineCounters {
     pub martian_sources: u64,
     /// Probes and ACKs that were unsigned or could not be checked (no shared secret).
     pub unverified: u64,
+    /// Unmatched packets refused because their source sprays the port range.
+    pub sprayer_refused: u64,
     /// Sides by time from their first packet to the first one sent on, in buckets up to
     /// [`UNBLOCK_BUCKETS_MS`] (the last: longer).
     pub unblocked_after: [u64; UNBLOCK_BUCKETS_MS.len() + 1],
@@ -613,6 +621,7 @@ pub struct Engine {
     out: VecDeque<Output>,
     next_id: StreamId,
     counters: EngineCounters,
+    sprayers: Sprayers,
     /// Source of probe nonces; the caller seeds it (from the OS) so tests stay deterministic.
     rng: rand::rngs::StdRng,
 }
@@ -660,6 +669,7 @@ impl Engine {
             out: VecDeque::new(),
             next_id: 1,
             counters: EngineCounters::default(),
+            sprayers: Sprayers::default(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
         }
     }
@@ -886,8 +896,9 @@ impl Engine {
             return;
         }
         let rtp_peer = self.rtp_peer(id, x);
-        let (learn, relatch_after, cap) = (
+        let (learn, spraying, relatch_after, cap) = (
             self.cfg.learning,
+            self.cfg.spraying,
             self.cfg.relatch_after,
             self.cfg.held_capacity,
         );
@@ -898,6 +909,8 @@ impl Engine {
         let symmetric = stream.cfg.latching[x.idx()] == Latching::Symmetric;
         let strict = stream.cfg.strict_source;
         let rtcp = stream.cfg.rtp_stream.is_some();
+        let other_latched = stream.side(y).latched_at;
+        let stream_id = id;
         let side = stream.side_mut(x);
         let mut latched_now = false;
         if symmetric && side.latched != Some(from) {
@@ -909,9 +922,31 @@ impl Engine {
                 rtcp,
             };
             let rank = expect.rank(&from);
+            // An unmatched source that reaches endpoint after endpoint sweeps the range: it is
+            // refused everywhere, and forgotten where it was a candidate.
+            let sprayer = rank == Some(Rank::Unknown)
+                && from.ip().is_some_and(|ip| {
+                    let hit =
+                        self.sprayers
+                            .observe(&spraying, ip, (local, stream_id, x as u8), now);
+                    if hit {
+                        side.learner.forget(ip);
+                        let before = side.held.len();
+                        side.held.retain(|(s, _)| s.ip() != Some(ip));
+                        side.counters.held_dropped += (before - side.held.len()) as u64;
+                    }
+                    hit
+                });
+            if sprayer {
+                self.counters.sprayer_refused += 1;
+            }
             let verdict = match (side.latched, rank) {
                 (_, None) => Verdict::Refuse,
-                (None, Some(r)) => side.learner.observe(&learn, &expect, from, r, payload, now),
+                _ if sprayer => Verdict::Refuse,
+                (None, Some(r)) => {
+                    side.learner
+                        .observe(&learn, &expect, from, r, payload, other_latched, now)
+                }
                 // Latched: only a strictly better-ranked source, only while the window after
                 // signalling is open or the latch is provisional; or, if the operator allows
                 // it, any after silence.
@@ -927,7 +962,8 @@ impl Engine {
                     } else if after_silence {
                         Verdict::Latch { src: from, rank: r }
                     } else if better {
-                        side.learner.observe(&learn, &expect, from, r, payload, now)
+                        side.learner
+                            .observe(&learn, &expect, from, r, payload, other_latched, now)
                     } else {
                         Verdict::Refuse
                     }
@@ -945,6 +981,7 @@ impl Engine {
                 }
                 Verdict::Latch { src, rank } => {
                     let old = side.latched.replace(src);
+                    side.latched_at.get_or_insert(now);
                     side.latch_rank = Some(rank);
                     side.learner.reset();
                     // The winner's held packets go on; everything else held was a loser's.

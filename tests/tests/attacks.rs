@@ -12,7 +12,7 @@
 //! The call is set up over ng as Kamailio's stock rtpengine module does it (`received-from`
 //! with the SIP source, `replace-origin replace-session-connection`). The attacker sprays
 //! every port of the relay's (small) range on both of its addresses, a consistent RTP stream
-//! per port, from a second before the phones speak to the end; phone B goes silent for 3 s
+//! per port, from four seconds before the phones speak to the end; phone B goes silent for 3 s
 //! mid-call (hold). Phone B sits behind a port-randomising NAT, so it never matches its SDP
 //! endpoint, and the spray reaches its port first.
 //!
@@ -64,8 +64,9 @@ const ATTACK_SSRC: u32 = 0xbad0_0000;
 /// The call: 10 s of 20 ms packets each way; B is on hold (silent) for 3 s in the middle.
 const PACKETS: u16 = 500;
 const HOLD: std::ops::Range<u16> = 150..300;
-/// How long the spray runs before the phones speak.
-const HEAD_START: Duration = Duration::from_secs(1);
+/// How long the spray runs before the phones speak: longer than the 3 s an unmatched source
+/// waits, so that only the sprayer rule stands between it and the call.
+const HEAD_START: Duration = Duration::from_secs(4);
 
 /// The topology, one per relay under test.
 struct Net {

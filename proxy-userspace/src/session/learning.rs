@@ -14,11 +14,19 @@
 //! consistent packets (RTP: one SSRC, sequence numbers in order) and
 //! [`LearnConfig::min_wait`] has passed since the first candidate spoke, unless a better-ranked
 //! source appears first. Where signalling gave the side anything to match (an SDP endpoint, a
-//! SIP source, a relay), a rank 3 source waits [`LearnConfig::anchored_wait`] instead: a
-//! sprayer that reaches the port before the phone speaks sends a consistent stream just as
-//! easily, and only time lets the phone's matching source show up and win. The held packets of the winner are then delivered, so learning costs
+//! SIP source, a relay), a rank 3 source waits [`LearnConfig::anchored_wait`] instead, counted
+//! from when the *other* side latched: a sprayer that reaches the port before the phones speak
+//! sends a consistent stream just as easily, and the real peer, which answers the other
+//! side's media, gets that long to show up and win by its rank. The held packets of the winner are then delivered, so learning costs
 //! no audio; the others are dropped and counted. The budget: [`LearnConfig::max_candidates`]
 //! sources tracked at once and the side's held buffer (16 packets by default).
+//!
+//! A source address that shows up unmatched (rank 3) at [`SprayConfig::ports`] or more of the
+//! relay's endpoints within [`SprayConfig::window`], or on both sides of one stream, is a
+//! sprayer: a phone sends to one port per media section, on its own side of the call; a
+//! sweep of the port range reaches all of them. Its unmatched packets are
+//! refused everywhere for [`SprayConfig::ban`], and whatever it held as a candidate is
+//! forgotten, so that it cannot win a side however long it sprays before the phone speaks.
 //!
 //! A latched side does not move on silence. After a signalling event (a re-INVITE) it may
 //! move, for a window, to a strictly better-ranked source only.
@@ -26,6 +34,7 @@
 //! Sans-IO: packets and `now` in, a verdict out.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -184,6 +193,12 @@ pub struct Learner {
 
 impl Learner {
     /// One packet from `src`, ranked `rank`, that the side has not accepted.
+    /// `other_latched`: when the other side of the stream latched, if it has; an unmatched
+    /// source on an anchored side waits from then.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one packet and what it is judged by"
+    )]
     pub fn observe(
         &mut self,
         cfg: &LearnConfig,
@@ -191,6 +206,7 @@ impl Learner {
         src: Endpoint,
         rank: Rank,
         payload: &[u8],
+        other_latched: Option<Instant>,
         now: Instant,
     ) -> Verdict {
         if rank.immediate() {
@@ -227,9 +243,15 @@ impl Learner {
         let waited = self
             .first
             .map_or(Duration::ZERO, |f| now.saturating_duration_since(f));
+        let anchored_ok =
+            other_latched.is_some_and(|t| now.saturating_duration_since(t) >= cfg.anchored_wait);
         let wait = |r: Rank| {
             if r == Rank::Unknown && expect.anchored() {
-                cfg.anchored_wait
+                if anchored_ok {
+                    cfg.anchored_wait
+                } else {
+                    Duration::MAX
+                }
             } else {
                 cfg.min_wait
             }
@@ -246,6 +268,14 @@ impl Learner {
                 rank: b.rank,
             },
             _ => Verdict::Wait,
+        }
+    }
+
+    /// Forgets the candidates from `ip` (a sprayer).
+    pub fn forget(&mut self, ip: IpAddr) {
+        self.candidates.retain(|c| c.src.ip() != Some(ip));
+        if self.candidates.is_empty() {
+            self.first = None;
         }
     }
 
@@ -276,9 +306,182 @@ impl Learner {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SprayConfig {
+    /// Distinct relay endpoints an unmatched source may reach before it counts as a sprayer.
+    /// A phone reaches one per media section (its RTCP is never unmatched: it is learnt from
+    /// its RTP's address only), so four is two video calls' worth from one address with no
+    /// signalling match at all, which no phone does and every sweep of a port range does.
+    pub ports: usize,
+    /// How recent those must be.
+    pub window: Duration,
+    /// How long a sprayer stays refused.
+    pub ban: Duration,
+    /// Addresses tracked at once. Beyond it the oldest unflagged one is forgotten (it can
+    /// start over); banned addresses are kept until their ban ends, up to the same number,
+    /// and past that every unmatched source is refused (fail closed).
+    pub tracked: usize,
+}
+
+impl Default for SprayConfig {
+    fn default() -> Self {
+        Self {
+            ports: 4,
+            window: Duration::from_secs(10),
+            ban: Duration::from_secs(60),
+            tracked: 65_536,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Track {
+    since: Instant,
+    /// The endpoints reached, with the stream and side each belongs to.
+    endpoints: Vec<(Endpoint, u64, u8)>,
+}
+
+/// Unmatched sources and the relay endpoints they reached: who is spraying the port range.
+#[derive(Clone, Debug, Default)]
+pub struct Sprayers {
+    tracks: HashMap<IpAddr, Track>,
+    banned: HashMap<IpAddr, Instant>,
+}
+
+impl Sprayers {
+    /// An unmatched source from `ip` reached the relay endpoint `local`, side `side` of stream
+    /// `stream`. Returns whether `ip` is a sprayer (now or already).
+    pub fn observe(
+        &mut self,
+        cfg: &SprayConfig,
+        ip: IpAddr,
+        (local, stream, side): (Endpoint, u64, u8),
+        now: Instant,
+    ) -> bool {
+        if let Some(&until) = self.banned.get(&ip) {
+            if now < until {
+                return true;
+            }
+            self.banned.remove(&ip);
+        }
+        if self.banned.len() >= cfg.tracked {
+            self.banned.retain(|_, until| now < *until);
+            if self.banned.len() >= cfg.tracked {
+                return true;
+            }
+        }
+        if !self.tracks.contains_key(&ip) && self.tracks.len() >= cfg.tracked {
+            let oldest = self
+                .tracks
+                .iter()
+                .min_by_key(|(_, t)| t.since)
+                .map(|(ip, _)| *ip);
+            if let Some(o) = oldest {
+                self.tracks.remove(&o);
+            }
+        }
+        let t = self.tracks.entry(ip).or_insert_with(|| Track {
+            since: now,
+            endpoints: Vec::new(),
+        });
+        if now.saturating_duration_since(t.since) > cfg.window {
+            t.since = now;
+            t.endpoints.clear();
+        }
+        if !t.endpoints.iter().any(|(e, ..)| *e == local) {
+            t.endpoints.push((local, stream, side));
+        }
+        let both_sides = t
+            .endpoints
+            .iter()
+            .any(|&(_, st, sd)| st == stream && sd != side);
+        if both_sides || t.endpoints.len() >= cfg.ports {
+            self.tracks.remove(&ip);
+            self.banned.insert(ip, now + cfg.ban);
+            return true;
+        }
+        false
+    }
+
+    #[must_use]
+    pub fn banned(&self) -> usize {
+        self.banned.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sweep_of_the_port_range_is_a_sprayer_a_phone_is_not() {
+        let cfg = SprayConfig::default();
+        let mut s = Sprayers::default();
+        let now = Instant::now();
+        let ip: IpAddr = ATTACKER.ip().unwrap();
+        for p in 0..3u16 {
+            assert!(!s.observe(
+                &cfg,
+                ip,
+                (Endpoint::v4([10, 0, 0, 1], 30_000 + p * 2), 1, 0),
+                now
+            ));
+        }
+        // The same endpoint again and again: still one phone's worth.
+        let phone: IpAddr = NAT.ip().unwrap();
+        for _ in 0..100 {
+            assert!(!s.observe(
+                &cfg,
+                phone,
+                (Endpoint::v4([10, 0, 0, 1], 31_000), 1, 0),
+                now
+            ));
+        }
+        assert!(s.observe(&cfg, ip, (Endpoint::v4([10, 0, 0, 1], 30_006), 1, 0), now));
+        assert!(
+            s.observe(&cfg, ip, (Endpoint::v4([10, 0, 0, 1], 30_000), 1, 0), now),
+            "banned"
+        );
+        assert!(
+            !s.observe(
+                &cfg,
+                ip,
+                (Endpoint::v4([10, 0, 0, 1], 30_000), 1, 0),
+                now + cfg.ban
+            ),
+            "the ban ends"
+        );
+        // Both sides of one stream: a sprayer at once.
+        let both: IpAddr = "203.0.113.77".parse().unwrap();
+        assert!(!s.observe(&cfg, both, (Endpoint::v4([10, 0, 1, 1], 30_100), 7, 0), now));
+        assert!(s.observe(&cfg, both, (Endpoint::v4([10, 0, 2, 1], 30_102), 7, 1), now));
+        // Spread over more than the window: never a sprayer.
+        let slow: IpAddr = "198.51.100.200".parse().unwrap();
+        for p in 0..10u16 {
+            let at = now + (cfg.window + Duration::from_secs(1)) * u32::from(p);
+            assert!(!s.observe(
+                &cfg,
+                slow,
+                (Endpoint::v4([10, 0, 0, 1], 32_000 + p * 2), 1, 0),
+                at
+            ));
+        }
+    }
+
+    #[test]
+    fn the_tracking_is_bounded() {
+        let cfg = SprayConfig {
+            tracked: 8,
+            ..SprayConfig::default()
+        };
+        let mut s = Sprayers::default();
+        let now = Instant::now();
+        for i in 0..1000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i));
+            let _ = s.observe(&cfg, ip, (Endpoint::v4([10, 0, 0, 1], 30_000), 1, 0), now);
+        }
+        assert!(s.tracks.len() <= 8);
+    }
 
     const SDP: Endpoint = Endpoint::v4([192, 0, 2, 10], 4000);
     const NAT: Endpoint = Endpoint::v4([198, 51, 100, 7], 61_234);
@@ -330,7 +533,7 @@ mod tests {
         for (src, rank) in [(SDP, Rank::Signalled), (NAT, Rank::SipSource)] {
             let mut l = Learner::default();
             assert_eq!(
-                l.observe(&cfg, &expect(), src, rank, &rtp(1, 1), now),
+                l.observe(&cfg, &expect(), src, rank, &rtp(1, 1), None, now),
                 Verdict::Latch { src, rank }
             );
         }
@@ -349,6 +552,7 @@ mod tests {
                 ATTACKER,
                 Rank::Unknown,
                 &rtp(u32::from(i) * 7919, i * 1000),
+                None,
                 t0 + Duration::from_millis(u64::from(i) * 40),
             );
             assert_eq!(v, Verdict::Wait, "packet {i}");
@@ -363,6 +567,7 @@ mod tests {
                 phone,
                 Rank::Unknown,
                 &rtp(42, 100 + s),
+                None,
                 t0 + Duration::from_millis(900 + u64::from(s) * 20),
             );
         }
@@ -391,18 +596,28 @@ mod tests {
                 ATTACKER,
                 Rank::Unknown,
                 &rtp(9, s),
+                None,
                 at(u64::from(s) * 20),
             );
             assert_eq!(v, Verdict::Wait, "packet {s} at {} ms", u64::from(s) * 20);
         }
         assert_eq!(
-            l.observe(&cfg, &expect(), NAT, Rank::SipSource, &rtp(1, 0), at(2100)),
+            l.observe(
+                &cfg,
+                &expect(),
+                NAT,
+                Rank::SipSource,
+                &rtp(1, 0),
+                None,
+                at(2100)
+            ),
             Verdict::Latch {
                 src: NAT,
                 rank: Rank::SipSource
             }
         );
-        // Nobody better came: the unmatched stream wins once the window has passed.
+        // Nobody better came: the unmatched stream wins once the window has passed since the
+        // other side latched (here: at once).
         let mut l = Learner::default();
         let mut last = Verdict::Wait;
         for s in 0..=150u16 {
@@ -412,7 +627,24 @@ mod tests {
                 ATTACKER,
                 Rank::Unknown,
                 &rtp(9, s),
+                Some(t0),
                 at(u64::from(s) * 20),
+            );
+        }
+        // Before the other side latched, it never wins, however long it sends.
+        let mut l = Learner::default();
+        for s in 0..=500u16 {
+            assert_eq!(
+                l.observe(
+                    &cfg,
+                    &expect(),
+                    ATTACKER,
+                    Rank::Unknown,
+                    &rtp(9, s),
+                    None,
+                    at(u64::from(s) * 20),
+                ),
+                Verdict::Wait
             );
         }
         assert_eq!(
@@ -438,6 +670,7 @@ mod tests {
                     ATTACKER,
                     Rank::Unknown,
                     &rtp(9, s),
+                    None,
                     t0 + Duration::from_millis(u64::from(s) * 20)
                 ),
                 Verdict::Wait
@@ -450,6 +683,7 @@ mod tests {
                 other_port,
                 Rank::SignalledAddress,
                 &rtp(5, s),
+                None,
                 t0 + Duration::from_millis(200 + u64::from(s) * 20),
             );
             if s == 4 {
@@ -477,6 +711,7 @@ mod tests {
                     ATTACKER.with_port(p + 1),
                     Rank::Unknown,
                     &rtp(1, 1),
+                    None,
                     now
                 ),
                 Verdict::Wait
@@ -489,6 +724,7 @@ mod tests {
                 ATTACKER.with_port(999),
                 Rank::Unknown,
                 &rtp(1, 1),
+                None,
                 now
             ),
             Verdict::Refuse
@@ -508,6 +744,7 @@ mod tests {
                 ATTACKER,
                 Rank::Unknown,
                 &vec![0xa5; n],
+                None,
                 now,
             );
         }

@@ -1116,27 +1116,39 @@ fn a_spray_before_the_phones_speak_wins_nothing() {
     assert_eq!(sends(&out).len(), 2);
 }
 
-/// A spray that outlasts the anchored wait wins the side, but only provisionally: the phone's
-/// first packet from its signalled endpoint takes it back, at any time, and from then on the
-/// spray gets nothing.
+/// A spray of one port (no sweep to give it away) before anybody speaks wins nothing,
+/// however long: an unmatched source waits from the other side's latch. If the other side
+/// speaks and this one stays silent past the wait, the spray wins, but only provisionally:
+/// the phone's first packet from its signalled endpoint takes the side back, and from then on
+/// the spray gets nothing.
 #[test]
-fn a_long_spray_wins_only_until_the_phone_speaks() {
-    let (mut e, id) = one_relay(EngineConfig::default());
+fn a_long_spray_of_one_port_wins_only_provisionally_and_only_after_the_other_side_spoke() {
+    let (mut e, id) = one_relay(EngineConfig {
+        probing: false,
+        ..EngineConfig::default()
+    });
     drain(&mut e);
     let t0 = Instant::now();
-    for i in 0..200u16 {
-        let at = t0 + Duration::from_millis(u64::from(i) * 20);
-        e.handle_media(LOCAL_A, ATTACKER, &rtp(7, i), None, at);
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    for i in 0..500u16 {
+        e.handle_media(LOCAL_A, ATTACKER, &rtp(7, i), None, at(u64::from(i) * 20));
+    }
+    assert_eq!(e.status(id).unwrap()[0].latched, None, "10 s of spray won");
+    assert!(sends(&drain(&mut e)).is_empty());
+    // B speaks; A stays silent; the spray goes on.
+    e.handle_media(LOCAL_B, PHONE_B, &rtp(2, 0), None, at(10_000));
+    for i in 500..700u16 {
+        e.handle_media(LOCAL_A, ATTACKER, &rtp(7, i), None, at(u64::from(i) * 20));
     }
     let st = e.status(id).unwrap();
     assert_eq!(st[0].latched, Some(ATTACKER));
     assert_eq!(st[0].latch_rank, Some(Rank::Unknown));
     drain(&mut e);
-    let t1 = t0 + Duration::from_secs(10);
+    let t1 = at(15_000);
     e.handle_media(LOCAL_A, PHONE_A, &rtp(1, 0), None, t1);
     assert_eq!(e.status(id).unwrap()[0].latched, Some(PHONE_A));
     drain(&mut e);
-    for i in 200..260u16 {
+    for i in 700..760u16 {
         e.handle_media(
             LOCAL_A,
             ATTACKER,
@@ -1358,4 +1370,71 @@ fn a_silent_side_gets_media_at_its_signalled_address_unless_it_said_it_takes_non
     drain(&mut e);
     e.handle_media(LOCAL_A, PHONE_A, b"a1", None, t0);
     assert!(sends(&drain(&mut e)).is_empty(), "sent to a sendonly party");
+}
+
+/// A sweep of the port range, however long before the phones speak, wins nothing anywhere:
+/// its source reaches endpoint after endpoint unmatched, and is refused as a sprayer.
+#[test]
+fn a_long_sweep_of_the_range_wins_no_side() {
+    let mut e = Engine::new(EngineConfig::default(), 1);
+    let mut ids = Vec::new();
+    for i in 0..3u16 {
+        let mut sc = StreamConfig::new(
+            LOCAL_A.with_port(30_000 + i * 4),
+            LOCAL_B.with_port(30_002 + i * 4),
+        );
+        sc.remote = [
+            Some(PHONE_A.with_port(4000 + i)),
+            Some(PHONE_B.with_port(5000 + i)),
+        ];
+        ids.push((e.add_stream(sc).unwrap(), i));
+    }
+    drain(&mut e);
+    let t0 = Instant::now();
+    // Ten seconds of a consistent stream to every port, each every 20 ms.
+    for n in 0..500u16 {
+        let at = t0 + Duration::from_millis(u64::from(n) * 20);
+        for &(_, i) in &ids {
+            for local in [
+                LOCAL_A.with_port(30_000 + i * 4),
+                LOCAL_B.with_port(30_002 + i * 4),
+            ] {
+                e.handle_media(local, ATTACKER, &rtp(u32::from(local.port()), n), None, at);
+            }
+        }
+    }
+    assert!(sends(&drain(&mut e)).is_empty(), "the sweep went somewhere");
+    for &(id, _) in &ids {
+        let st = e.status(id).unwrap();
+        assert_eq!((st[0].latched, st[1].latched), (None, None));
+    }
+    assert!(e.counters().sprayer_refused > 2_500);
+    // The phones then speak and get their call.
+    let t1 = t0 + Duration::from_secs(11);
+    let (id, i) = ids[0];
+    e.handle_media(
+        LOCAL_A.with_port(30_000 + i * 4),
+        PHONE_A.with_port(4000 + i),
+        &rtp(1, 0),
+        None,
+        t1,
+    );
+    e.handle_media(
+        LOCAL_B.with_port(30_002 + i * 4),
+        PHONE_B.with_port(5000 + i),
+        &rtp(2, 0),
+        None,
+        t1,
+    );
+    let st = e.status(id).unwrap();
+    assert_eq!(
+        (st[0].latched, st[1].latched),
+        (
+            Some(PHONE_A.with_port(4000 + i)),
+            Some(PHONE_B.with_port(5000 + i))
+        )
+    );
+    for (_, to, _) in sends(&drain(&mut e)) {
+        assert_ne!(to, ATTACKER, "bleed");
+    }
 }
