@@ -6,7 +6,6 @@
 //! impls that userspace needs for map access.
 #![cfg_attr(not(test), no_std)]
 
-pub mod bench;
 pub mod csum;
 pub mod flow;
 pub mod probe;

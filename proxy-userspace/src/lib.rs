@@ -2,11 +2,9 @@
 //! ([`xsk`]) and the I/O thread ([`io`]), the sans-IO media logic ([`session`]) and call
 //! model ([`ng`]), and the daemon that wires them ([`daemon`]).
 
-pub mod bench;
 pub mod caps;
 pub mod daemon;
 pub mod dataplane;
-pub mod demo;
 pub mod egress;
 pub mod ethtool;
 pub mod fallback;
@@ -17,8 +15,5 @@ pub mod netlink;
 pub mod nexthop;
 pub mod ng;
 pub mod probe_auth;
-pub mod rtp;
-pub mod scenario;
 pub mod session;
-pub mod testbed;
 pub mod xsk;

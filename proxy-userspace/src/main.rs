@@ -1,6 +1,9 @@
 //! `mediaproxy`: the relay daemon and its tools.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString, net::SocketAddr, os::unix::process::CommandExt as _, path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -61,21 +64,18 @@ enum Cmd {
     /// Send one ng command to a running relay and print the reply.
     Ctl(CtlArgs),
     /// Build a namespace topology and show media flowing through one relay, and through two
-    /// relays in series behind a NAT (the deadlock, and its resolution by probing).
-    Demo(proxy_userspace::demo::DemoArgs),
-    /// Measure packet rates of every forwarding mode side by side (and rtpengine's).
-    Bench(proxy_userspace::bench::BenchArgs),
-    /// The benchmark's kernel-socket baseline relay (started by `bench`).
-    #[command(hide = true)]
-    BenchSocketRelay {
-        #[arg(long)]
-        listen: SocketAddr,
-        #[arg(long)]
-        from: SocketAddr,
-        #[arg(long)]
-        to: SocketAddr,
-        #[arg(long)]
-        back_to: SocketAddr,
+    /// relays in series behind a NAT (runs `mediaproxy-lab demo`; `--help` for its options).
+    #[command(disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Measure packet rates of every forwarding mode side by side, and rtpengine's (runs
+    /// `mediaproxy-lab bench`; `--help` for its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
 }
 
@@ -195,14 +195,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Ctl(a) => ctl(&a),
-        Cmd::Demo(a) => proxy_userspace::demo::run(&a),
-        Cmd::Bench(a) => proxy_userspace::bench::run(&a),
-        Cmd::BenchSocketRelay {
-            listen,
-            from,
-            to,
-            back_to,
-        } => proxy_userspace::bench::socket_relay(listen, from, to, back_to),
+        Cmd::Demo { args } => lab("demo", &args),
+        Cmd::Bench { args } => lab("bench", &args),
     }
 }
 
@@ -262,6 +256,24 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         listen_ng: a.listen_ng,
         probe_secret,
         max_flows: a.max_flows,
+    })
+}
+
+/// Runs `mediaproxy-lab <command>`, the binary installed beside this one, in place of this
+/// process (as `git foo` runs `git-foo`). The lab builds namespaces, generators and rtpengine
+/// around a relay; it depends on the relay's library, so the relay cannot link it.
+fn lab(command: &str, args: &[OsString]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let lab = exe.with_file_name("mediaproxy-lab");
+    let err = std::process::Command::new(&lab)
+        .arg(command)
+        .args(args)
+        .exec();
+    Err(err).with_context(|| {
+        format!(
+            "running {} (the demo and the benchmark ship in mediaproxy-lab: cargo build -p mediaproxy-lab)",
+            lab.display()
+        )
     })
 }
 

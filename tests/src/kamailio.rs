@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use proxy_userspace::{
+use mediaproxy_lab::{
     scenario::{self, Relay},
     testbed::{Guarded, Netns},
 };

@@ -1,7 +1,7 @@
 //! Shared harness for the integration tests: topologies of namespaces and veths built on
-//! `proxy_userspace::testbed`, which the demo and the benchmark use too.
+//! `mediaproxy_lab::testbed`, which the demo and the benchmark use too.
 
-use proxy_userspace::testbed::Netns;
+use mediaproxy_lab::testbed::Netns;
 
 /// These tests load XDP programs and create namespaces: they need root. They fail, loudly,
 /// rather than skip.

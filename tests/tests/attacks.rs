@@ -34,6 +34,11 @@ use std::{
 };
 
 use aya::programs::XdpMode;
+use mediaproxy_lab::{
+    rtp::RtpHeader,
+    scenario::{Relay, sdp, sdp_media, sdp_of},
+    testbed::{Guarded, Netns, link, veth},
+};
 use mediaproxy_tests::need_root;
 use proxy_common::Endpoint;
 use proxy_userspace::{
@@ -42,9 +47,6 @@ use proxy_userspace::{
         bencode::{Dict, Value},
         client::NgClient,
     },
-    rtp::RtpHeader,
-    scenario::{Relay, sdp, sdp_media, sdp_of},
-    testbed::{Guarded, Netns, link, veth},
 };
 
 const RELAY_IN: &str = "10.0.1.1";

@@ -17,15 +17,15 @@ use std::{
 };
 
 use aya::programs::XdpMode;
+use mediaproxy_lab::{
+    scenario::{self, Bridged, OneRelay, Phone, Relay, StreamReport, query_figure, stream},
+    testbed::Netns,
+};
 use mediaproxy_tests::{
     kamailio::{self, Kamailio},
     need_root,
 };
-use proxy_userspace::{
-    ng::bencode::{Dict, Value},
-    scenario::{self, Bridged, OneRelay, Phone, Relay, StreamReport, query_figure, stream},
-    testbed::Netns,
-};
+use proxy_userspace::ng::bencode::{Dict, Value};
 
 const SECONDS: u16 = 10;
 const PACKETS: u16 = SECONDS * 50;

@@ -14,14 +14,14 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use mediaproxy_tests::need_root;
-use proxy_userspace::{
-    ng::bencode::{self, Dict, Value},
+use mediaproxy_lab::{
     scenario::{
         self, OneRelay, Phone, Relay, StreamReport, TwoRelays, query_figure, query_text, stream,
     },
     testbed::Netns,
 };
+use mediaproxy_tests::need_root;
+use proxy_userspace::ng::bencode::{self, Dict, Value};
 
 const DIRECTION: Option<(&str, &str)> = Some(("internal", "external"));
 

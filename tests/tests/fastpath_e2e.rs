@@ -11,6 +11,10 @@ use std::{
 };
 
 use aya::programs::XdpMode;
+use mediaproxy_lab::{
+    rtp::RtpHeader,
+    testbed::{Netns, link, udp_mib},
+};
 use mediaproxy_tests::need_root;
 use proxy_common::{Endpoint, FlowKey};
 use proxy_userspace::{
@@ -19,8 +23,6 @@ use proxy_userspace::{
     io::{self, Packet, TxFrame},
     netlink::interface_mac,
     nexthop::Resolver,
-    rtp::RtpHeader,
-    testbed::{Netns, link, udp_mib},
     xsk::{XskConfig, XskSocket},
 };
 

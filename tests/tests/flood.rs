@@ -20,14 +20,14 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use mediaproxy_tests::need_root;
-use proxy_common::Endpoint;
-use proxy_userspace::{
+use mediaproxy_lab::{
     bench::Flood,
-    ng::bencode::{Dict, Value},
     scenario::{self, Phone, Relay, StreamReport, query_figure, stream},
     testbed::{Netns, link},
 };
+use mediaproxy_tests::need_root;
+use proxy_common::Endpoint;
+use proxy_userspace::ng::bencode::{Dict, Value};
 
 const PORT_MIN: u16 = 30_000;
 const PORT_MAX: u16 = 30_019;

@@ -4,17 +4,17 @@
 use std::{collections::BTreeSet, net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use aya::programs::XdpMode;
+use mediaproxy_lab::{
+    scenario::{self, OneRelay, Phone, Relay, query_figure, query_text, stream},
+    testbed::{Guarded, Netns},
+};
 use mediaproxy_tests::{
     kamailio::{self, Kamailio},
     need_root, sip,
 };
-use proxy_userspace::{
-    ng::{
-        bencode::{Dict, Value},
-        client::NgClient,
-    },
-    scenario::{self, OneRelay, Phone, Relay, query_figure, query_text, stream},
-    testbed::{Guarded, Netns},
+use proxy_userspace::ng::{
+    bencode::{Dict, Value},
+    client::NgClient,
 };
 
 /// Runs `rtpengine-ng-client` inside the relay's namespace; returns its stdout.

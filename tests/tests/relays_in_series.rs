@@ -20,17 +20,17 @@ use std::{
 };
 
 use aya::programs::XdpMode;
+use mediaproxy_lab::{
+    scenario::{self, Phone, Relay, StreamReport, stream},
+    testbed::{Guarded, Netns, veth},
+};
 use mediaproxy_tests::{
     kamailio::{self, Kamailio},
     need_root, sip,
 };
-use proxy_userspace::{
-    ng::{
-        bencode::{Dict, Value},
-        client::NgClient,
-    },
-    scenario::{self, Phone, Relay, StreamReport, stream},
-    testbed::{Guarded, Netns, veth},
+use proxy_userspace::ng::{
+    bencode::{Dict, Value},
+    client::NgClient,
 };
 
 const PHONE_A: &str = "10.1.0.3";

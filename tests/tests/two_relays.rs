@@ -8,6 +8,10 @@ use std::{
 };
 
 use aya::programs::XdpMode;
+use mediaproxy_lab::{
+    scenario::{self, OneRelay, Phone, Relay, SECRET, TwoRelays, query_figure, query_text, stream},
+    testbed::{Netns, TapTunnel, link},
+};
 use mediaproxy_tests::need_root;
 use proxy_common::{
     Endpoint,
@@ -16,8 +20,6 @@ use proxy_common::{
 use proxy_userspace::{
     ng::bencode::{Dict, Value},
     probe_auth::{ProbeAuth, unix_ms},
-    scenario::{self, OneRelay, Phone, Relay, SECRET, TwoRelays, query_figure, query_text, stream},
-    testbed::{Netns, TapTunnel, link},
 };
 
 const PACKETS: u16 = 150; // 3 s at 20 ms

@@ -201,8 +201,17 @@ fn cargo() -> Command {
     c
 }
 
+/// The relay and the lab beside it: `mediaproxy demo|bench` run `mediaproxy-lab`.
 fn build_release() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "proxy-userspace", "--bins"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "proxy-userspace",
+        "-p",
+        "mediaproxy-lab",
+        "--bins",
+    ]))?;
     Ok(root().join("target/release/mediaproxy"))
 }
 

@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use aya::programs::XdpMode;
 
-use crate::{
-    ng::bencode::{Dict, Value},
-    scenario::{self, Bridged, Phone, Relay, TwoRelays, query_figure, query_text, stream},
-};
+use proxy_userspace::ng::bencode::{Dict, Value};
+
+use crate::scenario::{self, Bridged, Phone, Relay, TwoRelays, query_figure, query_text, stream};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -30,7 +29,7 @@ fn mode(a: &DemoArgs) -> XdpMode {
 }
 
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
-    crate::caps::require()?;
+    proxy_userspace::caps::require()?;
     let packets = a.seconds * 50;
     println!(
         "mediaproxy demo ({} XDP, {} s of 20 ms RTP each way per run)\n",

@@ -16,37 +16,48 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
 
-use crate::{
+use proxy_userspace::{
     dataplane::PassProgram,
     ng::{
         bencode::{Dict, Value},
         client::NgClient,
     },
+};
+
+use crate::{
     rtp::RtpHeader,
     testbed::{Guarded, Netns, link},
 };
 
-/// The `mediaproxy` binary: `MEDIAPROXY_BIN`, else this executable if it is `mediaproxy`,
-/// else `target/<profile>/mediaproxy` next to a test executable.
+/// The relay's `mediaproxy` binary: `MEDIAPROXY_BIN`, else the one beside this executable.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("MEDIAPROXY_BIN") {
+    sibling("MEDIAPROXY_BIN", "mediaproxy", "proxy-userspace")
+}
+
+/// The lab's own `mediaproxy-lab` binary (the benchmark's socket relay runs as one):
+/// `MEDIAPROXY_LAB_BIN`, else the one beside this executable.
+pub fn lab_binary() -> anyhow::Result<PathBuf> {
+    sibling("MEDIAPROXY_LAB_BIN", "mediaproxy-lab", "mediaproxy-lab")
+}
+
+/// `var` if set; else `name` in this executable's directory (an install, or `target/<profile>`
+/// for `mediaproxy-lab`), or in its parent (`target/<profile>/deps/<test>` for a test).
+fn sibling(var: &str, name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var(var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    if exe.file_name().is_some_and(|n| n == "mediaproxy") {
-        return Ok(exe);
-    }
-    // target/<profile>/deps/<test> -> target/<profile>/mediaproxy
-    let candidate = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("mediaproxy"));
-    match candidate {
-        Some(c) if c.exists() => Ok(c),
-        _ => bail!(
-            "cannot find the mediaproxy binary: build it (cargo build -p proxy-userspace) or set MEDIAPROXY_BIN"
-        ),
-    }
+    let dir = exe.parent();
+    [dir, dir.and_then(std::path::Path::parent)]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|c| c.is_file())
+        .with_context(|| {
+            format!(
+                "cannot find the {name} binary: build it (cargo build -p {package}) or set {var}"
+            )
+        })
 }
 
 /// A relay daemon running in a namespace; stopped (SIGTERM, then detach) on drop.
@@ -328,6 +339,7 @@ pub fn stream(from: &Phone, to: &Phone) -> StreamReport {
     }
 }
 
+#[must_use]
 pub fn sdp(ip: &str, port: u16) -> String {
     let family = if ip.contains(':') { "IP6" } else { "IP4" };
     format!(
@@ -463,8 +475,8 @@ pub fn call(
 /// another namespace (the host's side, where Docker, Kubernetes and LXC put them), and the
 /// phones hang off the same bridges. Nothing runs XDP but the relay.
 ///
-/// Two-armed: `br0` carries 10.0.1.0/24 and fd00:1::/64 (relay `r0` .1, phone A `a0` .2),
-/// `br1` carries 10.0.2.0/24 and fd00:2::/64 (relay `r1` .1, phone B `b0` .2). One-armed: only
+/// Two-armed: `br0` carries 10.0.1.0/24 and `fd00:1::/64` (relay `r0` .1, phone A `a0` .2),
+/// `br1` carries 10.0.2.0/24 and `fd00:2::/64` (relay `r1` .1, phone B `b0` .2). One-armed: only
 /// `br0`, with the relay `r0` .1, A .2 and B .3 on it; the relay sends everything back out of
 /// the interface it came in on.
 pub struct Bridged {
@@ -578,7 +590,7 @@ pub struct OneRelay {
 }
 
 impl OneRelay {
-    /// With an XDP_PASS program on each phone's end, so that native XDP frames are
+    /// With an `XDP_PASS` program on each phone's end, so that native XDP frames are
     /// delivered there (a test rig's helper; see [`Bridged`] for what a container is).
     pub fn build(tag: &str, mode: XdpMode) -> anyhow::Result<Self> {
         let mut t = Self::build_plain(tag)?;

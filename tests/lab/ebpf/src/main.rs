@@ -1,6 +1,6 @@
 //! The benchmark's XDP programs: a traffic generator run with BPF_PROG_TEST_RUN in live-frames
 //! mode (as xdp-trafficgen does), and a sink that counts frames and their latency. Not part of
-//! the relay; `mediaproxy bench` loads them.
+//! the relay; the lab's `bench` loads them.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -16,10 +16,10 @@ mod programs {
         maps::{Array, PerCpuArray},
         programs::XdpContext,
     };
-    use proxy_common::{
-        bench::{FRAME_LEN, GenConfig, GenState, MAGIC, RTP_LEN, SinkState, histogram, offsets},
-        csum,
+    use mediaproxy_lab_ebpf::{
+        FRAME_LEN, GenConfig, GenState, MAGIC, RTP_LEN, SinkState, histogram, offsets,
     };
+    use proxy_common::csum;
 
     #[map]
     static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);

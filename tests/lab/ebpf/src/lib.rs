@@ -1,5 +1,7 @@
-//! Types shared by the benchmark's XDP programs (the traffic generator and the sink) and
-//! `mediaproxy bench`.
+//! Types shared by the benchmark's XDP programs (the traffic generator and the sink, in
+//! `main.rs`) and the lab's `bench`. `no_std` for the kernel side; the `user` feature adds the
+//! `aya::Pod` impls that userspace needs for map access.
+#![cfg_attr(not(test), no_std)]
 
 /// Marks benchmark frames (after the RTP header), so the sink counts only those.
 pub const MAGIC: [u8; 4] = *b"MPBG";

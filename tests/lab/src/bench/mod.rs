@@ -1,0 +1,347 @@
+//! `mediaproxy bench`: packet rates of every forwarding mode, side by side, in one run, on one
+//! harness: generator → relay → sink, each in its own network namespace.
+//!
+//! - **Generator**: an XDP program run with `BPF_PROG_TEST_RUN` in live-frames mode (what
+//!   xdp-trafficgen does): one long call per trial, paced by a token bucket inside the program,
+//!   ended by a signal. It writes real RTP (version 2, PT 8, per-flow SSRC, sequence and
+//!   timestamp, 214-byte frames of 20 ms G.711) with a send timestamp in the payload and a
+//!   complete UDP checksum. Pinned to CPU 0.
+//! - **Relay**: the mode under test, pinned to CPU 1, with the relay interface's NAPI in a
+//!   thread on CPU 1 too, so the relay's cost is CPU 1's busy time.
+//! - **Sink**: an XDP program that counts the frames and their one-way latency (same clock).
+//!
+//! Each mode's maximum loss-free rate is a binary search for loss below 0.01 % over a fixed
+//! window (RFC 2544 style); latency and CPU per packet are then measured at one offered load
+//! that every mode sustains.
+
+mod flood;
+mod flows;
+mod harness;
+mod ngload;
+mod relays;
+mod report;
+mod search;
+mod socket_relay;
+
+pub use flood::Flood;
+use flows::{PROGRAM_FACTS, scale_point};
+use harness::{Harness, RELAY_CPU, both, cpu_busy_ns, install_signal_handler, sink_histogram};
+use ngload::{ng_load, percentile_us};
+use relays::{RelayUnderTest, out_dir};
+use report::{
+    Latency, ModeResult, Report, check, compute_ratios, kernel, machine, print_table, svg,
+};
+use search::{Plan, loss_free};
+pub use socket_relay::socket_relay;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{Ebpf, util::nr_cpus};
+use mediaproxy_lab_ebpf::FRAME_LEN;
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Short windows and few iterations: every figure, in under two minutes (CI's smoke run).
+    #[arg(long)]
+    pub quick: bool,
+    /// Write all figures here as JSON.
+    #[arg(long, default_value = "bench/out/bench.json")]
+    pub json: PathBuf,
+    /// Write the plot here (SVG).
+    #[arg(long, default_value = "bench/out/bench.svg")]
+    pub svg: PathBuf,
+    /// Only check that this JSON file has a figure for every mode, and exit.
+    #[arg(long)]
+    pub check: Option<PathBuf>,
+    /// Window in milliseconds (default 400, quick 200); a trial is 5 (quick: 3) windows and
+    /// passes on the median window's loss.
+    #[arg(long)]
+    pub window_ms: Option<u64>,
+    /// Only these modes (comma-separated: `XdpNative`, `XdpSkb`, `UserspaceAfXdp`, `KernelSockets`,
+    /// Rtpengine); the ceiling is always measured. A partial run fails `--check`.
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<String>,
+    /// Traffic both ways: generator → relay → sink and sink → relay → generator, the rate
+    /// split evenly (the flow scaling stays one-way).
+    #[arg(long)]
+    pub bidirectional: bool,
+    /// Flow counts for the scaling figures (default: 1,1000,100000,1000000).
+    #[arg(long, value_delimiter = ',')]
+    pub flows: Vec<u64>,
+}
+
+const LOSS_FREE: f64 = 0.0001; // 0.01 %
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Mode {
+    XdpNative,
+    XdpSkb,
+    UserspaceAfXdp,
+    KernelSockets,
+    Rtpengine,
+    XdpDropCeiling,
+}
+
+impl Mode {
+    const ALL: [Mode; 6] = [
+        Mode::XdpNative,
+        Mode::XdpSkb,
+        Mode::UserspaceAfXdp,
+        Mode::KernelSockets,
+        Mode::Rtpengine,
+        Mode::XdpDropCeiling,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::XdpNative => "XDP FORWARD, native",
+            Mode::XdpSkb => "XDP FORWARD, SKB (generic)",
+            Mode::UserspaceAfXdp => "userspace over AF_XDP",
+            Mode::KernelSockets => "kernel sockets (recvmmsg/sendmmsg)",
+            Mode::Rtpengine => "rtpengine 10.5 (userspace)",
+            Mode::XdpDropCeiling => "XDP_DROP at ingress (ceiling)",
+        }
+    }
+}
+
+pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(p) = &a.check {
+        return check(p);
+    }
+    proxy_userspace::caps::require()?;
+    if nr_cpus().map_err(|(_, e)| e)? < 2 {
+        bail!("the benchmark pins the generator and the relay to different CPUs: it needs two");
+    }
+    install_signal_handler();
+    // Per-program run time and count, while this fd lives.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let mut plan = if a.quick {
+        Plan {
+            window: Duration::from_millis(a.window_ms.unwrap_or(200)),
+            repeats: 3,
+            bisections: 3,
+            flows: vec![1, 1_000, 100_000, 1_000_000],
+        }
+    } else {
+        Plan {
+            window: Duration::from_millis(a.window_ms.unwrap_or(400)),
+            repeats: 5,
+            bisections: 7,
+            flows: vec![1, 1_000, 100_000, 1_000_000],
+        }
+    };
+    if !a.flows.is_empty() {
+        plan.flows.clone_from(&a.flows);
+    }
+    let started = Instant::now();
+    eprintln!(
+        "mediaproxy bench ({} profile, {} ms windows): building the topology",
+        if a.quick { "quick" } else { "full" },
+        plan.window.as_millis()
+    );
+    let (h, mut sink, mut rsink) = Harness::build(a.bidirectional)?;
+    let mut report = Report {
+        machine: machine(),
+        kernel: kernel(),
+        cpus: nr_cpus().unwrap_or(0),
+        profile: if a.quick {
+            "quick".into()
+        } else {
+            "full".into()
+        },
+        window_ms: plan.window.as_millis() as u64,
+        windows_per_trial: plan.repeats,
+        frame_bytes: FRAME_LEN,
+        bidirectional: a.bidirectional,
+        ..Report::default()
+    };
+
+    // The generator's own ceiling: flat out, into XDP_DROP at the relay's ingress.
+    let (drop_relay, drop_target) = h.start(Mode::XdpDropCeiling)?;
+    let RelayUnderTest::Drop(mut drop_progs) = drop_relay else {
+        unreachable!()
+    };
+    let mut drop_sinks: Vec<&mut Ebpf> = drop_progs.iter_mut().collect();
+    let flat = h.trial(&mut drop_sinks, drop_target, 0, plan.window)?;
+    report.generator_ceiling_pps = (flat.sent as f64 / flat.seconds) as u64;
+    let ceiling = report.generator_ceiling_pps;
+    eprintln!(
+        "  generator ceiling: {:.3} Mpps sent, {:.3} Mpps seen by XDP_DROP at the relay",
+        ceiling as f64 / 1e6,
+        flat.rate() as f64 / 1e6
+    );
+    let s = loss_free(
+        &h,
+        &mut drop_sinks,
+        drop_target,
+        ceiling,
+        &plan,
+        || Ok(None),
+        Mode::XdpDropCeiling.label(),
+    )?;
+    report.modes.push(ModeResult {
+        mode: format!("{:?}", Mode::XdpDropCeiling),
+        label: Mode::XdpDropCeiling.label().into(),
+        loss_free_pps: s.rate,
+        cpu_ns_per_packet_at_loss_free: s.cpu_ns,
+        xdp_program_ns: s.prog_ns[0],
+        sink_program_ns: s.prog_ns[1],
+        trials: s.trials,
+        ..ModeResult::default()
+    });
+    drop(drop_sinks);
+    drop(drop_progs);
+
+    let wanted = |m: Mode| {
+        m == Mode::XdpDropCeiling
+            || a.modes.is_empty()
+            || a.modes
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&format!("{m:?}")))
+    };
+    for mode in Mode::ALL
+        .into_iter()
+        .filter(|m| *m != Mode::XdpDropCeiling && wanted(*m))
+    {
+        eprintln!("  {} ...", mode.label());
+        let (relay, target) = h.start(mode)?;
+        let mut relay = Some(relay);
+        // Warm up (and latch the generator's side).
+        h.trial(
+            &mut both(&mut sink, &mut rsink),
+            target,
+            1000,
+            Duration::from_millis(200),
+        )?;
+        let note = h.check_state(mode)?;
+        let s = loss_free(
+            &h,
+            &mut both(&mut sink, &mut rsink),
+            target,
+            ceiling,
+            &plan,
+            || {
+                // rtpengine 10.5 stalls a stream for good after an overload: start it afresh,
+                // with its session set up again.
+                if mode != Mode::Rtpengine {
+                    return Ok(None);
+                }
+                drop(relay.take());
+                std::thread::sleep(Duration::from_millis(300));
+                let (r, t) = h.start(mode)?;
+                relay = Some(r);
+                Ok(Some(t))
+            },
+            mode.label(),
+        )?;
+        report.modes.push(ModeResult {
+            mode: format!("{mode:?}"),
+            label: mode.label().into(),
+            loss_free_pps: s.rate,
+            cpu_ns_per_packet_at_loss_free: s.cpu_ns,
+            xdp_program_ns: s.prog_ns[0],
+            sink_program_ns: s.prog_ns[1],
+            trials: s.trials,
+            note,
+            ..ModeResult::default()
+        });
+        drop(relay);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Latency and CPU at one load that every mode sustains.
+    let common = report
+        .modes
+        .iter()
+        .map(|m| m.loss_free_pps)
+        .filter(|r| *r > 0)
+        .min()
+        .unwrap_or(1000)
+        * 8
+        / 10;
+    let common = common.max(1000);
+    eprintln!(
+        "  latency and CPU at {:.1} kpps (80 % of the lowest loss-free rate)",
+        common as f64 / 1e3
+    );
+    let idle_busy = {
+        let b0 = cpu_busy_ns(RELAY_CPU);
+        std::thread::sleep(plan.window);
+        cpu_busy_ns(RELAY_CPU).saturating_sub(b0)
+    };
+    for mode in Mode::ALL.into_iter().filter(|m| wanted(*m)) {
+        let (relay, target) = h.start(mode)?;
+        let measure = |progs: &mut [&mut Ebpf]| -> anyhow::Result<(Latency, f64)> {
+            h.trial(progs, target, 1000, Duration::from_millis(200))?;
+            let r = h.trial(progs, target, common, plan.window * plan.repeats)?;
+            let mut hist = sink_histogram(progs[0])?;
+            for p in progs.iter().skip(1) {
+                hist.add(sink_histogram(p)?)?;
+            }
+            let lat = Latency {
+                offered_pps: common,
+                p50_us: percentile_us(&hist, 0.5),
+                p99_us: percentile_us(&hist, 0.99),
+                p999_us: percentile_us(&hist, 0.999),
+                max_us: hist.max() as f64 / 1000.0,
+                samples: hist.len(),
+            };
+            // The core's background load, measured idle, is not the relay's.
+            Ok((
+                lat,
+                r.relay_busy_ns.saturating_sub(idle_busy) as f64 / r.received.max(1) as f64,
+            ))
+        };
+        let (lat, cpu) = match relay {
+            RelayUnderTest::Drop(mut p) => measure(&mut p.iter_mut().collect::<Vec<_>>())?,
+            other => {
+                let m = measure(&mut both(&mut sink, &mut rsink))?;
+                drop(other);
+                m
+            }
+        };
+        let entry = report
+            .modes
+            .iter_mut()
+            .find(|m| m.mode == format!("{mode:?}"))
+            .expect("measured above");
+        entry.latency = Some(lat);
+        entry.cpu_ns_per_packet = Some(cpu);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // How the rate holds as flows grow (XDP native).
+    for &n in &plan.flows {
+        eprintln!("  XDP native with {n} flows ...");
+        report
+            .scaling
+            .push(scale_point(&h, &mut [&mut sink], n, ceiling, &plan)?);
+    }
+
+    report.ng = ng_load(&h, if a.quick { 2_000 } else { 30_000 })?;
+    report.program = PROGRAM_FACTS.lock().expect("not poisoned").clone();
+    compute_ratios(&mut report);
+    print_table(&report);
+    if let Some(parent) = a.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)?;
+    if let Some(parent) = a.svg.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&a.svg, svg(&report))?;
+    println!(
+        "
+wrote {} and {} ({:.0} s)",
+        a.json.display(),
+        a.svg.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(out_dir());
+    Ok(())
+}
