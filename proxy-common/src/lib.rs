@@ -8,6 +8,7 @@
 
 pub mod csum;
 pub mod flow;
+pub mod packet;
 pub mod probe;
 pub mod rewrite;
 pub mod wire;

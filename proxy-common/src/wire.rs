@@ -65,6 +65,16 @@ pub struct EthHdr {
 impl EthHdr {
     #[inline(always)]
     #[must_use]
+    pub const fn new(dst: [u8; 6], src: [u8; 6], ether_type: u16) -> Self {
+        Self {
+            dst,
+            src,
+            ether_type: ether_type.to_be_bytes(),
+        }
+    }
+
+    #[inline(always)]
+    #[must_use]
     pub const fn ether_type(&self) -> u16 {
         u16::from_be_bytes(self.ether_type)
     }
@@ -106,6 +116,43 @@ pub struct Ipv4Hdr {
 impl Ipv4Hdr {
     const MORE_FRAGMENTS: u16 = 0x2000;
     const OFFSET_MASK: u16 = 0x1fff;
+    /// Don't fragment: what media senders set (they do path MTU discovery, RFC 8085).
+    const DONT_FRAGMENT: u16 = 0x4000;
+
+    /// A header for a UDP datagram of `udp_len` bytes after `options_len` bytes of options
+    /// (a multiple of 4), DF set, checksum zero: fill it with [`Ipv4Hdr::fill_checksum`].
+    #[inline(always)]
+    #[must_use]
+    pub const fn udp(
+        src: [u8; 4],
+        dst: [u8; 4],
+        ttl: u8,
+        id: u16,
+        options_len: usize,
+        udp_len: usize,
+    ) -> Self {
+        let header_len = core::mem::size_of::<Self>() + options_len;
+        Self {
+            vihl: 0x40 | (header_len / 4) as u8,
+            tos: 0,
+            tot_len: ((header_len + udp_len) as u16).to_be_bytes(),
+            id: id.to_be_bytes(),
+            frag_off: Self::DONT_FRAGMENT.to_be_bytes(),
+            ttl,
+            proto: ip_proto::UDP,
+            check: [0; 2],
+            src,
+            dst,
+        }
+    }
+
+    /// Sets the header checksum over this header and its `options`.
+    #[inline(always)]
+    pub fn fill_checksum(&mut self, options: &[u8]) {
+        self.check = [0; 2];
+        let sum = crate::csum::add_bytes(crate::csum::add_bytes(0, self.as_bytes()), options);
+        self.check = (!crate::csum::fold(sum)).to_be_bytes();
+    }
 
     #[inline(always)]
     #[must_use]
@@ -158,6 +205,20 @@ pub struct Ipv6Hdr {
 }
 
 impl Ipv6Hdr {
+    /// A header for a UDP datagram of `udp_len` bytes: traffic class and flow label zero.
+    #[inline(always)]
+    #[must_use]
+    pub const fn udp(src: [u8; 16], dst: [u8; 16], hop_limit: u8, udp_len: u16) -> Self {
+        Self {
+            vtcfl: [0x60, 0, 0, 0],
+            payload_len: udp_len.to_be_bytes(),
+            next_hdr: ip_proto::UDP,
+            hop_limit,
+            src,
+            dst,
+        }
+    }
+
     #[inline(always)]
     #[must_use]
     pub const fn version(&self) -> u8 {
@@ -181,6 +242,17 @@ pub struct UdpHdr {
 }
 
 impl UdpHdr {
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(src_port: u16, dst_port: u16, len: u16, check: u16) -> Self {
+        Self {
+            src_port: src_port.to_be_bytes(),
+            dst_port: dst_port.to_be_bytes(),
+            len: len.to_be_bytes(),
+            check: check.to_be_bytes(),
+        }
+    }
+
     #[inline(always)]
     #[must_use]
     pub const fn src_port(&self) -> u16 {

@@ -71,3 +71,56 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Error; 13] = [
+        Error::NotIp,
+        Error::Vlan,
+        Error::NotUdp,
+        Error::Fragment,
+        Error::Truncated,
+        Error::NoFlow,
+        Error::Malformed,
+        Error::Mismatch,
+        Error::NoSocket,
+        Error::RedirectFailed,
+        Error::PuntBudget,
+        Error::ProbeBudget,
+        Error::Ttl,
+    ];
+
+    /// Traffic that may not be ours reaches the kernel untouched; nothing addressed to a flow
+    /// is ever passed (the stack would answer it, or deliver it to a socket of the host).
+    #[test]
+    fn only_traffic_that_may_not_be_ours_is_passed() {
+        for e in ALL {
+            let not_ours = matches!(
+                e,
+                Error::NotIp
+                    | Error::Vlan
+                    | Error::NotUdp
+                    | Error::Fragment
+                    | Error::Truncated
+                    | Error::NoFlow
+            );
+            let want = if not_ours {
+                xdp_action::XDP_PASS
+            } else {
+                xdp_action::XDP_DROP
+            };
+            assert_eq!(e.action(), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn each_outcome_has_its_own_counter() {
+        for (i, a) in ALL.iter().enumerate() {
+            for b in &ALL[i + 1..] {
+                assert_ne!(a.counter() as u32, b.counter() as u32, "{a:?} and {b:?}");
+            }
+        }
+    }
+}

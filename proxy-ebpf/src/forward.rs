@@ -57,7 +57,7 @@ pub fn forward<const SKB: bool>(
     }
     // IPv4 options (source routing among them) are not the relay's to forward: userspace
     // sends the payload on in a clean datagram. Rare on media, so the slow path is fine.
-    if pkt.family == family::V4 && pkt.udp_off != L3_OFF + core::mem::size_of::<Ipv4Hdr>() {
+    if pkt.has_ip_options() {
         return Ok(Sent::NotYet(Counter::PuntIpOptions));
     }
     if pkt.ttl <= 1 {

@@ -37,7 +37,7 @@ pub fn handle<const SKB: bool>(ctx: &XdpContext) -> Result<Verdict, Error> {
     }
 
     let entry = maps::flow(&FlowKey::new(pkt.dst)).ok_or(Error::NoFlow)?;
-    if !pkt.lengths_ok {
+    if !pkt.lengths_ok() {
         return Err(Error::Malformed);
     }
     let counters = maps::flow_counters(entry.counter_slot);
@@ -161,10 +161,16 @@ pub fn add(
         let field = unsafe { field(&mut *c) };
         // SAFETY: as above. The BPF target has no stable atomic read-modify-write; this
         // intrinsic lowers to BPF_ATOMIC_ADD.
+        #[cfg(target_arch = "bpf")]
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
                 field, n,
             )
         };
+        // The host build (unit tests) has stable atomics.
+        #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: as above; `AtomicU64` has the layout of `u64`, and the field is aligned.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(field) }
+            .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
     }
 }

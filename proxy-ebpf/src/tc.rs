@@ -18,7 +18,7 @@ use aya_ebpf::{
 use proxy_common::{
     Counter, Endpoint, FlowEntry, FlowKey, FlowState,
     flow::{family, flow_flags},
-    wire::{EthHdr, Header as _, Ipv4Hdr, Ipv6Hdr, ip_proto},
+    wire::{EthHdr, Ipv4Hdr, Ipv6Hdr, ip_proto},
 };
 
 use crate::{
@@ -52,7 +52,7 @@ pub fn handle(ctx: &TcContext) -> Option<(i32, Counter)> {
         Err(_) => return None,
     };
     let entry = maps::flow(&FlowKey::new(pkt.dst))?;
-    if !pkt.lengths_ok {
+    if !pkt.lengths_ok() {
         return None;
     }
     let counters = maps::flow_counters(entry.counter_slot);
@@ -66,7 +66,7 @@ pub fn handle(ctx: &TcContext) -> Option<(i32, Counter)> {
     }
     // As in XDP: what TC cannot send goes up, IPv4 options included (userspace sends the
     // payload on clean).
-    let options = pkt.family == family::V4 && pkt.udp_off != L3_OFF + Ipv4Hdr::LEN;
+    let options = pkt.has_ip_options();
     if entry.state() == FlowState::Hold
         || !entry.has_flag(flow_flags::NEXT_HOP)
         || entry.out_src.family() != pkt.family

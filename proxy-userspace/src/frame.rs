@@ -8,8 +8,9 @@
 use proxy_common::{
     Endpoint, csum,
     flow::family,
+    packet::{self, L3_OFF, Lengths, NotUdp},
     rewrite,
-    wire::{EthHdr, Header, Ipv4Hdr, Ipv6Hdr, UdpHdr, ether_type, ip_proto},
+    wire::{EthHdr, Header, Ipv4Hdr, Ipv6Hdr, UdpHdr, VlanHdr, ether_type},
 };
 
 pub type Mac = [u8; 6];
@@ -59,80 +60,39 @@ pub struct UdpFrame {
     pub ttl: u8,
 }
 
-const L3_OFF: usize = EthHdr::LEN;
+impl From<NotUdp> for FrameError {
+    fn from(e: NotUdp) -> Self {
+        match e {
+            NotUdp::NotIp => FrameError::NotIp,
+            NotUdp::Vlan => FrameError::Vlan,
+            NotUdp::NotUdp => FrameError::NotUdp,
+            NotUdp::Fragment => FrameError::Fragment,
+            NotUdp::Truncated => FrameError::Truncated,
+        }
+    }
+}
 
 impl UdpFrame {
+    /// The kernel program's rules (`proxy_common::packet`), and their verdict on lengths
+    /// enforced: userspace only sees frames of our flows.
     pub fn parse(frame: &[u8]) -> Result<Self, FrameError> {
+        let p = packet::parse(frame)?;
+        match p.lengths {
+            Lengths::Consistent => {}
+            Lengths::Inconsistent => return Err(FrameError::BadLength),
+            Lengths::NoChecksum => return Err(FrameError::NoChecksum),
+        }
         let eth = EthHdr::view(frame).ok_or(FrameError::Truncated)?;
-        let l3 = &frame[L3_OFF..];
-        let (src, dst, udp_off, ip_payload_len, ttl) = match eth.ether_type() {
-            ether_type::IPV4 => {
-                let ip = Ipv4Hdr::view(l3).ok_or(FrameError::Truncated)?;
-                if ip.version() != 4 {
-                    return Err(FrameError::NotIp);
-                }
-                if ip.proto != ip_proto::UDP {
-                    return Err(FrameError::NotUdp);
-                }
-                if ip.is_fragment() {
-                    return Err(FrameError::Fragment);
-                }
-                let ihl = ip.header_len();
-                let total = usize::from(ip.total_len());
-                if ihl < Ipv4Hdr::LEN || total < ihl || L3_OFF + total > frame.len() {
-                    return Err(FrameError::BadLength);
-                }
-                let udp = UdpHdr::view(&l3[ihl..]).ok_or(FrameError::Truncated)?;
-                (
-                    Endpoint::v4(ip.src, udp.src_port()),
-                    Endpoint::v4(ip.dst, udp.dst_port()),
-                    L3_OFF + ihl,
-                    total - ihl,
-                    ip.ttl,
-                )
-            }
-            ether_type::IPV6 => {
-                let ip = Ipv6Hdr::view(l3).ok_or(FrameError::Truncated)?;
-                if ip.version() != 6 {
-                    return Err(FrameError::NotIp);
-                }
-                if ip.next_hdr != ip_proto::UDP {
-                    return Err(FrameError::NotUdp);
-                }
-                let payload = usize::from(ip.payload_len());
-                if L3_OFF + Ipv6Hdr::LEN + payload > frame.len() {
-                    return Err(FrameError::BadLength);
-                }
-                let udp = UdpHdr::view(&l3[Ipv6Hdr::LEN..]).ok_or(FrameError::Truncated)?;
-                (
-                    Endpoint::v6(ip.src, udp.src_port()),
-                    Endpoint::v6(ip.dst, udp.dst_port()),
-                    L3_OFF + Ipv6Hdr::LEN,
-                    payload,
-                    ip.hop_limit,
-                )
-            }
-            ether_type::VLAN | ether_type::QINQ => return Err(FrameError::Vlan),
-            _ => return Err(FrameError::NotIp),
-        };
-        let udp = UdpHdr::view(&frame[udp_off..]).ok_or(FrameError::Truncated)?;
-        let udp_len = usize::from(udp.len());
-        if udp_len < UdpHdr::LEN || udp_len > ip_payload_len {
-            return Err(FrameError::BadLength);
-        }
-        if src.family() == family::V6 && udp.check() == 0 {
-            return Err(FrameError::NoChecksum);
-        }
         Ok(Self {
             src_mac: eth.src,
             dst_mac: eth.dst,
-            src,
-            dst,
+            src: p.src,
+            dst: p.dst,
             l3_off: L3_OFF,
-            udp_off,
-            payload_off: udp_off + UdpHdr::LEN,
-            payload_len: udp_len - UdpHdr::LEN,
-            ttl,
+            udp_off: p.udp_off,
+            payload_off: p.udp_off + UdpHdr::LEN,
+            payload_len: usize::from(p.udp_len) - UdpHdr::LEN,
+            ttl: p.ttl,
         })
     }
 
@@ -291,50 +251,50 @@ impl FrameBuilder {
     #[must_use]
     pub fn build(&self) -> Vec<u8> {
         let udp_len = UdpHdr::LEN + self.payload.len();
-        let mut f = Vec::with_capacity(64 + udp_len);
-        f.extend_from_slice(&self.dst_mac);
-        f.extend_from_slice(&self.src_mac);
-        let ethertype = if self.src.family() == family::V6 {
+        let v6 = self.src.family() == family::V6;
+        let ethertype = if v6 {
             ether_type::IPV6
         } else {
             ether_type::IPV4
         };
-        if let Some(id) = self.vlan {
-            f.extend_from_slice(&ether_type::VLAN.to_be_bytes());
-            f.extend_from_slice(&id.to_be_bytes());
+        let mut f = Vec::with_capacity(64 + udp_len);
+        match self.vlan {
+            Some(id) => {
+                f.extend_from_slice(
+                    EthHdr::new(self.dst_mac, self.src_mac, ether_type::VLAN).as_bytes(),
+                );
+                let tag = VlanHdr {
+                    tci: id.to_be_bytes(),
+                    ether_type: ethertype.to_be_bytes(),
+                };
+                f.extend_from_slice(tag.as_bytes());
+            }
+            None => {
+                f.extend_from_slice(EthHdr::new(self.dst_mac, self.src_mac, ethertype).as_bytes());
+            }
         }
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        let pseudo = if self.src.family() == family::V6 {
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&(udp_len as u16).to_be_bytes());
-            f.push(ip_proto::UDP);
-            f.push(self.ttl);
-            f.extend_from_slice(self.src.addr_v6());
-            f.extend_from_slice(self.dst.addr_v6());
-            csum::pseudo_header_v6(self.src.addr_v6(), self.dst.addr_v6(), udp_len as u32)
+        let pseudo = if v6 {
+            let (src, dst) = (*self.src.addr_v6(), *self.dst.addr_v6());
+            f.extend_from_slice(Ipv6Hdr::udp(src, dst, self.ttl, udp_len as u16).as_bytes());
+            csum::pseudo_header_v6(&src, &dst, udp_len as u32)
         } else {
-            let ihl = Ipv4Hdr::LEN + self.ip_options.len();
-            let start = f.len();
-            f.push(0x40 | (ihl / 4) as u8);
-            f.push(0);
-            f.extend_from_slice(&((ihl + udp_len) as u16).to_be_bytes());
-            f.extend_from_slice(&self.ip_id.to_be_bytes());
-            f.extend_from_slice(&[0x40, 0]); // DF
-            f.push(self.ttl);
-            f.push(ip_proto::UDP);
-            f.extend_from_slice(&[0, 0]);
-            f.extend_from_slice(self.src.addr_v4());
-            f.extend_from_slice(self.dst.addr_v4());
+            let (src, dst) = (*self.src.addr_v4(), *self.dst.addr_v4());
+            let mut ip = Ipv4Hdr::udp(
+                src,
+                dst,
+                self.ttl,
+                self.ip_id,
+                self.ip_options.len(),
+                udp_len,
+            );
+            ip.fill_checksum(&self.ip_options);
+            f.extend_from_slice(ip.as_bytes());
             f.extend_from_slice(&self.ip_options);
-            let c = csum::of_bytes(&f[start..start + ihl]);
-            f[start + 10..start + 12].copy_from_slice(&c.to_be_bytes());
-            csum::pseudo_header_v4(self.src.addr_v4(), self.dst.addr_v4(), udp_len as u16)
+            csum::pseudo_header_v4(&src, &dst, udp_len as u16)
         };
         let udp_start = f.len();
-        f.extend_from_slice(&self.src.port().to_be_bytes());
-        f.extend_from_slice(&self.dst.port().to_be_bytes());
-        f.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
+        let udp = UdpHdr::new(self.src.port(), self.dst.port(), udp_len as u16, 0);
+        f.extend_from_slice(udp.as_bytes());
         f.extend_from_slice(&self.payload);
         let check = match self.checksum {
             UdpChecksumMode::Full => csum::udp_field(csum::add_bytes(pseudo, &f[udp_start..])),

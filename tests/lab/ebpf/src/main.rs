@@ -19,7 +19,10 @@ mod programs {
     use mediaproxy_lab_ebpf::{
         FRAME_LEN, GenConfig, GenState, MAGIC, RTP_LEN, SinkState, histogram, offsets,
     };
-    use proxy_common::csum;
+    use proxy_common::{
+        csum,
+        wire::{EthHdr, Header as _, Ipv4Hdr, UdpHdr, ether_type},
+    };
 
     #[map]
     static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
@@ -83,33 +86,14 @@ mod programs {
         let dst_port = (u32::from(cfg.dst_port) + flow % per_ip) as u16;
         let seq = st.sent as u16;
 
-        f[0..6].copy_from_slice(&cfg.dst_mac);
-        f[6..12].copy_from_slice(&cfg.src_mac);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        let ip = offsets::IP;
-        f[ip..ip + 12].copy_from_slice(&[
-            0x45,
-            0,
-            0,
-            (FRAME_LEN - ip) as u8,
-            0,
-            0,
-            0x40,
-            0,
-            64,
-            17,
-            0,
-            0,
-        ]);
-        f[ip + 12..ip + 16].copy_from_slice(&cfg.src_ip);
-        f[ip + 16..ip + 20].copy_from_slice(&dst_ip);
-        let hc = csum::of_bytes(&f[ip..ip + 20]);
-        f[ip + 10..ip + 12].copy_from_slice(&hc.to_be_bytes());
+        let eth = EthHdr::new(cfg.dst_mac, cfg.src_mac, ether_type::IPV4);
+        f[..offsets::IP].copy_from_slice(eth.as_bytes());
+        let mut ip = Ipv4Hdr::udp(cfg.src_ip, dst_ip, 64, 0, 0, FRAME_LEN - offsets::UDP);
+        ip.fill_checksum(&[]);
+        f[offsets::IP..offsets::UDP].copy_from_slice(ip.as_bytes());
         let udp = offsets::UDP;
-        f[udp..udp + 2].copy_from_slice(&cfg.src_port.to_be_bytes());
-        f[udp + 2..udp + 4].copy_from_slice(&dst_port.to_be_bytes());
-        f[udp + 4..udp + 6].copy_from_slice(&((8 + RTP_LEN) as u16).to_be_bytes());
-        f[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+        let udp_hdr = UdpHdr::new(cfg.src_port, dst_port, (8 + RTP_LEN) as u16, 0);
+        f[udp..offsets::RTP].copy_from_slice(udp_hdr.as_bytes());
         let rtp = offsets::RTP;
         f[rtp] = 0x80;
         f[rtp + 1] = 8;
