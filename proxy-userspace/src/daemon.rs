@@ -1,11 +1,13 @@
-//! The relay daemon: wires the sans-IO logic ([`Calls`] and its session engine) to the kernel
+//! The relay daemon: wires the sans-IO logic (the session [`Engine`] and the ng call model
+//! [`Calls`], side by side) to the kernel
 //! ([`Dataplane`]), the AF_XDP I/O thread, the next hops ([`Egresses`]) and the ng listener.
 //!
 //! Threads:
-//! - the **control thread** owns the dataplane, the calls, the engine and the next hops. It
+//! - the **control thread** owns the dataplane, the engine, the calls and the next hops. It
 //!   waits on the punted packets, the ng requests, the kernel's network changes and the
 //!   engine's next timer, feeds each to the logic and carries out what comes back: flow
-//!   updates, packets to send, replies;
+//!   updates, packets to send, replies. Media, probes, ACKs and timers go to the engine
+//!   directly; an ng command goes to the calls, which borrow the engine for it;
 //! - the **I/O thread** (`io`) owns the AF_XDP sockets and the fallback sockets;
 //! - the **monitor thread** turns rtnetlink and netdev notifications into messages;
 //! - the **tokio runtime** on the main thread serves the ng protocol over UDP and handles
@@ -42,10 +44,10 @@ use crate::{
     nexthop::{KernelPath, Resolution},
     ng::{
         bencode::{self, Dict, Value},
-        calls::{Calls, CallsConfig, FlowStats},
+        calls::{Calls, CallsConfig, KernelFlow},
     },
     probe_auth::{ProbeAuth, Rejected, unix_ms},
-    session::{EngineConfig, Event, Output},
+    session::{Engine, EngineConfig, Event, Output},
     xsk::{self, XskConfig, XskSocket},
 };
 
@@ -138,9 +140,6 @@ pub enum Command {
     Stop,
 }
 
-/// `FlowStats` on the real maps; CLOCK_MONOTONIC ns (bpf_ktime_get_ns) to `Instant`.
-struct Kernel<'a>(&'a Dataplane);
-
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -151,19 +150,20 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-impl FlowStats for Kernel<'_> {
-    fn counters(&self, key: &Endpoint) -> Option<FlowCounters> {
-        self.0.flow_stats(FlowKey::new(*key)).ok()
-    }
-
-    fn last_seen(&self, key: &Endpoint) -> Option<Instant> {
-        let c = self.counters(key)?;
-        if c.last_seen_ns == 0 {
-            return None;
-        }
-        let ago = monotonic_ns().saturating_sub(c.last_seen_ns);
+/// A flow's counters from the real maps, its last-seen time turned from CLOCK_MONOTONIC ns
+/// (bpf_ktime_get_ns) into an `Instant`.
+fn kernel_flow(dp: &Dataplane, key: &Endpoint) -> Option<KernelFlow> {
+    let counters: FlowCounters = dp.flow_stats(FlowKey::new(*key)).ok()?;
+    let last_seen = if counters.last_seen_ns == 0 {
+        None
+    } else {
+        let ago = monotonic_ns().saturating_sub(counters.last_seen_ns);
         Instant::now().checked_sub(Duration::from_nanos(ago))
-    }
+    };
+    Some(KernelFlow {
+        counters,
+        last_seen,
+    })
 }
 
 /// What the kernel told the monitor thread.
@@ -235,6 +235,9 @@ struct Iface {
 struct Control {
     dp: Dataplane,
     io: IoHandle,
+    /// The media path: streams, latching, probes, timers.
+    engine: Engine,
+    /// The signalling: calls, ports, SDP; it changes `engine` only inside a command.
     calls: Calls,
     egresses: Egresses,
     kernel: KernelPath,
@@ -320,7 +323,8 @@ impl Control {
         let mut c = Self {
             dp,
             io,
-            calls: Calls::new(cfg.calls.clone(), cfg.engine, seed),
+            engine: Engine::new(cfg.engine, seed),
+            calls: Calls::new(cfg.calls.clone(), seed),
             egresses,
             kernel: KernelPath::new().context("raw sockets for the kernel path")?,
             auth: cfg.probe_secret.as_deref().map(ProbeAuth::new),
@@ -426,8 +430,7 @@ impl Control {
         loop {
             let now = Instant::now();
             let mut wake = self
-                .calls
-                .engine_ref()
+                .engine
                 .poll_timeout()
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping));
             if let Some(t) = self.resync_at {
@@ -471,7 +474,14 @@ impl Control {
                             self.counters.ng_stale += 1;
                             let _ = req.reply.send(error_reply("Internal timeout"));
                         } else {
-                            let mut reply = self.calls.handle(&req.dict, Instant::now(), SystemTime::now(), &Kernel(&self.dp));
+                            let dp = &self.dp;
+                            let mut reply = self.calls.handle(
+                                &mut self.engine,
+                                &req.dict,
+                                Instant::now(),
+                                SystemTime::now(),
+                                &|key| kernel_flow(dp, key),
+                            );
                             if req.dict.get_str("command") == Some("statistics") {
                                 self.add_statistics(&mut reply);
                             }
@@ -490,7 +500,7 @@ impl Control {
                 default(timeout) => {}
             }
             let now = Instant::now();
-            self.calls.engine().handle_timeout(now);
+            self.engine.handle_timeout(now);
             if self.resync_at.is_some_and(|t| now >= t) {
                 self.resync_at = None;
                 // An address came or went: the relay's own set (never a source, never a
@@ -500,7 +510,9 @@ impl Control {
                 self.apply_changes(changes);
             }
             if now >= next_housekeeping {
-                self.calls.housekeeping(now, &Kernel(&self.dp));
+                let dp = &self.dp;
+                self.calls
+                    .housekeeping(&mut self.engine, now, &|key| kernel_flow(dp, key));
                 self.check_devices();
                 next_housekeeping = now + HOUSEKEEPING;
             }
@@ -707,7 +719,7 @@ impl Control {
             }
         }
         let io = self.io.stats();
-        let e = self.calls.engine_ref().counters();
+        let e = self.engine.counters();
         let c = &self.counters;
         let mut rejected = Dict::new();
         for k in [
@@ -884,15 +896,11 @@ impl Control {
                         return;
                     }
                     match msg.kind {
-                        Kind::Probe => self.calls.engine().handle_probe(
-                            dst,
-                            from,
-                            &msg,
-                            trust,
-                            unix_ms(),
-                            p.at,
-                        ),
-                        Kind::Ack => self.calls.engine().handle_ack(&msg, from, trust, p.at),
+                        Kind::Probe => {
+                            self.engine
+                                .handle_probe(dst, from, &msg, trust, unix_ms(), p.at)
+                        }
+                        Kind::Ack => self.engine.handle_ack(&msg, from, trust, p.at),
                     }
                 }
                 Err(why) => {
@@ -916,7 +924,7 @@ impl Control {
         // The engine weighs the kernel's last-seen time only to re-latch after silence, which
         // is off unless the operator turned it on; and only for a packet from someone other
         // than the latched peer. Ask the kernel (a map lookup, a syscall) only then.
-        let relatch = self.calls.engine_ref().config().relatch_after.is_some();
+        let relatch = self.engine.config().relatch_after.is_some();
         let key = FlowKey::new(dst);
         let foreign = relatch
             && self
@@ -924,13 +932,12 @@ impl Control {
                 .flow_spec(key)
                 .is_ok_and(|spec| spec.peer.is_some_and(|peer| peer != src));
         let last_seen = if foreign {
-            Kernel(&self.dp).last_seen(&dst)
+            kernel_flow(&self.dp, &dst).and_then(|k| k.last_seen)
         } else {
             None
         };
         let payload = payload.to_vec();
-        self.calls
-            .engine()
+        self.engine
             .handle_media(dst, src, &payload, last_seen, p.at);
     }
 
@@ -946,7 +953,7 @@ impl Control {
 
     fn apply_outputs(&mut self) {
         self.joined_budget = JOIN_BUDGET;
-        while let Some(o) = self.calls.engine().poll_output() {
+        while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Flow { key, spec } => {
                     let k = FlowKey::new(key);
@@ -1006,7 +1013,7 @@ impl Control {
         // One of this relay's own media endpoints (a call that loops through the relay
         // twice, as a B2BUA hairpin makes it): joined inside the relay, never sent out to
         // loop back, and never refused.
-        if self.calls.engine_ref().stream_of(&to).is_some() {
+        if self.engine.stream_of(&to).is_some() {
             if self.joined_budget == 0 {
                 self.counters.send_refused += 1;
                 return;
@@ -1014,8 +1021,7 @@ impl Control {
             self.joined_budget -= 1;
             self.counters.joined += 1;
             let payload = payload.to_vec();
-            self.calls
-                .engine()
+            self.engine
                 .handle_media(to, from, &payload, None, Instant::now());
             return;
         }

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod egress;
 pub mod ethtool;
 pub mod fallback;
+pub mod flow;
 pub mod frame;
 pub mod io;
 pub mod netdev;

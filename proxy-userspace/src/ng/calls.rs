@@ -1,7 +1,9 @@
 //! Calls as the call server sees them, on top of the session engine: offer/answer (RFC 3264)
 //! keyed by Call-ID and tags, port allocation, SDP rewriting, teardown, timeouts, and the
-//! replies of every ng command. Sans-IO: requests in, replies and engine outputs out; the
-//! kernel's counters come in through [`FlowStats`].
+//! replies of every ng command. Sans-IO: requests in, replies out. The session engine is not
+//! ours: the daemon owns it beside the calls and lends it to each command that creates,
+//! updates, removes or reads streams, and the kernel's counters come in as a [`KernelView`]
+//! for the commands that report them.
 //!
 //! One call has two sides: A, whose tag came with the first offer, and B. Each m= line gets a
 //! port pair (RTP even, RTCP next) facing each side; its RTP and its RTCP are each a stream of
@@ -24,8 +26,8 @@ use super::{
 use crate::{
     ng_dict,
     session::{
-        Engine, EngineConfig, Latching, ProbePhase, Side, SideStatus, StreamConfig, StreamId,
-        StreamUpdate, Unblocked,
+        Engine, Latching, ProbePhase, Side, SideStatus, StreamConfig, StreamId, StreamUpdate,
+        Unblocked,
     },
 };
 
@@ -120,21 +122,24 @@ impl Default for CallsConfig {
     }
 }
 
-/// The kernel's view of a flow, by the relay endpoint that keys it.
-pub trait FlowStats {
-    fn counters(&self, key: &Endpoint) -> Option<FlowCounters>;
+/// What the kernel counted on one flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFlow {
+    pub counters: FlowCounters,
     /// When the kernel last accepted a packet on the flow.
-    fn last_seen(&self, key: &Endpoint) -> Option<Instant>;
+    pub last_seen: Option<Instant>,
 }
 
-/// No kernel (tests).
-impl FlowStats for () {
-    fn counters(&self, _: &Endpoint) -> Option<FlowCounters> {
-        None
-    }
-    fn last_seen(&self, _: &Endpoint) -> Option<Instant> {
-        None
-    }
+/// The kernel's view of a flow, by the relay endpoint that keys it, read when a command
+/// reports it; `&|_| None` where there is no kernel (tests, fuzzing).
+pub type KernelView<'a> = &'a dyn Fn(&Endpoint) -> Option<KernelFlow>;
+
+fn counters_of(kernel: KernelView<'_>, key: &Endpoint) -> FlowCounters {
+    kernel(key).map(|k| k.counters).unwrap_or_default()
+}
+
+fn last_seen_of(kernel: KernelView<'_>, key: &Endpoint) -> Option<Instant> {
+    kernel(key).and_then(|k| k.last_seen)
 }
 
 /// Even ports for RTP in `[min, max)`, each with the odd port after it for RTCP. A pair is
@@ -263,7 +268,6 @@ pub struct Calls {
     /// The host's own addresses: never a media destination, unless they name one of this
     /// relay's own allocated endpoints (a call that loops through the relay twice).
     local_addrs: std::collections::HashSet<IpAddr>,
-    engine: Engine,
     calls: HashMap<String, Call>,
     pools: Vec<PortPool>,
     /// Picks ports; seeded by the caller (from the OS in the daemon).
@@ -274,7 +278,7 @@ pub struct Calls {
 
 impl Calls {
     #[must_use]
-    pub fn new(cfg: CallsConfig, engine: EngineConfig, seed: u64) -> Self {
+    pub fn new(cfg: CallsConfig, seed: u64) -> Self {
         use rand::SeedableRng;
         let pools = cfg
             .interfaces
@@ -288,7 +292,6 @@ impl Calls {
             .flatten()
             .collect();
         Self {
-            engine: Engine::new(engine, seed),
             local_addrs,
             cfg,
             calls: HashMap::new(),
@@ -322,27 +325,18 @@ impl Calls {
     /// An SDP endpoint the relay may send to: not loopback, multicast, broadcast or
     /// unspecified, and not one of the host's own addresses unless it is one of this relay's
     /// allocated endpoints, where the call is joined inside the relay.
-    fn check_sdp_endpoint(&self, ep: Endpoint) -> Result<(), NgError> {
+    fn check_sdp_endpoint(&self, engine: &Engine, ep: Endpoint) -> Result<(), NgError> {
         let ip = ep.ip().map_or_else(|| "?".to_owned(), |i| i.to_string());
         if crate::session::is_martian(&ep) {
             return Err(err(format!("Invalid address in SDP: {ip}")));
         }
         let own = ep.ip().is_some_and(|i| self.local_addrs.contains(&i));
-        if own && self.engine.stream_of(&ep).is_none() {
+        if own && engine.stream_of(&ep).is_none() {
             return Err(err(format!(
                 "Invalid address in SDP: {ip} is the relay's own"
             )));
         }
         Ok(())
-    }
-
-    pub fn engine(&mut self) -> &mut Engine {
-        &mut self.engine
-    }
-
-    #[must_use]
-    pub fn engine_ref(&self) -> &Engine {
-        &self.engine
     }
 
     #[must_use]
@@ -363,10 +357,11 @@ impl Calls {
     /// Handles one ng request; the reply always has `result` (and `error-reason` on error).
     pub fn handle(
         &mut self,
+        engine: &mut Engine,
         req: &Dict,
         now: Instant,
         wall: SystemTime,
-        kstats: &dyn FlowStats,
+        kernel: KernelView<'_>,
     ) -> Dict {
         let command = req.get_str("command").unwrap_or_default().to_owned();
         if let Some(i) = COMMANDS.iter().position(|c| *c == command) {
@@ -375,13 +370,13 @@ impl Calls {
         let opts = flags::parse(req);
         let result = match command.as_str() {
             "ping" => Ok(ng_dict! {}),
-            "offer" => self.offer_answer(req, &opts, true, now, wall),
-            "answer" => self.offer_answer(req, &opts, false, now, wall),
-            "delete" => self.delete(req, &opts, now, wall, kstats),
-            "query" => self.query(req, wall, kstats),
-            "list" => self.list(req),
-            "statistics" => Ok(self.statistics(wall, kstats)),
-            "probe" => self.probe(req, &opts, now),
+            "offer" => self.offer_answer(engine, req, &opts, true, now, wall),
+            "answer" => self.offer_answer(engine, req, &opts, false, now, wall),
+            "delete" => self.delete(engine, req, &opts, now, wall, kernel),
+            "query" => self.query(engine, req, wall, kernel),
+            "list" => self.list(engine, req),
+            "statistics" => Ok(self.statistics(engine, wall, kernel)),
+            "probe" => self.probe(engine, req, &opts, now),
             "" if req.get("command").is_none() => {
                 Err(err("Dictionary contains no key \"command\""))
             }
@@ -440,6 +435,7 @@ impl Calls {
 
     fn offer_answer(
         &mut self,
+        engine: &mut Engine,
         req: &Dict,
         o: &Options,
         is_offer: bool,
@@ -479,7 +475,7 @@ impl Calls {
         }
         let known = self.calls.get(&call_id).map_or(0, |c| c.medias.len());
         let new_medias = parsed.media.len().saturating_sub(known);
-        let flows_now = self.engine.stream_count() * 2;
+        let flows_now = engine.stream_count() * 2;
         if flows_now + new_medias * FLOWS_PER_MEDIA > self.cfg.max_flows {
             return Err(err(LOAD_LIMIT));
         }
@@ -546,6 +542,7 @@ impl Calls {
 
         let mut created = Vec::new();
         let result = self.apply_media(
+            engine,
             &call_id,
             &parsed,
             o,
@@ -559,7 +556,7 @@ impl Calls {
             // Nothing allocated for this request survives a failure. Last first: releasing a
             // media section truncates the call's list there, which would hide later ones.
             for (media, ports) in created.into_iter().rev() {
-                self.release_media(&call_id, media, ports);
+                self.release_media(engine, &call_id, media, ports);
             }
             if new_call {
                 self.calls.remove(&call_id);
@@ -600,6 +597,7 @@ impl Calls {
     )]
     fn apply_media(
         &mut self,
+        engine: &mut Engine,
         call_id: &str,
         parsed: &sdp::Sdp<'_>,
         o: &Options,
@@ -626,7 +624,7 @@ impl Calls {
             let mux_offered = m.rtcp_mux;
             if !m.is_disabled() {
                 for ep in [remote_rtp, remote_rtcp].into_iter().flatten() {
-                    self.check_sdp_endpoint(ep)?;
+                    self.check_sdp_endpoint(engine, ep)?;
                 }
             }
             let call = self.calls.get_mut(call_id).expect("caller checked");
@@ -657,7 +655,7 @@ impl Calls {
                 upd.receives[s] = Some(receives(m));
                 let (rtp, rtcp) = (existing.rtp, existing.rtcp);
                 if let Some(id) = rtp {
-                    self.engine
+                    engine
                         .update_stream(id, &upd, now)
                         .map_err(|e| err(e.to_string()))?;
                 }
@@ -666,7 +664,7 @@ impl Calls {
                 // RTCP flows whatever the direction (RFC 3264 section 5.1).
                 upd.receives[s] = None;
                 if let Some(id) = rtcp {
-                    self.engine
+                    engine
                         .update_stream(id, &upd, now)
                         .map_err(|e| err(e.to_string()))?;
                 }
@@ -722,16 +720,12 @@ impl Calls {
             rtcp_cfg.remote[s] = remote_rtcp;
             rtcp_cfg.sip_source[s] = o.received_from;
             media.ports = ports;
-            let rtp_id = self
-                .engine
-                .add_stream(rtp_cfg)
-                .map_err(|e| err(e.to_string()))?;
+            let rtp_id = engine.add_stream(rtp_cfg).map_err(|e| err(e.to_string()))?;
             media.rtp = Some(rtp_id);
             rtcp_cfg.rtp_stream = Some(rtp_id);
             let call = self.calls.get_mut(call_id).expect("caller checked");
             call.medias.push(media);
-            let rtcp = self
-                .engine
+            let rtcp = engine
                 .add_stream(rtcp_cfg)
                 .map_err(|e| err(e.to_string()))?;
             let call = self.calls.get_mut(call_id).expect("caller checked");
@@ -745,14 +739,14 @@ impl Calls {
     }
 
     /// Undoes the allocation of media `i` (a failed request).
-    fn release_media(&mut self, call_id: &str, i: usize, ports: [u16; 2]) {
+    fn release_media(&mut self, engine: &mut Engine, call_id: &str, i: usize, ports: [u16; 2]) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
         let ifaces = call.ifaces;
         if let Some(m) = call.medias.get_mut(i) {
             for id in [m.rtp.take(), m.rtcp.take()].into_iter().flatten() {
-                let _ = self.engine.remove_stream(id);
+                let _ = engine.remove_stream(id);
             }
         }
         call.medias.truncate(i);
@@ -764,7 +758,7 @@ impl Calls {
     }
 
     /// Tears a call's media down: streams, flows and ports. The record stays for `query`.
-    fn teardown(&mut self, call_id: &str, why: Ended, now: Instant) {
+    fn teardown(&mut self, engine: &mut Engine, call_id: &str, why: Ended, now: Instant) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -782,7 +776,7 @@ impl Calls {
             }
         }
         for id in streams {
-            let _ = self.engine.remove_stream(id);
+            let _ = engine.remove_stream(id);
         }
         for ports in to_free {
             for side in 0..2 {
@@ -797,11 +791,12 @@ impl Calls {
 
     fn delete(
         &mut self,
+        engine: &mut Engine,
         req: &Dict,
         o: &Options,
         now: Instant,
         wall: SystemTime,
-        kstats: &dyn FlowStats,
+        kernel: KernelView<'_>,
     ) -> NgResult {
         let call_id = req
             .get_any(&["call-id", "call-ID", "call id", "call ID"])
@@ -828,7 +823,7 @@ impl Calls {
             return Ok(ng_dict! { "warning" => not_found });
         }
         let reply = if from_tag.is_some() {
-            self.call_stats(&call_id, wall, kstats)
+            self.call_stats(engine, &call_id, wall, kernel)
         } else {
             Dict::new()
         };
@@ -839,7 +834,7 @@ impl Calls {
             _ => self.cfg.delete_delay,
         };
         if delay.is_zero() {
-            self.teardown(&call_id, Ended::Deleted, now);
+            self.teardown(engine, &call_id, Ended::Deleted, now);
             self.calls.remove(&call_id);
         } else if let Some(call) = self.calls.get_mut(&call_id) {
             call.delete_at = Some(now.checked_add(delay).unwrap_or(now));
@@ -847,7 +842,13 @@ impl Calls {
         Ok(reply)
     }
 
-    fn query(&self, req: &Dict, wall: SystemTime, kstats: &dyn FlowStats) -> NgResult {
+    fn query(
+        &self,
+        engine: &Engine,
+        req: &Dict,
+        wall: SystemTime,
+        kernel: KernelView<'_>,
+    ) -> NgResult {
         let call_id = req
             .get_any(&["call-id", "call-ID", "call id", "call ID"])
             .and_then(Value::as_str)
@@ -855,10 +856,10 @@ impl Calls {
         if !self.calls.contains_key(call_id) {
             return Err(err("Unknown call-id"));
         }
-        Ok(self.call_stats(call_id, wall, kstats))
+        Ok(self.call_stats(engine, call_id, wall, kernel))
     }
 
-    fn list(&self, req: &Dict) -> NgResult {
+    fn list(&self, engine: &Engine, req: &Dict) -> NgResult {
         let limit = req.get("limit").and_then(Value::as_int).unwrap_or(32);
         if limit < 0 {
             return Err(err("invalid limit, must be >= 0"));
@@ -879,7 +880,7 @@ impl Calls {
                     None => "active",
                 };
                 let mut d = ng_dict! { "call-id" => id.as_str(), "state" => state };
-                d.push("media", Value::str(&self.media_summary(c)));
+                d.push("media", Value::str(&self.media_summary(engine, c)));
                 Value::Dict(d)
             })
             .collect();
@@ -891,10 +892,10 @@ impl Calls {
 
     /// Per RTP stream of a call, what each side's far end was and how long its media took to
     /// go on: `"m0 A relay 3 ms, B endpoint 0 ms"` (`-` where nothing went on yet).
-    fn media_summary(&self, c: &Call) -> String {
+    fn media_summary(&self, engine: &Engine, c: &Call) -> String {
         let mut out = Vec::new();
         for (i, m) in c.medias.iter().enumerate() {
-            let Some(st) = m.rtp.and_then(|id| self.engine.status(id)) else {
+            let Some(st) = m.rtp.and_then(|id| engine.status(id)) else {
                 continue;
             };
             let side = |x: &SideStatus| {
@@ -908,7 +909,7 @@ impl Calls {
         out.join("; ")
     }
 
-    fn probe(&mut self, req: &Dict, o: &Options, now: Instant) -> NgResult {
+    fn probe(&mut self, engine: &mut Engine, req: &Dict, o: &Options, now: Instant) -> NgResult {
         let call_id = req
             .get_any(&["call-id", "call-ID", "call id", "call ID"])
             .and_then(Value::as_str)
@@ -941,9 +942,9 @@ impl Calls {
                 if let Some(r) = relay {
                     let mut upd = StreamUpdate::default();
                     upd.next_relay[side as usize] = Some(r);
-                    let _ = self.engine.update_stream(id, &upd, now);
+                    let _ = engine.update_stream(id, &upd, now);
                 }
-                match self.engine.unblock(id, side, true, now) {
+                match engine.unblock(id, side, true, now) {
                     Ok(()) => probed += 1,
                     Err(e) => last_err = Some(e),
                 }
@@ -958,7 +959,7 @@ impl Calls {
         Ok(ng_dict! { "probes" => probed })
     }
 
-    fn statistics(&self, wall: SystemTime, kstats: &dyn FlowStats) -> Dict {
+    fn statistics(&self, engine: &Engine, wall: SystemTime, kernel: KernelView<'_>) -> Dict {
         let uptime = wall
             .duration_since(self.started)
             .unwrap_or_default()
@@ -971,13 +972,13 @@ impl Calls {
             mut kernel_media,
             mut user_media,
         ) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-        for id in self.engine.stream_ids() {
-            let Some(st) = self.engine.status(id) else {
+        for id in engine.stream_ids() {
+            let Some(st) = engine.status(id) else {
                 continue;
             };
             let mut forwarding = true;
             for s in &st {
-                let k = kstats.counters(&s.local).unwrap_or_default();
+                let k = counters_of(kernel, &s.local);
                 k_packets += k.fwd_packets;
                 k_bytes += k.fwd_bytes;
                 u_packets += s.counters.sent;
@@ -1024,7 +1025,13 @@ impl Calls {
     }
 
     /// The query-style statistics of a call.
-    fn call_stats(&self, call_id: &str, wall: SystemTime, kstats: &dyn FlowStats) -> Dict {
+    fn call_stats(
+        &self,
+        engine: &Engine,
+        call_id: &str,
+        wall: SystemTime,
+        kernel: KernelView<'_>,
+    ) -> Dict {
         let Some(call) = self.calls.get(call_id) else {
             return Dict::new();
         };
@@ -1039,18 +1046,18 @@ impl Calls {
             for (i, m) in call.medias.iter().enumerate() {
                 let mut streams = Vec::new();
                 for (kind, id) in [("RTP", m.rtp), ("RTCP", m.rtcp)] {
-                    let Some(st) = id.and_then(|id| self.engine_ref().status(id)) else {
+                    let Some(st) = id.and_then(|id| engine.status(id)) else {
                         continue;
                     };
                     let s = &st[side as usize];
-                    let k = kstats.counters(&s.local).unwrap_or_default();
+                    let k = counters_of(kernel, &s.local);
                     let ingress_p = k.fwd_packets + k.punt_packets;
                     let ingress_b = k.fwd_bytes + k.punt_bytes;
                     let t = &mut totals[usize::from(kind == "RTCP")];
                     t[0] += ingress_p;
                     t[1] += ingress_b;
                     t[2] += k.mismatch_packets;
-                    let mut d = stream_dict(s, kind, &k, kstats.last_seen(&s.local), wall);
+                    let mut d = stream_dict(s, kind, &k, last_seen_of(kernel, &s.local), wall);
                     d.set("stats", Value::Dict(ng_dict! { "packets" => ingress_p, "bytes" => ingress_b, "errors" => k.mismatch_packets }));
                     streams.push(Value::Dict(d));
                 }
@@ -1116,7 +1123,7 @@ impl Calls {
     }
 
     /// Ends delayed deletes and idle media; call about once a second.
-    pub fn housekeeping(&mut self, now: Instant, kstats: &dyn FlowStats) {
+    pub fn housekeeping(&mut self, engine: &mut Engine, now: Instant, kernel: KernelView<'_>) {
         let due: Vec<String> = self
             .calls
             .iter()
@@ -1124,7 +1131,7 @@ impl Calls {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.teardown(&id, Ended::Deleted, now);
+            self.teardown(engine, &id, Ended::Deleted, now);
             self.calls.remove(&id);
         }
         let expired: Vec<String> = self
@@ -1161,8 +1168,8 @@ impl Calls {
                 let last = [m.rtp, m.rtcp]
                     .into_iter()
                     .flatten()
-                    .filter_map(|sid| self.engine.status(sid))
-                    .flat_map(|st| st.into_iter().map(|s| kstats.last_seen(&s.local)))
+                    .filter_map(|sid| engine.status(sid))
+                    .flat_map(|st| st.into_iter().map(|s| last_seen_of(kernel, &s.local)))
                     .flatten()
                     .max();
                 let idle = match last {
@@ -1180,14 +1187,20 @@ impl Calls {
                 .iter()
                 .any(|m| !m.timed_out && m.rtp.is_some());
             if !live && signal_age >= timeout {
-                self.teardown(&id, Ended::Timeout, now);
+                self.teardown(engine, &id, Ended::Timeout, now);
                 continue;
             }
-            self.time_out_medias(&id, &idle_medias, now);
+            self.time_out_medias(engine, &id, &idle_medias, now);
         }
     }
 
-    fn time_out_medias(&mut self, call_id: &str, idle: &[usize], now: Instant) {
+    fn time_out_medias(
+        &mut self,
+        engine: &mut Engine,
+        call_id: &str,
+        idle: &[usize],
+        now: Instant,
+    ) {
         if idle.is_empty() {
             return;
         }
@@ -1205,7 +1218,7 @@ impl Calls {
         }
         let all = call.medias.iter().all(|m| m.timed_out || m.ports == [0, 0]);
         for id in streams {
-            let _ = self.engine.remove_stream(id);
+            let _ = engine.remove_stream(id);
         }
         for p in ports {
             for side in 0..2 {
@@ -1213,7 +1226,7 @@ impl Calls {
             }
         }
         if all {
-            self.teardown(call_id, Ended::Timeout, now);
+            self.teardown(engine, call_id, Ended::Timeout, now);
         }
     }
 }
