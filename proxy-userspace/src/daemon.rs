@@ -45,6 +45,9 @@ use crate::{
     ng::{
         bencode::{self, Dict, Value},
         calls::{Calls, CallsConfig, KernelFlow},
+        command::{CommandKind, Request},
+        error::NgError,
+        reply,
     },
     probe_auth::{ProbeAuth, Rejected, unix_ms},
     session::{Engine, EngineConfig, Event, Output},
@@ -423,6 +426,10 @@ impl Control {
         Ok(())
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one loop, one select!: what wakes the control thread and what runs after each wake-up read best in one place"
+    )]
     fn run(mut self, commands: &Receiver<Command>) {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut next_kick = Instant::now() + NEIGHBOUR_KICK;
@@ -472,17 +479,18 @@ impl Control {
                     Ok(Command::Ng(req)) => {
                         if Instant::now() > req.deadline {
                             self.counters.ng_stale += 1;
-                            let _ = req.reply.send(error_reply("Internal timeout"));
+                            let _ = req.reply.send(reply::error(&NgError::InternalTimeout));
                         } else {
                             let dp = &self.dp;
-                            let mut reply = self.calls.handle(
+                            let request = Request::parse(&req.dict);
+                            let mut reply = self.calls.respond(
                                 &mut self.engine,
-                                &req.dict,
+                                &request,
                                 Instant::now(),
                                 SystemTime::now(),
                                 &|key| kernel_flow(dp, key),
                             );
-                            if req.dict.get_str("command") == Some("statistics") {
+                            if request.kind == Some(CommandKind::Statistics) {
                                 self.add_statistics(&mut reply);
                             }
                             let _ = req.reply.send(reply);
@@ -853,6 +861,55 @@ impl Control {
         );
     }
 
+    /// A PROBE or an ACK at the probe port: authenticated if it can be, then the engine's.
+    fn on_probe_message(&mut self, src: Endpoint, dst: Endpoint, payload: &[u8], at: Instant) {
+        let checked = match crate::probe_auth::check(self.auth.as_mut(), payload, unix_ms()) {
+            // Signed with another secret: a relay of another operator, or a forger.
+            // Counted, then taken for what an unsigned message may do, nothing more.
+            Err(Rejected::BadMac) => {
+                *self.counters.probes_rejected.entry("bad MAC").or_default() += 1;
+                crate::probe_auth::check(None, payload, unix_ms())
+            }
+            other => other,
+        };
+        match checked {
+            Ok((msg, trust)) => {
+                let Some(from) = src.socket_addr() else {
+                    return;
+                };
+                // A PROBE names the relay it is for: one of ours, at our probe port. A
+                // captured probe replayed at another site with the same private
+                // addresses, or at an HA partner, is refused here.
+                if msg.kind == Kind::Probe && !self.is_own_probe_address(msg.receiver, dst) {
+                    *self
+                        .counters
+                        .probes_rejected
+                        .entry("wrong receiver")
+                        .or_default() += 1;
+                    debug!("probe from {src} for {}: not this relay", msg.receiver);
+                    return;
+                }
+                match msg.kind {
+                    Kind::Probe => self
+                        .engine
+                        .handle_probe(dst, from, &msg, trust, unix_ms(), at),
+                    Kind::Ack => self.engine.handle_ack(&msg, from, trust, at),
+                }
+            }
+            Err(why) => {
+                let key = match why {
+                    Rejected::Malformed(_) => "malformed",
+                    Rejected::BadMac => "bad MAC",
+                    Rejected::Stale => "stale",
+                    Rejected::Replayed => "replayed",
+                    Rejected::Overloaded => "replay cache full",
+                };
+                *self.counters.probes_rejected.entry(key).or_default() += 1;
+                debug!("probe message from {src} refused: {why}");
+            }
+        }
+    }
+
     fn on_punted(&mut self, p: Punted) {
         let (src, dst, payload) = match &p.packet {
             Packet::Frame(frame) => match UdpFrame::parse(frame) {
@@ -869,52 +926,7 @@ impl Control {
             }
         };
         if self.probe_port != 0 && dst.port() == self.probe_port {
-            let checked = match crate::probe_auth::check(self.auth.as_mut(), payload, unix_ms()) {
-                // Signed with another secret: a relay of another operator, or a forger.
-                // Counted, then taken for what an unsigned message may do, nothing more.
-                Err(Rejected::BadMac) => {
-                    *self.counters.probes_rejected.entry("bad MAC").or_default() += 1;
-                    crate::probe_auth::check(None, payload, unix_ms())
-                }
-                other => other,
-            };
-            match checked {
-                Ok((msg, trust)) => {
-                    let Some(from) = src.socket_addr() else {
-                        return;
-                    };
-                    // A PROBE names the relay it is for: one of ours, at our probe port. A
-                    // captured probe replayed at another site with the same private
-                    // addresses, or at an HA partner, is refused here.
-                    if msg.kind == Kind::Probe && !self.is_own_probe_address(msg.receiver, dst) {
-                        *self
-                            .counters
-                            .probes_rejected
-                            .entry("wrong receiver")
-                            .or_default() += 1;
-                        debug!("probe from {src} for {}: not this relay", msg.receiver);
-                        return;
-                    }
-                    match msg.kind {
-                        Kind::Probe => {
-                            self.engine
-                                .handle_probe(dst, from, &msg, trust, unix_ms(), p.at)
-                        }
-                        Kind::Ack => self.engine.handle_ack(&msg, from, trust, p.at),
-                    }
-                }
-                Err(why) => {
-                    let key = match why {
-                        Rejected::Malformed(_) => "malformed",
-                        Rejected::BadMac => "bad MAC",
-                        Rejected::Stale => "stale",
-                        Rejected::Replayed => "replayed",
-                        Rejected::Overloaded => "replay cache full",
-                    };
-                    *self.counters.probes_rejected.entry(key).or_default() += 1;
-                    debug!("probe message from {src} refused: {why}");
-                }
-            }
+            self.on_probe_message(src, dst, payload, p.at);
             return;
         }
         if src.ip().is_some_and(|ip| self.own.contains(&ip)) {
@@ -1134,13 +1146,6 @@ impl CookieCache {
     }
 }
 
-fn error_reply(reason: &str) -> Dict {
-    let mut d = Dict::new();
-    d.push("result", Value::str("error"));
-    d.push("error-reason", Value::str(reason));
-    d
-}
-
 /// The largest ng request we take: one UDP datagram.
 const MAX_REQUEST: usize = 65_507;
 
@@ -1162,19 +1167,19 @@ fn parse_datagram(d: &[u8], truncated: bool) -> Parsed {
     let cookie = d[..space].to_vec();
     let body = &d[space + 1..];
     if truncated {
-        return Parsed::Reply(cookie, error_reply("Message too large"));
+        return Parsed::Reply(cookie, reply::error(&NgError::MessageTooLarge));
     }
     if body.is_empty() {
-        return Parsed::Reply(cookie, error_reply("Invalid data (no payload)"));
+        return Parsed::Reply(cookie, reply::error(&NgError::NoPayload));
     }
     if body[0] != b'd' {
-        return Parsed::Reply(cookie, error_reply("Invalid NG data format"));
+        return Parsed::Reply(cookie, reply::error(&NgError::NotADictionary));
     }
     match bencode::decode_dict_prefix(body) {
         Ok(dict) => Parsed::Request(cookie, dict),
         Err(e) => {
             debug!("undecodable ng request: {e}");
-            Parsed::Reply(cookie, error_reply("Could not decode bencode dictionary"))
+            Parsed::Reply(cookie, reply::error(&NgError::BadBencode))
         }
     }
 }
@@ -1209,7 +1214,7 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
                         // retransmission may find room.
                         let mut out = cookie.clone();
                         out.push(b' ');
-                        error_reply("Internal timeout").encode_into(&mut out);
+                        reply::error(&NgError::InternalTimeout).encode_into(&mut out);
                         let _ = sock.send_to(&out, peer).await;
                         continue;
                     }
@@ -1219,7 +1224,7 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
                 }
                 let reply = match tokio::time::timeout(NG_WAIT, rx).await {
                     Ok(Ok(r)) => r,
-                    _ => error_reply("Internal timeout"),
+                    _ => reply::error(&NgError::InternalTimeout),
                 };
                 (cookie, reply)
             }

@@ -1,5 +1,8 @@
 use super::*;
-use crate::session::{EngineConfig, Output};
+use crate::{
+    ng::bencode::Value,
+    session::{EngineConfig, Output},
+};
 
 /// The calls and the session engine side by side, as the daemon holds them.
 struct Relay {
