@@ -10,10 +10,15 @@ use libfuzzer_sys::fuzz_target;
 use proxy_userspace::{
     ng::{
         bencode::{Dict, Value},
-        calls::{Calls, CallsConfig, Interface},
+        calls::{Calls, CallsConfig, Interface, KernelFlow},
     },
-    session::EngineConfig,
+    session::{Engine, EngineConfig},
 };
+
+/// No kernel behind the call model.
+fn no_kernel(_: &proxy_common::Endpoint) -> Option<KernelFlow> {
+    None
+}
 
 /// A small pool (8 pairs per interface), so that running out of ports is often hit.
 fn calls() -> Calls {
@@ -30,7 +35,6 @@ fn calls() -> Calls {
             max_flows: 40,
             ..CallsConfig::default()
         },
-        EngineConfig::default(),
         7,
     )
 }
@@ -61,6 +65,7 @@ fn int(bytes: &mut std::slice::Iter<'_, u8>) -> i64 {
 
 fuzz_target!(|data: &[u8]| {
     let mut c = calls();
+    let mut e = Engine::new(EngineConfig::default(), 7);
     let t0 = Instant::now();
     let mut now = t0;
     let wall = SystemTime::now();
@@ -80,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
             7 => "statistics",
             _ => {
                 now += Duration::from_millis(u64::from(a) * 250);
-                c.housekeeping(now, &());
+                c.housekeeping(&mut e, now, &no_kernel);
                 continue;
             }
         };
@@ -114,10 +119,10 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {}
         }
-        let r = c.handle(&d, now, wall, &());
+        let r = c.handle(&mut e, &d, now, wall, &no_kernel);
         assert!(r.get("result").is_some(), "{cmd}: no result in {r:?}");
         assert!(c.ports_in_use() <= 16, "more ports than the pools have");
-        while c.engine().poll_output().is_some() {}
+        while e.poll_output().is_some() {}
     }
     // Delete everything now and let it expire: nothing may be left.
     for i in 0..4 {
@@ -125,10 +130,10 @@ fuzz_target!(|data: &[u8]| {
         d.push("command", Value::str("delete"));
         d.push("call-id", Value::str(&format!("c{i}")));
         d.push("delete-delay", Value::Int(0));
-        let _ = c.handle(&d, now, wall, &());
+        let _ = c.handle(&mut e, &d, now, wall, &no_kernel);
     }
-    c.housekeeping(now + Duration::from_secs(7200), &());
-    c.housekeeping(now + Duration::from_secs(14_400), &());
+    c.housekeeping(&mut e, now + Duration::from_secs(7200), &no_kernel);
+    c.housekeeping(&mut e, now + Duration::from_secs(14_400), &no_kernel);
     assert_eq!(c.ports_in_use(), 0, "ports leaked");
-    assert_eq!(c.engine_ref().stream_count(), 0, "streams leaked");
+    assert_eq!(e.stream_count(), 0, "streams leaked");
 });

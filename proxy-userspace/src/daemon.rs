@@ -1,11 +1,13 @@
-//! The relay daemon: wires the sans-IO logic ([`Calls`] and its session engine) to the kernel
+//! The relay daemon: wires the sans-IO logic (the session [`Engine`] and the ng call model
+//! [`Calls`], side by side) to the kernel
 //! ([`Dataplane`]), the AF_XDP I/O thread, the next hops ([`Egresses`]) and the ng listener.
 //!
 //! Threads:
-//! - the **control thread** owns the dataplane, the calls, the engine and the next hops. It
+//! - the **control thread** owns the dataplane, the engine, the calls and the next hops. It
 //!   waits on the punted packets, the ng requests, the kernel's network changes and the
 //!   engine's next timer, feeds each to the logic and carries out what comes back: flow
-//!   updates, packets to send, replies;
+//!   updates, packets to send, replies. Media, probes, ACKs and timers go to the engine
+//!   directly; an ng command goes to the calls, which borrow the engine for it;
 //! - the **I/O thread** (`io`) owns the AF_XDP sockets and the fallback sockets;
 //! - the **monitor thread** turns rtnetlink and netdev notifications into messages;
 //! - the **tokio runtime** on the main thread serves the ng protocol over UDP and handles
@@ -42,10 +44,13 @@ use crate::{
     nexthop::{KernelPath, Resolution},
     ng::{
         bencode::{self, Dict, Value},
-        calls::{Calls, CallsConfig, FlowStats},
+        calls::{Calls, CallsConfig, KernelFlow},
+        command::{CommandKind, Request},
+        error::NgError,
+        reply,
     },
     probe_auth::{ProbeAuth, Rejected, unix_ms},
-    session::{EngineConfig, Event, Output},
+    session::{Engine, EngineConfig, Event, Output},
     xsk::{self, XskConfig, XskSocket},
 };
 
@@ -138,9 +143,6 @@ pub enum Command {
     Stop,
 }
 
-/// `FlowStats` on the real maps; CLOCK_MONOTONIC ns (bpf_ktime_get_ns) to `Instant`.
-struct Kernel<'a>(&'a Dataplane);
-
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -151,19 +153,20 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-impl FlowStats for Kernel<'_> {
-    fn counters(&self, key: &Endpoint) -> Option<FlowCounters> {
-        self.0.flow_stats(FlowKey::new(*key)).ok()
-    }
-
-    fn last_seen(&self, key: &Endpoint) -> Option<Instant> {
-        let c = self.counters(key)?;
-        if c.last_seen_ns == 0 {
-            return None;
-        }
-        let ago = monotonic_ns().saturating_sub(c.last_seen_ns);
+/// A flow's counters from the real maps, its last-seen time turned from CLOCK_MONOTONIC ns
+/// (bpf_ktime_get_ns) into an `Instant`.
+fn kernel_flow(dp: &Dataplane, key: &Endpoint) -> Option<KernelFlow> {
+    let counters: FlowCounters = dp.flow_stats(FlowKey::new(*key)).ok()?;
+    let last_seen = if counters.last_seen_ns == 0 {
+        None
+    } else {
+        let ago = monotonic_ns().saturating_sub(counters.last_seen_ns);
         Instant::now().checked_sub(Duration::from_nanos(ago))
-    }
+    };
+    Some(KernelFlow {
+        counters,
+        last_seen,
+    })
 }
 
 /// What the kernel told the monitor thread.
@@ -235,6 +238,9 @@ struct Iface {
 struct Control {
     dp: Dataplane,
     io: IoHandle,
+    /// The media path: streams, latching, probes, timers.
+    engine: Engine,
+    /// The signalling: calls, ports, SDP; it changes `engine` only inside a command.
     calls: Calls,
     egresses: Egresses,
     kernel: KernelPath,
@@ -320,7 +326,8 @@ impl Control {
         let mut c = Self {
             dp,
             io,
-            calls: Calls::new(cfg.calls.clone(), cfg.engine, seed),
+            engine: Engine::new(cfg.engine, seed),
+            calls: Calls::new(cfg.calls.clone(), seed),
             egresses,
             kernel: KernelPath::new().context("raw sockets for the kernel path")?,
             auth: cfg.probe_secret.as_deref().map(ProbeAuth::new),
@@ -419,6 +426,10 @@ impl Control {
         Ok(())
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one loop, one select!: what wakes the control thread and what runs after each wake-up read best in one place"
+    )]
     fn run(mut self, commands: &Receiver<Command>) {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut next_kick = Instant::now() + NEIGHBOUR_KICK;
@@ -426,8 +437,7 @@ impl Control {
         loop {
             let now = Instant::now();
             let mut wake = self
-                .calls
-                .engine_ref()
+                .engine
                 .poll_timeout()
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping));
             if let Some(t) = self.resync_at {
@@ -469,10 +479,18 @@ impl Control {
                     Ok(Command::Ng(req)) => {
                         if Instant::now() > req.deadline {
                             self.counters.ng_stale += 1;
-                            let _ = req.reply.send(error_reply("Internal timeout"));
+                            let _ = req.reply.send(reply::error(&NgError::InternalTimeout));
                         } else {
-                            let mut reply = self.calls.handle(&req.dict, Instant::now(), SystemTime::now(), &Kernel(&self.dp));
-                            if req.dict.get_str("command") == Some("statistics") {
+                            let dp = &self.dp;
+                            let request = Request::parse(&req.dict);
+                            let mut reply = self.calls.respond(
+                                &mut self.engine,
+                                &request,
+                                Instant::now(),
+                                SystemTime::now(),
+                                &|key| kernel_flow(dp, key),
+                            );
+                            if request.kind == Some(CommandKind::Statistics) {
                                 self.add_statistics(&mut reply);
                             }
                             let _ = req.reply.send(reply);
@@ -490,7 +508,7 @@ impl Control {
                 default(timeout) => {}
             }
             let now = Instant::now();
-            self.calls.engine().handle_timeout(now);
+            self.engine.handle_timeout(now);
             if self.resync_at.is_some_and(|t| now >= t) {
                 self.resync_at = None;
                 // An address came or went: the relay's own set (never a source, never a
@@ -500,7 +518,9 @@ impl Control {
                 self.apply_changes(changes);
             }
             if now >= next_housekeeping {
-                self.calls.housekeeping(now, &Kernel(&self.dp));
+                let dp = &self.dp;
+                self.calls
+                    .housekeeping(&mut self.engine, now, &|key| kernel_flow(dp, key));
                 self.check_devices();
                 next_housekeeping = now + HOUSEKEEPING;
             }
@@ -707,7 +727,7 @@ impl Control {
             }
         }
         let io = self.io.stats();
-        let e = self.calls.engine_ref().counters();
+        let e = self.engine.counters();
         let c = &self.counters;
         let mut rejected = Dict::new();
         for k in [
@@ -841,6 +861,55 @@ impl Control {
         );
     }
 
+    /// A PROBE or an ACK at the probe port: authenticated if it can be, then the engine's.
+    fn on_probe_message(&mut self, src: Endpoint, dst: Endpoint, payload: &[u8], at: Instant) {
+        let checked = match crate::probe_auth::check(self.auth.as_mut(), payload, unix_ms()) {
+            // Signed with another secret: a relay of another operator, or a forger.
+            // Counted, then taken for what an unsigned message may do, nothing more.
+            Err(Rejected::BadMac) => {
+                *self.counters.probes_rejected.entry("bad MAC").or_default() += 1;
+                crate::probe_auth::check(None, payload, unix_ms())
+            }
+            other => other,
+        };
+        match checked {
+            Ok((msg, trust)) => {
+                let Some(from) = src.socket_addr() else {
+                    return;
+                };
+                // A PROBE names the relay it is for: one of ours, at our probe port. A
+                // captured probe replayed at another site with the same private
+                // addresses, or at an HA partner, is refused here.
+                if msg.kind == Kind::Probe && !self.is_own_probe_address(msg.receiver, dst) {
+                    *self
+                        .counters
+                        .probes_rejected
+                        .entry("wrong receiver")
+                        .or_default() += 1;
+                    debug!("probe from {src} for {}: not this relay", msg.receiver);
+                    return;
+                }
+                match msg.kind {
+                    Kind::Probe => self
+                        .engine
+                        .handle_probe(dst, from, &msg, trust, unix_ms(), at),
+                    Kind::Ack => self.engine.handle_ack(&msg, from, trust, at),
+                }
+            }
+            Err(why) => {
+                let key = match why {
+                    Rejected::Malformed(_) => "malformed",
+                    Rejected::BadMac => "bad MAC",
+                    Rejected::Stale => "stale",
+                    Rejected::Replayed => "replayed",
+                    Rejected::Overloaded => "replay cache full",
+                };
+                *self.counters.probes_rejected.entry(key).or_default() += 1;
+                debug!("probe message from {src} refused: {why}");
+            }
+        }
+    }
+
     fn on_punted(&mut self, p: Punted) {
         let (src, dst, payload) = match &p.packet {
             Packet::Frame(frame) => match UdpFrame::parse(frame) {
@@ -857,56 +926,7 @@ impl Control {
             }
         };
         if self.probe_port != 0 && dst.port() == self.probe_port {
-            let checked = match crate::probe_auth::check(self.auth.as_mut(), payload, unix_ms()) {
-                // Signed with another secret: a relay of another operator, or a forger.
-                // Counted, then taken for what an unsigned message may do, nothing more.
-                Err(Rejected::BadMac) => {
-                    *self.counters.probes_rejected.entry("bad MAC").or_default() += 1;
-                    crate::probe_auth::check(None, payload, unix_ms())
-                }
-                other => other,
-            };
-            match checked {
-                Ok((msg, trust)) => {
-                    let Some(from) = src.socket_addr() else {
-                        return;
-                    };
-                    // A PROBE names the relay it is for: one of ours, at our probe port. A
-                    // captured probe replayed at another site with the same private
-                    // addresses, or at an HA partner, is refused here.
-                    if msg.kind == Kind::Probe && !self.is_own_probe_address(msg.receiver, dst) {
-                        *self
-                            .counters
-                            .probes_rejected
-                            .entry("wrong receiver")
-                            .or_default() += 1;
-                        debug!("probe from {src} for {}: not this relay", msg.receiver);
-                        return;
-                    }
-                    match msg.kind {
-                        Kind::Probe => self.calls.engine().handle_probe(
-                            dst,
-                            from,
-                            &msg,
-                            trust,
-                            unix_ms(),
-                            p.at,
-                        ),
-                        Kind::Ack => self.calls.engine().handle_ack(&msg, from, trust, p.at),
-                    }
-                }
-                Err(why) => {
-                    let key = match why {
-                        Rejected::Malformed(_) => "malformed",
-                        Rejected::BadMac => "bad MAC",
-                        Rejected::Stale => "stale",
-                        Rejected::Replayed => "replayed",
-                        Rejected::Overloaded => "replay cache full",
-                    };
-                    *self.counters.probes_rejected.entry(key).or_default() += 1;
-                    debug!("probe message from {src} refused: {why}");
-                }
-            }
+            self.on_probe_message(src, dst, payload, p.at);
             return;
         }
         if src.ip().is_some_and(|ip| self.own.contains(&ip)) {
@@ -916,7 +936,7 @@ impl Control {
         // The engine weighs the kernel's last-seen time only to re-latch after silence, which
         // is off unless the operator turned it on; and only for a packet from someone other
         // than the latched peer. Ask the kernel (a map lookup, a syscall) only then.
-        let relatch = self.calls.engine_ref().config().relatch_after.is_some();
+        let relatch = self.engine.config().relatch_after.is_some();
         let key = FlowKey::new(dst);
         let foreign = relatch
             && self
@@ -924,13 +944,12 @@ impl Control {
                 .flow_spec(key)
                 .is_ok_and(|spec| spec.peer.is_some_and(|peer| peer != src));
         let last_seen = if foreign {
-            Kernel(&self.dp).last_seen(&dst)
+            kernel_flow(&self.dp, &dst).and_then(|k| k.last_seen)
         } else {
             None
         };
         let payload = payload.to_vec();
-        self.calls
-            .engine()
+        self.engine
             .handle_media(dst, src, &payload, last_seen, p.at);
     }
 
@@ -946,7 +965,7 @@ impl Control {
 
     fn apply_outputs(&mut self) {
         self.joined_budget = JOIN_BUDGET;
-        while let Some(o) = self.calls.engine().poll_output() {
+        while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Flow { key, spec } => {
                     let k = FlowKey::new(key);
@@ -1006,7 +1025,7 @@ impl Control {
         // One of this relay's own media endpoints (a call that loops through the relay
         // twice, as a B2BUA hairpin makes it): joined inside the relay, never sent out to
         // loop back, and never refused.
-        if self.calls.engine_ref().stream_of(&to).is_some() {
+        if self.engine.stream_of(&to).is_some() {
             if self.joined_budget == 0 {
                 self.counters.send_refused += 1;
                 return;
@@ -1014,8 +1033,7 @@ impl Control {
             self.joined_budget -= 1;
             self.counters.joined += 1;
             let payload = payload.to_vec();
-            self.calls
-                .engine()
+            self.engine
                 .handle_media(to, from, &payload, None, Instant::now());
             return;
         }
@@ -1128,13 +1146,6 @@ impl CookieCache {
     }
 }
 
-fn error_reply(reason: &str) -> Dict {
-    let mut d = Dict::new();
-    d.push("result", Value::str("error"));
-    d.push("error-reason", Value::str(reason));
-    d
-}
-
 /// The largest ng request we take: one UDP datagram.
 const MAX_REQUEST: usize = 65_507;
 
@@ -1156,19 +1167,19 @@ fn parse_datagram(d: &[u8], truncated: bool) -> Parsed {
     let cookie = d[..space].to_vec();
     let body = &d[space + 1..];
     if truncated {
-        return Parsed::Reply(cookie, error_reply("Message too large"));
+        return Parsed::Reply(cookie, reply::error(&NgError::MessageTooLarge));
     }
     if body.is_empty() {
-        return Parsed::Reply(cookie, error_reply("Invalid data (no payload)"));
+        return Parsed::Reply(cookie, reply::error(&NgError::NoPayload));
     }
     if body[0] != b'd' {
-        return Parsed::Reply(cookie, error_reply("Invalid NG data format"));
+        return Parsed::Reply(cookie, reply::error(&NgError::NotADictionary));
     }
     match bencode::decode_dict_prefix(body) {
         Ok(dict) => Parsed::Request(cookie, dict),
         Err(e) => {
             debug!("undecodable ng request: {e}");
-            Parsed::Reply(cookie, error_reply("Could not decode bencode dictionary"))
+            Parsed::Reply(cookie, reply::error(&NgError::BadBencode))
         }
     }
 }
@@ -1203,7 +1214,7 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
                         // retransmission may find room.
                         let mut out = cookie.clone();
                         out.push(b' ');
-                        error_reply("Internal timeout").encode_into(&mut out);
+                        reply::error(&NgError::InternalTimeout).encode_into(&mut out);
                         let _ = sock.send_to(&out, peer).await;
                         continue;
                     }
@@ -1213,7 +1224,7 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
                 }
                 let reply = match tokio::time::timeout(NG_WAIT, rx).await {
                     Ok(Ok(r)) => r,
-                    _ => error_reply("Internal timeout"),
+                    _ => reply::error(&NgError::InternalTimeout),
                 };
                 (cookie, reply)
             }

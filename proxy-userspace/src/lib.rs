@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod egress;
 pub mod ethtool;
 pub mod fallback;
+pub mod flow;
 pub mod frame;
 pub mod io;
 pub mod netdev;

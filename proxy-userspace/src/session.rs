@@ -48,7 +48,7 @@ use proxy_common::{
     probe::{Kind, ProbeMessage, Trust},
 };
 
-use crate::dataplane::{FlowSpec, MismatchPolicy};
+use crate::flow::{FlowSpec, MismatchPolicy};
 
 pub type StreamId = u64;
 

@@ -1,7 +1,10 @@
 //! Calls as the call server sees them, on top of the session engine: offer/answer (RFC 3264)
-//! keyed by Call-ID and tags, port allocation, SDP rewriting, teardown, timeouts, and the
-//! replies of every ng command. Sans-IO: requests in, replies and engine outputs out; the
-//! kernel's counters come in through [`FlowStats`].
+//! keyed by Call-ID and tags, port allocation, SDP rewriting, teardown and timeouts. Sans-IO:
+//! typed requests ([`Request`]) in, typed replies ([`Reply`]) out; [`super::reply`] writes
+//! them as ng dictionaries. The session engine is not
+//! ours: the daemon owns it beside the calls and lends it to each command that creates,
+//! updates, removes or reads streams, and the kernel's counters come in as a [`KernelView`]
+//! for the commands that report them.
 //!
 //! One call has two sides: A, whose tag came with the first offer, and B. Each m= line gets a
 //! port pair (RTP even, RTCP next) facing each side; its RTP and its RTCP are each a stream of
@@ -16,18 +19,18 @@ use std::{
 
 use proxy_common::{Endpoint, FlowCounters, FlowState};
 
+pub use super::error::NgError;
 use super::{
-    bencode::{Dict, Value},
-    flags::{self, Family, Options},
+    bencode::Dict,
+    command::{Command, CommandKind, Delete, OfferAnswer, Probe, Request},
+    flags::{Family, Options},
+    reply::{
+        self, CallReport, CallState, ListedCall, ListedMedia, MediaReport, Reply, SideReport,
+        Statistics, StreamReport,
+    },
     sdp::{self, MediaRewrite},
 };
-use crate::{
-    ng_dict,
-    session::{
-        Engine, EngineConfig, Latching, ProbePhase, Side, SideStatus, StreamConfig, StreamId,
-        StreamUpdate, Unblocked,
-    },
-};
+use crate::session::{Engine, Latching, Side, StreamConfig, StreamId, StreamUpdate};
 
 /// A local address the relay owns, with rtpengine's `--interface NAME/ADDR[!ADVERTISED]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,21 +123,24 @@ impl Default for CallsConfig {
     }
 }
 
-/// The kernel's view of a flow, by the relay endpoint that keys it.
-pub trait FlowStats {
-    fn counters(&self, key: &Endpoint) -> Option<FlowCounters>;
+/// What the kernel counted on one flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFlow {
+    pub counters: FlowCounters,
     /// When the kernel last accepted a packet on the flow.
-    fn last_seen(&self, key: &Endpoint) -> Option<Instant>;
+    pub last_seen: Option<Instant>,
 }
 
-/// No kernel (tests).
-impl FlowStats for () {
-    fn counters(&self, _: &Endpoint) -> Option<FlowCounters> {
-        None
-    }
-    fn last_seen(&self, _: &Endpoint) -> Option<Instant> {
-        None
-    }
+/// The kernel's view of a flow, by the relay endpoint that keys it, read when a command
+/// reports it; `&|_| None` where there is no kernel (tests, fuzzing).
+pub type KernelView<'a> = &'a dyn Fn(&Endpoint) -> Option<KernelFlow>;
+
+fn counters_of(kernel: KernelView<'_>, key: &Endpoint) -> FlowCounters {
+    kernel(key).map(|k| k.counters).unwrap_or_default()
+}
+
+fn last_seen_of(kernel: KernelView<'_>, key: &Endpoint) -> Option<Instant> {
+    kernel(key).and_then(|k| k.last_seen)
 }
 
 /// Even ports for RTP in `[min, max)`, each with the odd port after it for RTCP. A pair is
@@ -226,44 +232,59 @@ struct Call {
 /// Counters for `statistics`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NgCounters {
-    pub commands: [u64; COMMANDS.len()],
+    /// By [`CommandKind::index`].
+    pub commands: [u64; CommandKind::ALL.len()],
     pub errors: u64,
     pub managed_sessions: u64,
     pub timeout_sessions: u64,
     pub deleted_sessions: u64,
 }
 
-pub const COMMANDS: [&str; 8] = [
-    "ping",
-    "offer",
-    "answer",
-    "delete",
-    "query",
-    "list",
-    "statistics",
-    "probe",
-];
-
-/// What a request's failure says.
-#[derive(Debug)]
-pub struct NgError(pub String);
-
-type NgResult = Result<Dict, NgError>;
-
-fn err(s: impl Into<String>) -> NgError {
-    NgError(s.into())
+/// The RTP and RTCP endpoints one side signalled for a media section (none while on hold).
+struct Remotes {
+    rtp: Option<Endpoint>,
+    rtcp: Option<Endpoint>,
 }
 
-/// rtpengine's words when its session limit is reached: Kamailio, which announces
-/// `supports: ["load limit"]`, then moves the call to its next relay.
-const LOAD_LIMIT: &str = "Parallel session limit reached";
+impl Remotes {
+    fn of(m: &sdp::Media, o: &Options) -> Self {
+        let source_ip = |ip: IpAddr| {
+            if o.sip_source_address {
+                o.received_from.unwrap_or(ip)
+            } else {
+                ip
+            }
+        };
+        let rtcp = m.rtcp_endpoint();
+        Self {
+            rtp: (!m.is_held()).then(|| Endpoint::from(SocketAddr::new(source_ip(m.addr), m.port))),
+            rtcp: (!m.is_held())
+                .then(|| Endpoint::from(SocketAddr::new(source_ip(rtcp.ip()), rtcp.port()))),
+        }
+    }
+}
 
+/// What one offer or answer asks of its call's streams, worked out once for all its media.
+struct Signal<'a> {
+    call_id: &'a str,
+    /// The side the SDP came from.
+    sender: Side,
+    /// Next relays by side, with their probe ports.
+    relays: [Option<SocketAddr>; 2],
+    session_tag: u64,
+    latching: [Latching; 2],
+    strict_source: bool,
+    o: &'a Options,
+    now: Instant,
+}
+
+/// Every call the relay holds, its ports, and the ng counters. The streams of its calls live
+/// in the session engine that each command is lent.
 pub struct Calls {
     cfg: CallsConfig,
     /// The host's own addresses: never a media destination, unless they name one of this
     /// relay's own allocated endpoints (a call that loops through the relay twice).
     local_addrs: std::collections::HashSet<IpAddr>,
-    engine: Engine,
     calls: HashMap<String, Call>,
     pools: Vec<PortPool>,
     /// Picks ports; seeded by the caller (from the OS in the daemon).
@@ -274,7 +295,7 @@ pub struct Calls {
 
 impl Calls {
     #[must_use]
-    pub fn new(cfg: CallsConfig, engine: EngineConfig, seed: u64) -> Self {
+    pub fn new(cfg: CallsConfig, seed: u64) -> Self {
         use rand::SeedableRng;
         let pools = cfg
             .interfaces
@@ -288,7 +309,6 @@ impl Calls {
             .flatten()
             .collect();
         Self {
-            engine: Engine::new(engine, seed),
             local_addrs,
             cfg,
             calls: HashMap::new(),
@@ -322,27 +342,15 @@ impl Calls {
     /// An SDP endpoint the relay may send to: not loopback, multicast, broadcast or
     /// unspecified, and not one of the host's own addresses unless it is one of this relay's
     /// allocated endpoints, where the call is joined inside the relay.
-    fn check_sdp_endpoint(&self, ep: Endpoint) -> Result<(), NgError> {
-        let ip = ep.ip().map_or_else(|| "?".to_owned(), |i| i.to_string());
+    fn check_sdp_endpoint(&self, engine: &Engine, ep: Endpoint) -> Result<(), NgError> {
         if crate::session::is_martian(&ep) {
-            return Err(err(format!("Invalid address in SDP: {ip}")));
+            return Err(NgError::MartianSdpAddress(ep.ip()));
         }
         let own = ep.ip().is_some_and(|i| self.local_addrs.contains(&i));
-        if own && self.engine.stream_of(&ep).is_none() {
-            return Err(err(format!(
-                "Invalid address in SDP: {ip} is the relay's own"
-            )));
+        if own && engine.stream_of(&ep).is_none() {
+            return Err(NgError::OwnSdpAddress(ep.ip()));
         }
         Ok(())
-    }
-
-    pub fn engine(&mut self) -> &mut Engine {
-        &mut self.engine
-    }
-
-    #[must_use]
-    pub fn engine_ref(&self) -> &Engine {
-        &self.engine
     }
 
     #[must_use]
@@ -360,62 +368,66 @@ impl Calls {
         self.pools.iter().map(|p| p.used).sum()
     }
 
-    /// Handles one ng request; the reply always has `result` (and `error-reason` on error).
+    /// Parses, runs and renders one ng request; the reply always has `result` (and
+    /// `error-reason` on error).
     pub fn handle(
         &mut self,
+        engine: &mut Engine,
         req: &Dict,
         now: Instant,
         wall: SystemTime,
-        kstats: &dyn FlowStats,
+        kernel: KernelView<'_>,
     ) -> Dict {
-        let command = req.get_str("command").unwrap_or_default().to_owned();
-        if let Some(i) = COMMANDS.iter().position(|c| *c == command) {
-            self.counters.commands[i] += 1;
+        self.respond(engine, &Request::parse(req), now, wall, kernel)
+    }
+
+    /// Runs a parsed request and renders its reply.
+    pub fn respond(
+        &mut self,
+        engine: &mut Engine,
+        req: &Request,
+        now: Instant,
+        wall: SystemTime,
+        kernel: KernelView<'_>,
+    ) -> Dict {
+        let outcome = self.execute(engine, req, now, wall, kernel);
+        reply::render(req, outcome, wall)
+    }
+
+    /// Runs a parsed request: counted under its command even when malformed, and as an error
+    /// when it fails.
+    pub fn execute(
+        &mut self,
+        engine: &mut Engine,
+        req: &Request,
+        now: Instant,
+        wall: SystemTime,
+        kernel: KernelView<'_>,
+    ) -> Result<Reply, NgError> {
+        if let Some(k) = req.kind {
+            self.counters.commands[k.index()] += 1;
         }
-        let opts = flags::parse(req);
-        let result = match command.as_str() {
-            "ping" => Ok(ng_dict! {}),
-            "offer" => self.offer_answer(req, &opts, true, now, wall),
-            "answer" => self.offer_answer(req, &opts, false, now, wall),
-            "delete" => self.delete(req, &opts, now, wall, kstats),
-            "query" => self.query(req, wall, kstats),
-            "list" => self.list(req),
-            "statistics" => Ok(self.statistics(wall, kstats)),
-            "probe" => self.probe(req, &opts, now),
-            "" if req.get("command").is_none() => {
-                Err(err("Dictionary contains no key \"command\""))
-            }
-            _ => Err(err("Unrecognized command")),
+        let o = &req.options;
+        let outcome = match &req.command {
+            Err(e) => Err(e.clone()),
+            Ok(Command::Ping) => Ok(Reply::Pong),
+            Ok(Command::Offer(r)) => self.offer_answer(engine, r, o, true, now, wall),
+            Ok(Command::Answer(r)) => self.offer_answer(engine, r, o, false, now, wall),
+            Ok(Command::Delete(r)) => self.delete(engine, r, o, now, kernel),
+            Ok(Command::Query { call_id }) => self.query(engine, call_id, kernel),
+            Ok(Command::List { limit }) => Ok(Reply::List(self.list(engine, *limit))),
+            Ok(Command::Statistics) => Ok(Reply::Statistics(self.statistics(engine, wall, kernel))),
+            Ok(Command::Probe(r)) => self.probe(engine, r, o, now).map(Reply::Probes),
         };
-        match result {
-            Ok(mut reply) => {
-                let mut warnings = opts.warnings;
-                if let Some(Value::Bytes(w)) = reply.get("warning") {
-                    warnings.insert(0, String::from_utf8_lossy(w).into_owned());
-                }
-                if !warnings.is_empty() {
-                    reply.set("warning", Value::from(warnings.join("; ")));
-                }
-                reply.push(
-                    "result",
-                    Value::str(if command == "ping" { "pong" } else { "ok" }),
-                );
-                reply
-            }
-            Err(NgError(reason)) if reason == LOAD_LIMIT && opts.supports_load_limit => {
-                self.counters.errors += 1;
-                ng_dict! { "result" => "load limit", "message" => reason }
-            }
-            Err(NgError(reason)) => {
-                self.counters.errors += 1;
-                ng_dict! { "result" => "error", "error-reason" => reason }
-            }
+        if outcome.is_err() {
+            self.counters.errors += 1;
         }
+        outcome
     }
 
     fn iface_for(&self, name: Option<&str>, family: Option<Family>) -> Result<usize, NgError> {
         if self.cfg.interfaces.is_empty() {
-            return Err(err("no interface configured"));
+            return Err(NgError::NoInterface);
         }
         let fam_ok = |i: &Interface| match family {
             Some(Family::V4) => i.addr.is_ipv4(),
@@ -435,98 +447,150 @@ impl Calls {
             .interfaces
             .iter()
             .position(fam_ok)
-            .ok_or_else(|| err("no interface of the requested address family"))
+            .ok_or(NgError::NoInterfaceOfFamily)
     }
 
+    /// An offer or an answer: the call and its streams follow the SDP, and the SDP comes back
+    /// rewritten for the side that receives it.
     fn offer_answer(
         &mut self,
-        req: &Dict,
+        engine: &mut Engine,
+        r: &OfferAnswer,
         o: &Options,
         is_offer: bool,
         now: Instant,
         wall: SystemTime,
-    ) -> NgResult {
-        let sdp_bytes = req
-            .get_any(&["sdp", "SDP"])
-            .and_then(Value::as_bytes)
-            .ok_or_else(|| err("No SDP body in message"))?;
-        let call_id = req
-            .get_any(&["call-id", "call-ID", "call id", "call ID"])
-            .and_then(Value::as_str)
-            .ok_or_else(|| err("No call-id in message"))?
-            .to_owned();
-        let from_tag = req
-            .get_str("from-tag")
-            .ok_or_else(|| err("No from-tag in message"))?
-            .to_owned();
-        let to_tag = req.get_str("to-tag").map(str::to_owned);
-        if !is_offer && to_tag.is_none() {
-            return Err(err("No to-tag in message"));
+    ) -> Result<Reply, NgError> {
+        let parsed = sdp::parse(&r.sdp).map_err(NgError::BadSdp)?;
+        self.admit(engine, &r.call_id, parsed.media.len(), is_offer)?;
+        let new_call = !self.calls.contains_key(&r.call_id);
+        if new_call {
+            self.open_call(r, o, wall)?;
         }
-        let parsed = sdp::parse(sdp_bytes).map_err(|e| err(format!("Failed to parse SDP: {e}")))?;
-        if parsed.media.len() > self.cfg.max_media {
-            return Err(err(format!(
-                "Too many media sections ({}, at most {})",
-                parsed.media.len(),
-                self.cfg.max_media
-            )));
+        let sender = self.take_signal(r, o, is_offer, wall)?;
+        let call = self.calls.get(&r.call_id).ok_or(NgError::UnknownCallId)?;
+        let probe_port = self.cfg.probe_port;
+        let mut relays: [Option<SocketAddr>; 2] = [None, None];
+        relays[sender as usize] = o.next_relay.map(|x| x.with_default_port(probe_port));
+        relays[sender.other() as usize] = o
+            .next_relay_recipient
+            .map(|x| x.with_default_port(probe_port));
+        let signal = Signal {
+            call_id: &r.call_id,
+            sender,
+            relays,
+            session_tag: tag_of(&r.call_id),
+            latching: call.asymmetric.map(|a| {
+                if a {
+                    Latching::Asymmetric
+                } else {
+                    Latching::Symmetric
+                }
+            }),
+            strict_source: call.strict_source,
+            o,
+            now,
+        };
+        let mut created = Vec::new();
+        if let Err(e) = self.apply_media(engine, &parsed, &signal, &mut created) {
+            // Nothing allocated for this request survives a failure. Last first: releasing a
+            // media section truncates the call's list there, which would hide later ones.
+            for (media, ports) in created.into_iter().rev() {
+                self.release_media(engine, &r.call_id, media, ports);
+            }
+            if new_call {
+                self.calls.remove(&r.call_id);
+                self.counters.managed_sessions -= 1;
+            }
+            return Err(e);
         }
-        if !is_offer && !self.calls.contains_key(&call_id) {
-            return Err(err("Unknown call-id"));
+        self.rewrite_for(&r.call_id, &parsed, sender.other(), o)
+            .map(Reply::Sdp)
+    }
+
+    /// Whether the relay takes this offer or answer at all, before anything is allocated.
+    fn admit(
+        &self,
+        engine: &Engine,
+        call_id: &str,
+        medias: usize,
+        is_offer: bool,
+    ) -> Result<(), NgError> {
+        if medias > self.cfg.max_media {
+            return Err(NgError::TooManyMedia {
+                got: medias,
+                max: self.cfg.max_media,
+            });
         }
-        if !self.calls.contains_key(&call_id) && self.call_count() >= self.cfg.max_calls {
-            return Err(err(LOAD_LIMIT));
+        let known = self.calls.get(call_id);
+        if !is_offer && known.is_none() {
+            return Err(NgError::UnknownCallId);
         }
-        let known = self.calls.get(&call_id).map_or(0, |c| c.medias.len());
-        let new_medias = parsed.media.len().saturating_sub(known);
-        let flows_now = self.engine.stream_count() * 2;
+        if known.is_none() && self.call_count() >= self.cfg.max_calls {
+            return Err(NgError::LoadLimit);
+        }
+        let new_medias = medias.saturating_sub(known.map_or(0, |c| c.medias.len()));
+        let flows_now = engine.stream_count() * 2;
         if flows_now + new_medias * FLOWS_PER_MEDIA > self.cfg.max_flows {
-            return Err(err(LOAD_LIMIT));
+            return Err(NgError::LoadLimit);
         }
+        Ok(())
+    }
+
+    /// A call's first offer: its record, with the interfaces its sides face.
+    fn open_call(&mut self, r: &OfferAnswer, o: &Options, wall: SystemTime) -> Result<(), NgError> {
+        let a = self.iface_for(o.direction[0].as_deref(), None)?;
+        let b = self.iface_for(o.direction[1].as_deref(), o.address_family)?;
+        self.calls.insert(
+            r.call_id.clone(),
+            Call {
+                created: wall,
+                last_signal: wall,
+                tags: [Some(r.from_tag.clone()), r.to_tag.clone()],
+                via_branch: r.via_branch.clone(),
+                ifaces: [a, b],
+                medias: Vec::new(),
+                asymmetric: [false; 2],
+                strict_source: false,
+                delete_at: None,
+                ended: None,
+            },
+        );
+        self.counters.managed_sessions += 1;
+        Ok(())
+    }
+
+    /// Which side sent this SDP, by its tag; the call takes the signal's tags and options.
+    fn take_signal(
+        &mut self,
+        r: &OfferAnswer,
+        o: &Options,
+        is_offer: bool,
+        wall: SystemTime,
+    ) -> Result<Side, NgError> {
         // rtpengine's convention: an answer's SDP comes from the to-tag's side.
         let sender_tag = if is_offer {
-            from_tag.clone()
+            r.from_tag.as_str()
         } else {
-            to_tag.clone().unwrap_or_default()
+            r.to_tag.as_deref().unwrap_or_default()
         };
-
-        let new_call = !self.calls.contains_key(&call_id);
-        if new_call {
-            let a = self.iface_for(o.direction[0].as_deref(), None)?;
-            let b = self.iface_for(o.direction[1].as_deref(), o.address_family)?;
-            self.calls.insert(
-                call_id.clone(),
-                Call {
-                    created: wall,
-                    last_signal: wall,
-                    tags: [Some(from_tag.clone()), to_tag.clone()],
-                    via_branch: req.get_str("via-branch").map(str::to_owned),
-                    ifaces: [a, b],
-                    medias: Vec::new(),
-                    asymmetric: [false; 2],
-                    strict_source: false,
-                    delete_at: None,
-                    ended: None,
-                },
-            );
-            self.counters.managed_sessions += 1;
-        }
-        let call = self.calls.get_mut(&call_id).expect("inserted above");
+        let call = self
+            .calls
+            .get_mut(&r.call_id)
+            .ok_or(NgError::UnknownCallId)?;
         if call.ended.is_some() {
-            return Err(err("Call has ended"));
+            return Err(NgError::CallEnded);
         }
-        let sender = if call.tags[0].as_deref() == Some(sender_tag.as_str()) {
+        let sender = if call.tags[0].as_deref() == Some(sender_tag) {
             Side::A
-        } else if call.tags[1].is_none() || call.tags[1].as_deref() == Some(sender_tag.as_str()) {
-            call.tags[1] = Some(sender_tag.clone());
-            Side::B
         } else {
-            // A new tag on an existing call (forking): it takes over side B.
-            call.tags[1] = Some(sender_tag.clone());
+            // Side B's tag, its first one, or a new tag on an existing call (forking): it
+            // takes over side B.
+            call.tags[1] = Some(sender_tag.to_owned());
             Side::B
         };
         let recipient = sender.other();
-        if let Some(t) = &to_tag
+        if let Some(t) = &r.to_tag
             && call.tags[recipient as usize].is_none()
         {
             call.tags[recipient as usize] = Some(t.clone());
@@ -535,39 +599,18 @@ impl Calls {
         call.delete_at = None;
         call.asymmetric[sender as usize] = o.asymmetric;
         call.strict_source |= o.strict_source;
+        Ok(sender)
+    }
 
-        let probe_port = self.cfg.probe_port;
-        let mut relays: [Option<SocketAddr>; 2] = [None, None];
-        relays[sender as usize] = o.next_relay.map(|r| r.with_default_port(probe_port));
-        relays[recipient as usize] = o
-            .next_relay_recipient
-            .map(|r| r.with_default_port(probe_port));
-        let session_tag = tag_of(&call_id);
-
-        let mut created = Vec::new();
-        let result = self.apply_media(
-            &call_id,
-            &parsed,
-            o,
-            sender,
-            relays,
-            session_tag,
-            now,
-            &mut created,
-        );
-        if let Err(e) = result {
-            // Nothing allocated for this request survives a failure. Last first: releasing a
-            // media section truncates the call's list there, which would hide later ones.
-            for (media, ports) in created.into_iter().rev() {
-                self.release_media(&call_id, media, ports);
-            }
-            if new_call {
-                self.calls.remove(&call_id);
-                self.counters.managed_sessions -= 1;
-            }
-            return Err(e);
-        }
-        let call = &self.calls[&call_id];
+    /// The SDP for `recipient`: the relay's address and ports facing it.
+    fn rewrite_for(
+        &self,
+        call_id: &str,
+        parsed: &sdp::Sdp<'_>,
+        recipient: Side,
+        o: &Options,
+    ) -> Result<Vec<u8>, NgError> {
+        let call = self.calls.get(call_id).ok_or(NgError::UnknownCallId)?;
         let iface = &self.cfg.interfaces[call.ifaces[recipient as usize]];
         let addr = o.media_address.unwrap_or_else(|| iface.sdp_addr());
         let rw = sdp::Rewrite {
@@ -588,171 +631,144 @@ impl Calls {
             remove_ice: o.ice_remove,
             rtcp_attr: o.rtcp_attr,
         };
-        let body = sdp::rewrite(&parsed, &rw);
-        Ok(ng_dict! { "sdp" => Value::Bytes(body) })
+        Ok(sdp::rewrite(parsed, &rw))
     }
 
     /// Creates or updates the streams of each m= line. `created` collects what this request
     /// allocated, so that a failure can undo it.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site; the arguments are the request's parts"
-    )]
     fn apply_media(
         &mut self,
-        call_id: &str,
+        engine: &mut Engine,
         parsed: &sdp::Sdp<'_>,
-        o: &Options,
-        sender: Side,
-        relays: [Option<SocketAddr>; 2],
-        session_tag: u64,
-        now: Instant,
+        sig: &Signal<'_>,
         created: &mut Vec<(usize, [u16; 2])>,
     ) -> Result<(), NgError> {
-        let s = sender as usize;
+        let s = sig.sender as usize;
         for (i, m) in parsed.media.iter().enumerate() {
-            let source_ip = |ip: IpAddr| {
-                if o.sip_source_address {
-                    o.received_from.unwrap_or(ip)
-                } else {
-                    ip
-                }
-            };
-            let remote_rtp =
-                (!m.is_held()).then(|| Endpoint::from(SocketAddr::new(source_ip(m.addr), m.port)));
-            let rtcp_sa = m.rtcp_endpoint();
-            let remote_rtcp = (!m.is_held())
-                .then(|| Endpoint::from(SocketAddr::new(source_ip(rtcp_sa.ip()), rtcp_sa.port())));
-            let mux_offered = m.rtcp_mux;
+            let remote = Remotes::of(m, sig.o);
             if !m.is_disabled() {
-                for ep in [remote_rtp, remote_rtcp].into_iter().flatten() {
-                    self.check_sdp_endpoint(ep)?;
+                for ep in [remote.rtp, remote.rtcp].into_iter().flatten() {
+                    self.check_sdp_endpoint(engine, ep)?;
                 }
             }
-            let call = self.calls.get_mut(call_id).expect("caller checked");
-            let asym = call.asymmetric;
-            let strict = call.strict_source;
-            let latching = asym.map(|a| {
-                if a {
-                    Latching::Asymmetric
-                } else {
-                    Latching::Symmetric
-                }
-            });
-            if let Some(existing) = call.medias.get_mut(i) {
-                existing.rtcp_mux[s] = mux_offered;
-                existing.rtcp_mux[1 - s] = mux_decision(&o.rtcp_mux, mux_offered);
-                if m.is_disabled() || existing.rtp.is_none() {
-                    continue;
-                }
-                let mut upd = StreamUpdate {
-                    latching: latching.map(Some),
-                    strict_source: Some(strict),
-                    ..StreamUpdate::default()
-                };
-                upd.next_relay = relays;
-                upd.remote[s] = remote_rtp;
-                upd.sip_source[s] = o.received_from;
-                upd.signalled[s] = true;
-                upd.receives[s] = Some(receives(m));
-                let (rtp, rtcp) = (existing.rtp, existing.rtcp);
-                if let Some(id) = rtp {
-                    self.engine
-                        .update_stream(id, &upd, now)
-                        .map_err(|e| err(e.to_string()))?;
-                }
-                upd.remote[s] = remote_rtcp;
-                upd.next_relay = [None, None];
-                // RTCP flows whatever the direction (RFC 3264 section 5.1).
-                upd.receives[s] = None;
-                if let Some(id) = rtcp {
-                    self.engine
-                        .update_stream(id, &upd, now)
-                        .map_err(|e| err(e.to_string()))?;
-                }
+            let call = self
+                .calls
+                .get_mut(sig.call_id)
+                .ok_or(NgError::UnknownCallId)?;
+            let Some(existing) = call.medias.get_mut(i) else {
+                self.add_media(engine, i, m, &remote, sig, created)?;
                 continue;
-            }
-            let mut media = CallMedia {
-                kind: m.kind.clone(),
-                proto: m.proto.clone(),
-                codec: m.codec.clone(),
-                ports: [0, 0],
-                rtp: None,
-                rtcp: None,
-                rtcp_mux: [false; 2],
-                timed_out: false,
             };
-            media.rtcp_mux[s] = mux_offered;
-            media.rtcp_mux[1 - s] = mux_decision(&o.rtcp_mux, mux_offered);
-            if m.is_disabled() {
-                call.medias.push(media);
-                continue;
+            existing.rtcp_mux[s] = m.rtcp_mux;
+            existing.rtcp_mux[1 - s] = mux_decision(&sig.o.rtcp_mux, m.rtcp_mux);
+            if !m.is_disabled() && existing.rtp.is_some() {
+                update_streams(engine, [existing.rtp, existing.rtcp], m, &remote, sig)?;
             }
-            let ifaces = call.ifaces;
-            let mut ports = [0u16; 2];
-            for side in [0, 1] {
-                let Some(p) = self.pools[ifaces[side]].alloc(&mut self.rng) else {
-                    // The first side's pair is not in `created` yet: give it back here.
-                    if side == 1 {
-                        self.pools[ifaces[0]].free(ports[0]);
-                    }
-                    return Err(err("Ran out of ports"));
-                };
-                ports[side] = p;
-            }
-            created.push((i, ports));
-            let local = |side: usize, port: u16| {
-                Endpoint::from(SocketAddr::new(
-                    self.cfg.interfaces[ifaces[side]].addr,
-                    port,
-                ))
-            };
-            let mut rtp_cfg = StreamConfig::new(local(0, ports[0]), local(1, ports[1]));
-            rtp_cfg.latching = latching;
-            rtp_cfg.strict_source = strict;
-            rtp_cfg.session_tag = session_tag;
-            rtp_cfg.next_relay = relays;
-            rtp_cfg.remote[s] = remote_rtp;
-            rtp_cfg.sip_source[s] = o.received_from;
-            rtp_cfg.receives[s] = receives(m);
-            let mut rtcp_cfg = StreamConfig::new(local(0, ports[0] + 1), local(1, ports[1] + 1));
-            rtcp_cfg.latching = latching;
-            rtcp_cfg.strict_source = strict;
-            rtcp_cfg.session_tag = session_tag;
-            rtcp_cfg.remote[s] = remote_rtcp;
-            rtcp_cfg.sip_source[s] = o.received_from;
-            media.ports = ports;
-            let rtp_id = self
-                .engine
-                .add_stream(rtp_cfg)
-                .map_err(|e| err(e.to_string()))?;
-            media.rtp = Some(rtp_id);
-            rtcp_cfg.rtp_stream = Some(rtp_id);
-            let call = self.calls.get_mut(call_id).expect("caller checked");
-            call.medias.push(media);
-            let rtcp = self
-                .engine
-                .add_stream(rtcp_cfg)
-                .map_err(|e| err(e.to_string()))?;
-            let call = self.calls.get_mut(call_id).expect("caller checked");
-            call.medias.last_mut().expect("pushed").rtcp = Some(rtcp);
         }
-        let call = self.calls.get(call_id).expect("caller checked");
+        let call = self.calls.get(sig.call_id).ok_or(NgError::UnknownCallId)?;
         if call.medias.len() < parsed.media.len() {
-            return Err(err("Incomplete SDP specification"));
+            return Err(NgError::IncompleteSdp);
         }
         Ok(())
     }
 
+    /// A media section the call did not have: its ports and its RTP and RTCP streams (none
+    /// for a disabled one).
+    fn add_media(
+        &mut self,
+        engine: &mut Engine,
+        i: usize,
+        m: &sdp::Media,
+        remote: &Remotes,
+        sig: &Signal<'_>,
+        created: &mut Vec<(usize, [u16; 2])>,
+    ) -> Result<(), NgError> {
+        let s = sig.sender as usize;
+        let mut media = CallMedia {
+            kind: m.kind.clone(),
+            proto: m.proto.clone(),
+            codec: m.codec.clone(),
+            ports: [0, 0],
+            rtp: None,
+            rtcp: None,
+            rtcp_mux: [false; 2],
+            timed_out: false,
+        };
+        media.rtcp_mux[s] = m.rtcp_mux;
+        media.rtcp_mux[1 - s] = mux_decision(&sig.o.rtcp_mux, m.rtcp_mux);
+        let call = self
+            .calls
+            .get_mut(sig.call_id)
+            .ok_or(NgError::UnknownCallId)?;
+        if m.is_disabled() {
+            call.medias.push(media);
+            return Ok(());
+        }
+        let ifaces = call.ifaces;
+        let ports = self.alloc_ports(ifaces)?;
+        created.push((i, ports));
+        let local = |side: usize, port: u16| {
+            Endpoint::from(SocketAddr::new(
+                self.cfg.interfaces[ifaces[side]].addr,
+                port,
+            ))
+        };
+        let mut rtp_cfg = StreamConfig::new(local(0, ports[0]), local(1, ports[1]));
+        rtp_cfg.latching = sig.latching;
+        rtp_cfg.strict_source = sig.strict_source;
+        rtp_cfg.session_tag = sig.session_tag;
+        rtp_cfg.next_relay = sig.relays;
+        rtp_cfg.remote[s] = remote.rtp;
+        rtp_cfg.sip_source[s] = sig.o.received_from;
+        rtp_cfg.receives[s] = receives(m);
+        let mut rtcp_cfg = StreamConfig::new(local(0, ports[0] + 1), local(1, ports[1] + 1));
+        rtcp_cfg.latching = sig.latching;
+        rtcp_cfg.strict_source = sig.strict_source;
+        rtcp_cfg.session_tag = sig.session_tag;
+        rtcp_cfg.remote[s] = remote.rtcp;
+        rtcp_cfg.sip_source[s] = sig.o.received_from;
+        media.ports = ports;
+        let rtp_id = engine.add_stream(rtp_cfg)?;
+        media.rtp = Some(rtp_id);
+        rtcp_cfg.rtp_stream = Some(rtp_id);
+        let call = self
+            .calls
+            .get_mut(sig.call_id)
+            .ok_or(NgError::UnknownCallId)?;
+        call.medias.push(media);
+        let rtcp_id = engine.add_stream(rtcp_cfg)?;
+        if let Some(last) = call.medias.last_mut() {
+            last.rtcp = Some(rtcp_id);
+        }
+        Ok(())
+    }
+
+    /// A port pair facing each side of a call.
+    fn alloc_ports(&mut self, ifaces: [usize; 2]) -> Result<[u16; 2], NgError> {
+        let mut ports = [0u16; 2];
+        for side in [0, 1] {
+            let Some(p) = self.pools[ifaces[side]].alloc(&mut self.rng) else {
+                // The first side's pair is not in the request's allocations yet: give it
+                // back here.
+                if side == 1 {
+                    self.pools[ifaces[0]].free(ports[0]);
+                }
+                return Err(NgError::OutOfPorts);
+            };
+            ports[side] = p;
+        }
+        Ok(ports)
+    }
+
     /// Undoes the allocation of media `i` (a failed request).
-    fn release_media(&mut self, call_id: &str, i: usize, ports: [u16; 2]) {
+    fn release_media(&mut self, engine: &mut Engine, call_id: &str, i: usize, ports: [u16; 2]) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
         let ifaces = call.ifaces;
         if let Some(m) = call.medias.get_mut(i) {
             for id in [m.rtp.take(), m.rtcp.take()].into_iter().flatten() {
-                let _ = self.engine.remove_stream(id);
+                let _ = engine.remove_stream(id);
             }
         }
         call.medias.truncate(i);
@@ -764,7 +780,7 @@ impl Calls {
     }
 
     /// Tears a call's media down: streams, flows and ports. The record stays for `query`.
-    fn teardown(&mut self, call_id: &str, why: Ended, now: Instant) {
+    fn teardown(&mut self, engine: &mut Engine, call_id: &str, why: Ended, now: Instant) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -782,7 +798,7 @@ impl Calls {
             }
         }
         for id in streams {
-            let _ = self.engine.remove_stream(id);
+            let _ = engine.remove_stream(id);
         }
         for ports in to_free {
             for side in 0..2 {
@@ -797,40 +813,33 @@ impl Calls {
 
     fn delete(
         &mut self,
-        req: &Dict,
+        engine: &mut Engine,
+        r: &Delete,
         o: &Options,
         now: Instant,
-        wall: SystemTime,
-        kstats: &dyn FlowStats,
-    ) -> NgResult {
-        let call_id = req
-            .get_any(&["call-id", "call-ID", "call id", "call ID"])
-            .and_then(Value::as_str)
-            .ok_or_else(|| err("No call-id in message"))?
-            .to_owned();
-        let from_tag = req.get_str("from-tag").filter(|t| !t.is_empty());
-        let to_tag = req.get_str("to-tag").filter(|t| !t.is_empty());
-        let not_found = "Call-ID not found or tags didn't match";
-        let Some(call) = self.calls.get(&call_id).filter(|c| c.ended.is_none()) else {
-            if o.fatal {
-                return Err(err(not_found));
-            }
-            return Ok(ng_dict! { "warning" => not_found });
+        kernel: KernelView<'_>,
+    ) -> Result<Reply, NgError> {
+        let tags_match = |call: &Call| {
+            [&r.from_tag, &r.to_tag]
+                .into_iter()
+                .flatten()
+                .all(|t| call.tags.iter().flatten().any(|c| c == t))
         };
-        let tags_match = [from_tag, to_tag]
-            .iter()
-            .flatten()
-            .all(|t| call.tags.iter().flatten().any(|c| c == t));
-        if !tags_match {
-            if o.fatal {
-                return Err(err(not_found));
-            }
-            return Ok(ng_dict! { "warning" => not_found });
+        let found = self
+            .calls
+            .get(&r.call_id)
+            .is_some_and(|c| c.ended.is_none() && tags_match(c));
+        if !found {
+            return if o.fatal {
+                Err(NgError::CallNotFound)
+            } else {
+                Ok(Reply::NothingToDelete)
+            };
         }
-        let reply = if from_tag.is_some() {
-            self.call_stats(&call_id, wall, kstats)
+        let report = if r.from_tag.is_some() {
+            self.report(engine, &r.call_id, kernel)
         } else {
-            Dict::new()
+            None
         };
         // Any integer a client sends is taken, within bounds: negative means the default,
         // beyond an hour means an hour.
@@ -839,284 +848,152 @@ impl Calls {
             _ => self.cfg.delete_delay,
         };
         if delay.is_zero() {
-            self.teardown(&call_id, Ended::Deleted, now);
-            self.calls.remove(&call_id);
-        } else if let Some(call) = self.calls.get_mut(&call_id) {
+            self.teardown(engine, &r.call_id, Ended::Deleted, now);
+            self.calls.remove(&r.call_id);
+        } else if let Some(call) = self.calls.get_mut(&r.call_id) {
             call.delete_at = Some(now.checked_add(delay).unwrap_or(now));
         }
-        Ok(reply)
+        Ok(Reply::Deleted(report))
     }
 
-    fn query(&self, req: &Dict, wall: SystemTime, kstats: &dyn FlowStats) -> NgResult {
-        let call_id = req
-            .get_any(&["call-id", "call-ID", "call id", "call ID"])
-            .and_then(Value::as_str)
-            .ok_or_else(|| err("No call-id in message"))?;
-        if !self.calls.contains_key(call_id) {
-            return Err(err("Unknown call-id"));
-        }
-        Ok(self.call_stats(call_id, wall, kstats))
+    fn query(
+        &self,
+        engine: &Engine,
+        call_id: &str,
+        kernel: KernelView<'_>,
+    ) -> Result<Reply, NgError> {
+        self.report(engine, call_id, kernel)
+            .map(Reply::Query)
+            .ok_or(NgError::UnknownCallId)
     }
 
-    fn list(&self, req: &Dict) -> NgResult {
-        let limit = req.get("limit").and_then(Value::as_int).unwrap_or(32);
-        if limit < 0 {
-            return Err(err("invalid limit, must be >= 0"));
-        }
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LIST);
-        let mut ids: Vec<&String> = self.calls.keys().collect();
-        ids.sort();
-        ids.truncate(limit);
-        let states: Vec<Value> = ids
-            .iter()
-            .map(|id| {
-                let c = &self.calls[*id];
-                let state = match c.ended {
-                    Some((Ended::Timeout, _)) => "timed out",
-                    Some((Ended::Deleted, _)) => "deleted",
-                    None if c.delete_at.is_some() => "deleting",
-                    None if c.medias.iter().any(|m| m.timed_out) => "partly timed out",
-                    None => "active",
-                };
-                let mut d = ng_dict! { "call-id" => id.as_str(), "state" => state };
-                d.push("media", Value::str(&self.media_summary(c)));
-                Value::Dict(d)
-            })
-            .collect();
-        Ok(ng_dict! {
-            "calls" => ids.iter().map(|id| Value::str(id)).collect::<Vec<_>>(),
-            "mediaproxy" => ng_dict! { "calls" => states },
+    /// `query`'s view of a call, ended or not.
+    fn report(&self, engine: &Engine, call_id: &str, kernel: KernelView<'_>) -> Option<CallReport> {
+        let call = self.calls.get(call_id)?;
+        let state = match call_state(call) {
+            // `query` has no partial state: a call with live media is active.
+            CallState::PartlyTimedOut => CallState::Active,
+            s => s,
+        };
+        Some(CallReport {
+            created: call.created,
+            last_signal: call.last_signal,
+            sides: Side::BOTH.map(|side| side_report(engine, call, side, kernel)),
+            state,
         })
     }
 
-    /// Per RTP stream of a call, what each side's far end was and how long its media took to
-    /// go on: `"m0 A relay 3 ms, B endpoint 0 ms"` (`-` where nothing went on yet).
-    fn media_summary(&self, c: &Call) -> String {
-        let mut out = Vec::new();
-        for (i, m) in c.medias.iter().enumerate() {
-            let Some(st) = m.rtp.and_then(|id| self.engine.status(id)) else {
-                continue;
-            };
-            let side = |x: &SideStatus| {
-                let after = x
-                    .unblocked_after
-                    .map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis()));
-                format!("{} {after}", x.far_end.name())
-            };
-            out.push(format!("m{i} A {}, B {}", side(&st[0]), side(&st[1])));
-        }
-        out.join("; ")
+    fn list(&self, engine: &Engine, limit: usize) -> Vec<ListedCall> {
+        let mut ids: Vec<&String> = self.calls.keys().collect();
+        ids.sort();
+        ids.truncate(limit.min(MAX_LIST));
+        ids.into_iter()
+            .map(|id| {
+                let c = &self.calls[id];
+                ListedCall {
+                    call_id: id.clone(),
+                    state: call_state(c),
+                    media: c
+                        .medias
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, m)| {
+                            let [a, b] = engine.status(m.rtp?)?;
+                            Some(ListedMedia {
+                                index: i,
+                                far_end: [a.far_end, b.far_end],
+                                unblocked_after: [a.unblocked_after, b.unblocked_after],
+                            })
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
-    fn probe(&mut self, req: &Dict, o: &Options, now: Instant) -> NgResult {
-        let call_id = req
-            .get_any(&["call-id", "call-ID", "call id", "call ID"])
-            .and_then(Value::as_str)
-            .ok_or_else(|| err("No call-id in message"))?
-            .to_owned();
+    /// Starts probing toward a call's next relays now: how many streams do.
+    fn probe(
+        &mut self,
+        engine: &mut Engine,
+        r: &Probe,
+        o: &Options,
+        now: Instant,
+    ) -> Result<usize, NgError> {
         let call = self
             .calls
-            .get_mut(&call_id)
+            .get(&r.call_id)
             .filter(|c| c.ended.is_none())
-            .ok_or_else(|| err("Unknown call-id"))?;
+            .ok_or(NgError::UnknownCallId)?;
         // The side to probe toward: the one with `from-tag`, or every side with a next relay.
-        let sides: Vec<Side> = match req.get_str("from-tag") {
-            Some(t) => vec![
-                match call.tags.iter().position(|c| c.as_deref() == Some(t)) {
-                    Some(0) => Side::A,
-                    Some(_) => Side::B,
-                    None => return Err(err("Unknown tag")),
-                },
-            ],
+        let sides: Vec<Side> = match &r.from_tag {
+            Some(t) => vec![match call.tags.iter().position(|c| c.as_ref() == Some(t)) {
+                Some(0) => Side::A,
+                Some(_) => Side::B,
+                None => return Err(NgError::UnknownTag),
+            }],
             None => Side::BOTH.to_vec(),
         };
         let relay = o
             .next_relay
-            .map(|r| r.with_default_port(self.cfg.probe_port));
+            .map(|x| x.with_default_port(self.cfg.probe_port));
         let streams: Vec<StreamId> = call.medias.iter().filter_map(|m| m.rtp).collect();
         let mut probed = 0usize;
         let mut last_err = None;
         for id in streams {
             for &side in &sides {
-                if let Some(r) = relay {
+                if let Some(x) = relay {
                     let mut upd = StreamUpdate::default();
-                    upd.next_relay[side as usize] = Some(r);
-                    let _ = self.engine.update_stream(id, &upd, now);
+                    upd.next_relay[side as usize] = Some(x);
+                    let _ = engine.update_stream(id, &upd, now);
                 }
-                match self.engine.unblock(id, side, true, now) {
+                match engine.unblock(id, side, true, now) {
                     Ok(()) => probed += 1,
                     Err(e) => last_err = Some(e),
                 }
             }
         }
         if probed == 0 {
-            return Err(err(last_err.map_or_else(
-                || "No media to probe".to_owned(),
-                |e| format!("Cannot probe: {e}"),
-            )));
+            return Err(last_err.map_or(NgError::NoMediaToProbe, NgError::CannotProbe));
         }
-        Ok(ng_dict! { "probes" => probed })
+        Ok(probed)
     }
 
-    fn statistics(&self, wall: SystemTime, kstats: &dyn FlowStats) -> Dict {
-        let uptime = wall
-            .duration_since(self.started)
-            .unwrap_or_default()
-            .as_secs();
-        let (
-            mut k_packets,
-            mut k_bytes,
-            mut u_packets,
-            mut u_bytes,
-            mut kernel_media,
-            mut user_media,
-        ) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-        for id in self.engine.stream_ids() {
-            let Some(st) = self.engine.status(id) else {
+    fn statistics(&self, engine: &Engine, wall: SystemTime, kernel: KernelView<'_>) -> Statistics {
+        let mut st = Statistics {
+            uptime: wall.duration_since(self.started).unwrap_or_default(),
+            sessions: self.call_count(),
+            ports_in_use: self.ports_in_use(),
+            managed_sessions: self.counters.managed_sessions,
+            timeout_sessions: self.counters.timeout_sessions,
+            deleted_sessions: self.counters.deleted_sessions,
+            commands: self.counters.commands,
+            errors: self.counters.errors,
+            ..Statistics::default()
+        };
+        for id in engine.stream_ids() {
+            let Some(sides) = engine.status(id) else {
                 continue;
             };
             let mut forwarding = true;
-            for s in &st {
-                let k = kstats.counters(&s.local).unwrap_or_default();
-                k_packets += k.fwd_packets;
-                k_bytes += k.fwd_bytes;
-                u_packets += s.counters.sent;
-                u_bytes += s.counters.bytes;
+            for s in &sides {
+                let k = counters_of(kernel, &s.local);
+                st.kernel_packets += k.fwd_packets;
+                st.kernel_bytes += k.fwd_bytes;
+                st.user_packets += s.counters.sent;
+                st.user_bytes += s.counters.bytes;
                 forwarding &= s.state == FlowState::Forward;
             }
             if forwarding {
-                kernel_media += 1
+                st.media_kernel += 1;
             } else {
-                user_media += 1
+                st.media_user += 1;
             }
         }
-        let mut control = Dict::new();
-        for (i, c) in COMMANDS.iter().enumerate() {
-            control.push(
-                &format!("total{c}count"),
-                Value::from(self.counters.commands[i]),
-            );
-        }
-        control.push("errorcount", Value::from(self.counters.errors));
-        ng_dict! {
-            "statistics" => ng_dict! {
-                "currentstatistics" => ng_dict! {
-                    "sessionsown" => self.call_count(),
-                    "sessionstotal" => self.call_count(),
-                    "media_kernel" => kernel_media,
-                    "media_userspace" => user_media,
-                    "ports_in_use" => self.ports_in_use(),
-                },
-                "totalstatistics" => ng_dict! {
-                    "uptime" => uptime.to_string(),
-                    "managedsessions" => self.counters.managed_sessions,
-                    "timeoutsessions" => self.counters.timeout_sessions,
-                    "regularterminatedsessions" => self.counters.deleted_sessions,
-                    "relayedpackets_kernel" => k_packets,
-                    "relayedbytes_kernel" => k_bytes,
-                    "relayedpackets_user" => u_packets,
-                    "relayedbytes_user" => u_bytes,
-                    "relayedpackets" => k_packets + u_packets,
-                },
-                "controlstatistics" => control,
-            },
-        }
-    }
-
-    /// The query-style statistics of a call.
-    fn call_stats(&self, call_id: &str, wall: SystemTime, kstats: &dyn FlowStats) -> Dict {
-        let Some(call) = self.calls.get(call_id) else {
-            return Dict::new();
-        };
-        let epoch = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let mut tags = Dict::new();
-        let mut totals = [[0u64; 3]; 2]; // [RTP, RTCP] x [packets, bytes, errors]
-        for side in Side::BOTH {
-            let tag = call.tags[side as usize]
-                .clone()
-                .unwrap_or_else(|| format!("<untagged {}>", side as usize));
-            let mut medias = Vec::new();
-            for (i, m) in call.medias.iter().enumerate() {
-                let mut streams = Vec::new();
-                for (kind, id) in [("RTP", m.rtp), ("RTCP", m.rtcp)] {
-                    let Some(st) = id.and_then(|id| self.engine_ref().status(id)) else {
-                        continue;
-                    };
-                    let s = &st[side as usize];
-                    let k = kstats.counters(&s.local).unwrap_or_default();
-                    let ingress_p = k.fwd_packets + k.punt_packets;
-                    let ingress_b = k.fwd_bytes + k.punt_bytes;
-                    let t = &mut totals[usize::from(kind == "RTCP")];
-                    t[0] += ingress_p;
-                    t[1] += ingress_b;
-                    t[2] += k.mismatch_packets;
-                    let mut d = stream_dict(s, kind, &k, kstats.last_seen(&s.local), wall);
-                    d.set("stats", Value::Dict(ng_dict! { "packets" => ingress_p, "bytes" => ingress_b, "errors" => k.mismatch_packets }));
-                    streams.push(Value::Dict(d));
-                }
-                let mut flags = vec![
-                    Value::str("initialized"),
-                    Value::str("send"),
-                    Value::str("recv"),
-                ];
-                if m.rtcp_mux[side as usize] {
-                    flags.push(Value::str("rtcp-mux"));
-                }
-                if call.asymmetric[side as usize] {
-                    flags.push(Value::str("asymmetric"));
-                }
-                let mut md = ng_dict! { "index" => i + 1, "type" => m.kind.as_str(), "protocol" => m.proto.as_str() };
-                if let Some(c) = &m.codec {
-                    md.push("codec", Value::str(c));
-                }
-                md.push("streams", Value::List(streams));
-                md.push("flags", Value::List(flags));
-                if m.timed_out {
-                    md.push(
-                        "mediaproxy",
-                        Value::Dict(ng_dict! { "state" => "timed out" }),
-                    );
-                }
-                medias.push(Value::Dict(md));
-            }
-            let other = call.tags[1 - side as usize].clone().unwrap_or_default();
-            let mut td = ng_dict! { "tag" => tag.as_str() };
-            if side == Side::B
-                && let Some(b) = &call.via_branch
-            {
-                td.push("via-branch", Value::str(b));
-            }
-            td.push("created", Value::from(epoch(call.created).as_secs()));
-            let peer = Value::List(vec![Value::Dict(
-                ng_dict! { "tag" => other.as_str(), "type" => "offer/answer" },
-            )]);
-            td.push("subscriptions", peer.clone());
-            td.push("subscribers", peer);
-            td.push("medias", Value::List(medias));
-            tags.push(&tag, Value::Dict(td));
-        }
-        let total = |t: [u64; 3]| {
-            Value::Dict(ng_dict! { "packets" => t[0], "bytes" => t[1], "errors" => t[2] })
-        };
-        let state = match call.ended {
-            Some((Ended::Timeout, _)) => "timed out",
-            Some((Ended::Deleted, _)) => "deleted",
-            None if call.delete_at.is_some() => "deleting",
-            None => "active",
-        };
-        ng_dict! {
-            "created" => epoch(call.created).as_secs(),
-            "created_us" => u64::from(epoch(call.created).subsec_micros()),
-            "last signal" => epoch(call.last_signal).as_secs(),
-            "SSRC" => Dict::new(),
-            "tags" => tags,
-            "totals" => ng_dict! { "RTP" => total(totals[0]), "RTCP" => total(totals[1]) },
-            "mediaproxy" => ng_dict! { "state" => state },
-        }
+        st
     }
 
     /// Ends delayed deletes and idle media; call about once a second.
-    pub fn housekeeping(&mut self, now: Instant, kstats: &dyn FlowStats) {
+    pub fn housekeeping(&mut self, engine: &mut Engine, now: Instant, kernel: KernelView<'_>) {
         let due: Vec<String> = self
             .calls
             .iter()
@@ -1124,7 +1001,7 @@ impl Calls {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.teardown(&id, Ended::Deleted, now);
+            self.teardown(engine, &id, Ended::Deleted, now);
             self.calls.remove(&id);
         }
         let expired: Vec<String> = self
@@ -1161,8 +1038,8 @@ impl Calls {
                 let last = [m.rtp, m.rtcp]
                     .into_iter()
                     .flatten()
-                    .filter_map(|sid| self.engine.status(sid))
-                    .flat_map(|st| st.into_iter().map(|s| kstats.last_seen(&s.local)))
+                    .filter_map(|sid| engine.status(sid))
+                    .flat_map(|st| st.into_iter().map(|s| last_seen_of(kernel, &s.local)))
                     .flatten()
                     .max();
                 let idle = match last {
@@ -1180,14 +1057,20 @@ impl Calls {
                 .iter()
                 .any(|m| !m.timed_out && m.rtp.is_some());
             if !live && signal_age >= timeout {
-                self.teardown(&id, Ended::Timeout, now);
+                self.teardown(engine, &id, Ended::Timeout, now);
                 continue;
             }
-            self.time_out_medias(&id, &idle_medias, now);
+            self.time_out_medias(engine, &id, &idle_medias, now);
         }
     }
 
-    fn time_out_medias(&mut self, call_id: &str, idle: &[usize], now: Instant) {
+    fn time_out_medias(
+        &mut self,
+        engine: &mut Engine,
+        call_id: &str,
+        idle: &[usize],
+        now: Instant,
+    ) {
         if idle.is_empty() {
             return;
         }
@@ -1205,7 +1088,7 @@ impl Calls {
         }
         let all = call.medias.iter().all(|m| m.timed_out || m.ports == [0, 0]);
         for id in streams {
-            let _ = self.engine.remove_stream(id);
+            let _ = engine.remove_stream(id);
         }
         for p in ports {
             for side in 0..2 {
@@ -1213,8 +1096,94 @@ impl Calls {
             }
         }
         if all {
-            self.teardown(call_id, Ended::Timeout, now);
+            self.teardown(engine, call_id, Ended::Timeout, now);
         }
+    }
+}
+
+/// The RTP and RTCP streams of a media section the call already has, after a re-INVITE or
+/// the answer: the sender's side takes what its SDP says.
+fn update_streams(
+    engine: &mut Engine,
+    [rtp, rtcp]: [Option<StreamId>; 2],
+    m: &sdp::Media,
+    remote: &Remotes,
+    sig: &Signal<'_>,
+) -> Result<(), NgError> {
+    let s = sig.sender as usize;
+    let mut upd = StreamUpdate {
+        latching: sig.latching.map(Some),
+        strict_source: Some(sig.strict_source),
+        ..StreamUpdate::default()
+    };
+    upd.next_relay = sig.relays;
+    upd.remote[s] = remote.rtp;
+    upd.sip_source[s] = sig.o.received_from;
+    upd.signalled[s] = true;
+    upd.receives[s] = Some(receives(m));
+    if let Some(id) = rtp {
+        engine.update_stream(id, &upd, sig.now)?;
+    }
+    upd.remote[s] = remote.rtcp;
+    upd.next_relay = [None, None];
+    // RTCP flows whatever the direction (RFC 3264 section 5.1).
+    upd.receives[s] = None;
+    if let Some(id) = rtcp {
+        engine.update_stream(id, &upd, sig.now)?;
+    }
+    Ok(())
+}
+
+fn call_state(c: &Call) -> CallState {
+    match c.ended {
+        Some((Ended::Timeout, _)) => CallState::TimedOut,
+        Some((Ended::Deleted, _)) => CallState::Deleted,
+        None if c.delete_at.is_some() => CallState::Deleting,
+        None if c.medias.iter().any(|m| m.timed_out) => CallState::PartlyTimedOut,
+        None => CallState::Active,
+    }
+}
+
+/// One side of a call as `query` reports it, with the kernel's counters of its flows.
+fn side_report(engine: &Engine, call: &Call, side: Side, kernel: KernelView<'_>) -> SideReport {
+    let i = side as usize;
+    let medias = call
+        .medias
+        .iter()
+        .map(|m| MediaReport {
+            kind: m.kind.clone(),
+            proto: m.proto.clone(),
+            codec: m.codec.clone(),
+            streams: [(false, m.rtp), (true, m.rtcp)]
+                .into_iter()
+                .filter_map(|(rtcp, id)| {
+                    let [a, b] = engine.status(id?)?;
+                    let status = if side == Side::A { a } else { b };
+                    let k = kernel(&status.local);
+                    Some(StreamReport {
+                        rtcp,
+                        kernel: k.map(|k| k.counters).unwrap_or_default(),
+                        last_seen: k.and_then(|k| k.last_seen),
+                        status,
+                    })
+                })
+                .collect(),
+            rtcp_mux: m.rtcp_mux[i],
+            asymmetric: call.asymmetric[i],
+            timed_out: m.timed_out,
+        })
+        .collect();
+    SideReport {
+        tag: call.tags[i]
+            .clone()
+            .unwrap_or_else(|| format!("<untagged {i}>")),
+        peer_tag: call.tags[1 - i].clone().unwrap_or_default(),
+        via_branch: if side == Side::B {
+            call.via_branch.clone()
+        } else {
+            None
+        },
+        medias,
     }
 }
 
@@ -1232,118 +1201,6 @@ fn tag_of(call_id: &str) -> u64 {
     call_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-fn endpoint_dict(e: Option<Endpoint>) -> Value {
-    match e.and_then(|e| e.socket_addr()) {
-        Some(sa) => Value::Dict(ng_dict! {
-            "family" => if sa.is_ipv4() { "IPv4" } else { "IPv6" },
-            "address" => sa.ip().to_string(),
-            "port" => sa.port(),
-        }),
-        None => Value::Dict(Dict::new()),
-    }
-}
-
-fn stream_dict(
-    s: &SideStatus,
-    kind: &str,
-    k: &FlowCounters,
-    last_seen: Option<Instant>,
-    wall: SystemTime,
-) -> Dict {
-    let local = s.local.socket_addr();
-    let mut d = Dict::new();
-    if let Some(l) = local {
-        d.push("local port", Value::from(l.port()));
-        d.push("local address", Value::from(l.ip().to_string()));
-        d.push(
-            "family",
-            Value::str(if l.is_ipv4() { "IPv4" } else { "IPv6" }),
-        );
-    }
-    d.push("endpoint", endpoint_dict(s.latched));
-    d.push("advertised endpoint", endpoint_dict(s.remote));
-    if let Some(t) = last_seen {
-        let ago = Instant::now().saturating_duration_since(t);
-        let at = wall.checked_sub(ago).unwrap_or(wall);
-        d.push(
-            "last packet",
-            Value::from(
-                at.duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs(),
-            ),
-        );
-    }
-    let mut flags = vec![Value::str(kind), Value::str("filled")];
-    if s.latched.is_some() {
-        flags.push(Value::str("confirmed"));
-    }
-    if s.state == FlowState::Forward {
-        flags.push(Value::str("kernelized"));
-    }
-    d.push("flags", Value::List(flags));
-    let probe = match s.probe {
-        ProbePhase::Idle => ng_dict! { "state" => "idle" },
-        ProbePhase::Probing { attempts } => {
-            ng_dict! { "state" => "probing", "attempts" => u64::from(attempts) }
-        }
-        ProbePhase::Acked { rtt } => {
-            ng_dict! { "state" => "acked", "rtt ms" => rtt.as_millis() as u64 }
-        }
-        ProbePhase::Failed { attempts } => {
-            ng_dict! { "state" => "failed", "attempts" => u64::from(attempts) }
-        }
-        ProbePhase::Cancelled { attempts } => {
-            ng_dict! { "state" => "cancelled: the far side spoke first", "attempts" => u64::from(attempts) }
-        }
-    };
-    let mut mp = ng_dict! {
-        "state" => if s.state == FlowState::Forward { "FORWARD" } else { "HOLD" },
-        "latched" => if s.latched.is_some() { "yes" } else { "no" },
-    };
-    if let Some(dst) = s.destination {
-        mp.push("forwarding to", endpoint_dict(Some(dst)));
-    }
-    if let Some(after) = s.blocking_suspected {
-        mp.push(
-            "blocking suspected ms",
-            Value::from(after.as_millis() as u64),
-        );
-    }
-    if let Some(r) = s.next_relay {
-        mp.push("next relay", Value::from(r.to_string()));
-    }
-    mp.push("far end", Value::str(s.far_end.name()));
-    if let Some(after) = s.unblocked_after {
-        mp.push("unblocked after ms", Value::from(after.as_millis() as u64));
-    }
-    mp.push("probe", Value::Dict(probe));
-    if let Some(by) = s.unblocked {
-        mp.push(
-            "unblocked by",
-            Value::str(match by {
-                Unblocked::Ack => "ack",
-                Unblocked::Probe => "probe",
-                Unblocked::Command => "command",
-            }),
-        );
-    }
-    mp.push("packets xdp", Value::from(k.fwd_packets));
-    mp.push("bytes xdp", Value::from(k.fwd_bytes));
-    mp.push("packets userspace", Value::from(s.counters.packets));
-    mp.push("bytes userspace", Value::from(s.counters.bytes));
-    mp.push("sent by userspace", Value::from(s.counters.sent));
-    mp.push("packets punted", Value::from(k.punt_packets));
-    mp.push(
-        "rejected sources",
-        Value::from(s.counters.rejected + k.mismatch_packets),
-    );
-    mp.push("held", Value::from(s.held));
-    mp.push("held dropped", Value::from(s.counters.held_dropped));
-    d.push("mediaproxy", Value::Dict(mp));
-    d
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! rtpengine's ng control protocol: the codec ([`bencode`]), request options ([`flags`]), SDP
-//! rewriting ([`sdp`]), and the call model behind the commands ([`calls`]).
+//! rtpengine's ng control protocol: the codec ([`bencode`]), a request parsed once into a typed
+//! [`command::Command`] with its options ([`flags`]) or a typed [`error::NgError`], SDP
+//! rewriting ([`sdp`]), the call model behind the commands ([`calls`]), and the reply written
+//! from what the model answers ([`reply`]).
 
 pub mod bencode;
 pub mod calls;
 pub mod client;
+pub mod command;
+pub mod error;
 pub mod flags;
+pub mod reply;
 pub mod sdp;

@@ -182,6 +182,67 @@ fn static_codec(pt: &str) -> Option<&'static str> {
     })
 }
 
+/// An `m=` line (line `i` of `n`): the media section it opens, and its first payload type.
+fn media_line(v: &[u8], i: usize, n: usize) -> Result<(Media, Option<String>), SdpError> {
+    let bad = SdpError::BadMediaLine(i + 1);
+    let w: Vec<&[u8]> = words(v).collect();
+    if w.len() < 3 {
+        return Err(bad);
+    }
+    let kind = ascii(w[0]).ok_or(bad.clone())?.to_owned();
+    let port_s = ascii(w[1]).ok_or(bad.clone())?;
+    let port: u16 = port_s
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or(bad.clone())?;
+    let proto = ascii(w[2]).ok_or(bad)?.to_owned();
+    let first_pt = w.get(3).and_then(|p| ascii(p)).map(str::to_owned);
+    let media = Media {
+        kind,
+        port,
+        proto,
+        addr: IpAddr::from([0, 0, 0, 0]),
+        rtcp: None,
+        rtcp_mux: false,
+        ice: false,
+        direction: None,
+        codec: None,
+        first: i,
+        end: n,
+    };
+    Ok((media, first_pt))
+}
+
+/// An `a=` line inside a media section, whose first payload type is `first_pt`.
+fn media_attribute(m: &mut Media, v: &[u8], first_pt: Option<&str>) {
+    if let Some(r) = v.strip_prefix(b"rtcp:") {
+        let mut w = words(r);
+        let port = w.next().and_then(ascii).and_then(|p| p.parse().ok());
+        let rest: Vec<u8> = w
+            .flat_map(|x| x.iter().copied().chain(std::iter::once(b' ')))
+            .collect();
+        if let Some(port) = port {
+            m.rtcp = Some(RtcpAttr {
+                port,
+                addr: parse_connection(&rest),
+            });
+        }
+    } else if v == b"rtcp-mux" {
+        m.rtcp_mux = true;
+    } else if v.starts_with(b"ice-") || v.starts_with(b"candidate:") {
+        m.ice = true;
+    } else if matches!(v, b"sendrecv" | b"sendonly" | b"recvonly" | b"inactive") {
+        m.direction = ascii(v).map(str::to_owned);
+    } else if let Some(r) = v.strip_prefix(b"rtpmap:") {
+        let mut w = words(r);
+        let pt = w.next().and_then(ascii);
+        if m.codec.is_none() && pt.is_some() && pt == first_pt {
+            m.codec = w.next().and_then(ascii).map(str::to_owned);
+        }
+    }
+}
+
 /// Parses an SDP body. Parsing stops at the first empty line, as rtpengine does.
 pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
     let mut lines = split_lines(body);
@@ -225,67 +286,17 @@ pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
                 }
             }
             b'm' => {
-                let w: Vec<&[u8]> = words(l.value()).collect();
-                if w.len() < 3 {
-                    return Err(SdpError::BadMediaLine(i + 1));
+                let (m, first_pt) = media_line(l.value(), i, lines.len())?;
+                if let Some(prev) = media.last_mut() {
+                    prev.end = i;
                 }
-                let kind = ascii(w[0]).ok_or(SdpError::BadMediaLine(i + 1))?.to_owned();
-                let port_s = ascii(w[1]).ok_or(SdpError::BadMediaLine(i + 1))?;
-                let port: u16 = port_s
-                    .split('/')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .ok_or(SdpError::BadMediaLine(i + 1))?;
-                let proto = ascii(w[2]).ok_or(SdpError::BadMediaLine(i + 1))?.to_owned();
-                if let Some(m) = media.last_mut() {
-                    m.end = i;
-                }
-                first_first_pt.push(w.get(3).and_then(|p| ascii(p)).map(str::to_owned));
-                media.push(Media {
-                    kind,
-                    port,
-                    proto,
-                    addr: IpAddr::from([0, 0, 0, 0]),
-                    rtcp: None,
-                    rtcp_mux: false,
-                    ice: false,
-                    direction: None,
-                    codec: None,
-                    first: i,
-                    end: lines.len(),
-                });
+                first_first_pt.push(first_pt);
+                media.push(m);
                 media_addr.push(None);
             }
-            b'a' if in_media => {
-                let m = media.last_mut().expect("in media");
-                let v = l.value();
-                if let Some(r) = v.strip_prefix(b"rtcp:") {
-                    let mut w = words(r);
-                    let port = w.next().and_then(ascii).and_then(|p| p.parse().ok());
-                    let rest: Vec<u8> = w
-                        .flat_map(|x| x.iter().copied().chain(std::iter::once(b' ')))
-                        .collect();
-                    if let Some(port) = port {
-                        m.rtcp = Some(RtcpAttr {
-                            port,
-                            addr: parse_connection(&rest),
-                        });
-                    }
-                } else if v == b"rtcp-mux" {
-                    m.rtcp_mux = true;
-                } else if v.starts_with(b"ice-") || v.starts_with(b"candidate:") {
-                    m.ice = true;
-                } else if matches!(v, b"sendrecv" | b"sendonly" | b"recvonly" | b"inactive") {
-                    m.direction = ascii(v).map(str::to_owned);
-                } else if let Some(r) = v.strip_prefix(b"rtpmap:") {
-                    let mut w = words(r);
-                    let pt = w.next().and_then(ascii);
-                    if m.codec.is_none()
-                        && pt.is_some()
-                        && pt.map(str::to_owned) == *first_first_pt.last().expect("in media")
-                    {
-                        m.codec = w.next().and_then(ascii).map(str::to_owned);
-                    }
+            b'a' => {
+                if let (Some(m), Some(first_pt)) = (media.last_mut(), first_first_pt.last()) {
+                    media_attribute(m, l.value(), first_pt.as_deref());
                 }
             }
             _ => {}
@@ -374,110 +385,16 @@ pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
         out.extend_from_slice(text);
         out.extend_from_slice(ending);
     };
-    let keep_zero = |ip: IpAddr| ip.is_unspecified() && !rw.replace_zero_address;
     let all_media_have_c = sdp
         .media
         .iter()
         .all(|m| sdp.lines[m.first..m.end].iter().any(|l| l.kind() == b'c'));
     for (i, line) in sdp.lines.iter().enumerate() {
-        let mi = media_at(i);
-        let section = mi.map(|k| (&sdp.media[k], rw.media.get(k).copied()));
-        let v = line.value();
-        match (line.kind(), section) {
-            (b'o', None) if rw.replace_origin => {
-                let w: Vec<&[u8]> = words(v).collect();
-                if w.len() >= 6 {
-                    let mut text = b"o=".to_vec();
-                    for part in &w[..3] {
-                        text.extend_from_slice(part);
-                        text.push(b' ');
-                    }
-                    text.extend_from_slice(
-                        format!("IN {} {}", family_word(rw.addr), rw.addr).as_bytes(),
-                    );
-                    push(&text, line.ending);
-                } else {
-                    push(line.text, line.ending);
-                }
-            }
-            (b'c', None) => {
-                let ip = parse_connection(v);
-                let rewrite_it = (rw.replace_session_connection || !all_media_have_c)
-                    && !ip.is_some_and(keep_zero);
-                if rewrite_it {
-                    push(
-                        format!("c={}", connection_value(rw.addr)).as_bytes(),
-                        line.ending,
-                    );
-                } else {
-                    push(line.text, line.ending);
-                }
-            }
-            (b'c', Some((m, Some(_)))) => {
-                if keep_zero(m.addr) || m.is_disabled() {
-                    push(line.text, line.ending);
-                } else {
-                    push(
-                        format!("c={}", connection_value(rw.addr)).as_bytes(),
-                        line.ending,
-                    );
-                }
-            }
-            (b'm', Some((m, Some(r)))) if i == m.first => {
-                let w: Vec<&[u8]> = words(v).collect();
-                let mut text = b"m=".to_vec();
-                text.extend_from_slice(w[0]);
-                text.push(b' ');
-                if m.is_disabled() {
-                    text.extend_from_slice(w[1]);
-                } else {
-                    text.extend_from_slice(r.rtp_port.to_string().as_bytes());
-                    // A `/count` suffix (RFC 4566 hierarchical ports) is kept.
-                    if let Some(slash) = w[1].iter().position(|&c| c == b'/') {
-                        text.extend_from_slice(&w[1][slash..]);
-                    }
-                }
-                for part in &w[2..] {
-                    text.push(b' ');
-                    text.extend_from_slice(part);
-                }
-                push(&text, line.ending);
-            }
-            (b'a', Some((m, Some(r)))) if !m.is_disabled() => {
-                if v.starts_with(b"rtcp:") {
-                    match rw.rtcp_attr {
-                        RtcpAttrMode::Omit => {}
-                        RtcpAttrMode::Full => push(
-                            format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr))
-                                .as_bytes(),
-                            line.ending,
-                        ),
-                        RtcpAttrMode::Keep => {
-                            if m.rtcp.is_some_and(|a| a.addr.is_some()) {
-                                push(
-                                    format!(
-                                        "a=rtcp:{} {}",
-                                        rtcp_port(r),
-                                        connection_value(rw.addr)
-                                    )
-                                    .as_bytes(),
-                                    line.ending,
-                                );
-                            } else {
-                                push(format!("a=rtcp:{}", rtcp_port(r)).as_bytes(), line.ending);
-                            }
-                        }
-                    }
-                } else if v == b"rtcp-mux" {
-                    if r.rtcp_mux {
-                        push(line.text, line.ending);
-                    }
-                } else if !(rw.remove_ice && is_ice_attr(v)) {
-                    push(line.text, line.ending);
-                }
-            }
-            (b'a', None) if rw.remove_ice && is_ice_attr(v) => {}
-            _ => push(line.text, line.ending),
+        let section = media_at(i).map(|k| (&sdp.media[k], rw.media.get(k).copied()));
+        match rewrite_line(i, line, section, rw, all_media_have_c) {
+            LineOut::Keep => push(line.text, line.ending),
+            LineOut::Drop => {}
+            LineOut::Replace(text) => push(&text, line.ending),
         }
         if let Some((m, Some(r))) = section
             && i + 1 == m.end
@@ -487,6 +404,115 @@ pub fn rewrite(sdp: &Sdp<'_>, rw: &Rewrite) -> Vec<u8> {
         }
     }
     out
+}
+
+/// What becomes of one line of the body.
+enum LineOut {
+    Keep,
+    Drop,
+    Replace(Vec<u8>),
+}
+
+/// Line `i`, in the media section `section` (with its rewrite, if the relay has one) or at
+/// session level.
+fn rewrite_line(
+    i: usize,
+    line: &Line<'_>,
+    section: Option<(&Media, Option<MediaRewrite>)>,
+    rw: &Rewrite,
+    all_media_have_c: bool,
+) -> LineOut {
+    let v = line.value();
+    let keep_zero = |ip: IpAddr| ip.is_unspecified() && !rw.replace_zero_address;
+    let c_line = || format!("c={}", connection_value(rw.addr)).into_bytes();
+    match (line.kind(), section) {
+        (b'o', None) if rw.replace_origin => {
+            origin_line(v, rw.addr).map_or(LineOut::Keep, LineOut::Replace)
+        }
+        (b'c', None) => {
+            let ip = parse_connection(v);
+            let rewrite_it =
+                (rw.replace_session_connection || !all_media_have_c) && !ip.is_some_and(keep_zero);
+            if rewrite_it {
+                LineOut::Replace(c_line())
+            } else {
+                LineOut::Keep
+            }
+        }
+        (b'c', Some((m, Some(_)))) => {
+            if keep_zero(m.addr) || m.is_disabled() {
+                LineOut::Keep
+            } else {
+                LineOut::Replace(c_line())
+            }
+        }
+        (b'm', Some((m, Some(r)))) if i == m.first => LineOut::Replace(media_line_for(v, m, r)),
+        (b'a', Some((m, Some(r)))) if !m.is_disabled() => media_attribute_for(v, m, r, rw),
+        (b'a', None) if rw.remove_ice && is_ice_attr(v) => LineOut::Drop,
+        _ => LineOut::Keep,
+    }
+}
+
+/// `o=` with the relay's address; `None` for one too short to rewrite.
+fn origin_line(v: &[u8], addr: IpAddr) -> Option<Vec<u8>> {
+    let w: Vec<&[u8]> = words(v).collect();
+    if w.len() < 6 {
+        return None;
+    }
+    let mut text = b"o=".to_vec();
+    for part in &w[..3] {
+        text.extend_from_slice(part);
+        text.push(b' ');
+    }
+    text.extend_from_slice(format!("IN {} {}", family_word(addr), addr).as_bytes());
+    Some(text)
+}
+
+/// `m=` with the relay's port (parsing made sure it has at least three words).
+fn media_line_for(v: &[u8], m: &Media, r: MediaRewrite) -> Vec<u8> {
+    let w: Vec<&[u8]> = words(v).collect();
+    let mut text = b"m=".to_vec();
+    text.extend_from_slice(w[0]);
+    text.push(b' ');
+    if m.is_disabled() {
+        text.extend_from_slice(w[1]);
+    } else {
+        text.extend_from_slice(r.rtp_port.to_string().as_bytes());
+        // A `/count` suffix (RFC 4566 hierarchical ports) is kept.
+        if let Some(slash) = w[1].iter().position(|&c| c == b'/') {
+            text.extend_from_slice(&w[1][slash..]);
+        }
+    }
+    for part in &w[2..] {
+        text.push(b' ');
+        text.extend_from_slice(part);
+    }
+    text
+}
+
+/// An `a=` line of a media section the relay carries.
+fn media_attribute_for(v: &[u8], m: &Media, r: MediaRewrite, rw: &Rewrite) -> LineOut {
+    let full = || format!("a=rtcp:{} {}", rtcp_port(r), connection_value(rw.addr)).into_bytes();
+    if v.starts_with(b"rtcp:") {
+        match rw.rtcp_attr {
+            RtcpAttrMode::Omit => LineOut::Drop,
+            RtcpAttrMode::Full => LineOut::Replace(full()),
+            RtcpAttrMode::Keep if m.rtcp.is_some_and(|a| a.addr.is_some()) => {
+                LineOut::Replace(full())
+            }
+            RtcpAttrMode::Keep => LineOut::Replace(format!("a=rtcp:{}", rtcp_port(r)).into_bytes()),
+        }
+    } else if v == b"rtcp-mux" {
+        if r.rtcp_mux {
+            LineOut::Keep
+        } else {
+            LineOut::Drop
+        }
+    } else if rw.remove_ice && is_ice_attr(v) {
+        LineOut::Drop
+    } else {
+        LineOut::Keep
+    }
 }
 
 fn rtcp_port(r: MediaRewrite) -> u16 {

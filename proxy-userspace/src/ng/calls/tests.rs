@@ -1,5 +1,57 @@
 use super::*;
-use crate::session::Output;
+use crate::{
+    ng::bencode::Value,
+    session::{EngineConfig, Output},
+};
+
+/// The calls and the session engine side by side, as the daemon holds them.
+struct Relay {
+    calls: Calls,
+    engine: Engine,
+}
+
+impl Relay {
+    fn new(cfg: CallsConfig, engine: EngineConfig, seed: u64) -> Self {
+        Self {
+            calls: Calls::new(cfg, seed),
+            engine: Engine::new(engine, seed),
+        }
+    }
+
+    fn handle(&mut self, d: &Dict, now: Instant, wall: SystemTime, k: KernelView<'_>) -> Dict {
+        self.calls.handle(&mut self.engine, d, now, wall, k)
+    }
+
+    fn housekeeping(&mut self, now: Instant, k: KernelView<'_>) {
+        self.calls.housekeeping(&mut self.engine, now, k);
+    }
+
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    fn engine_ref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl std::ops::Deref for Relay {
+    type Target = Calls;
+    fn deref(&self) -> &Calls {
+        &self.calls
+    }
+}
+
+impl std::ops::DerefMut for Relay {
+    fn deref_mut(&mut self) -> &mut Calls {
+        &mut self.calls
+    }
+}
+
+/// No kernel.
+fn no_kernel(_: &Endpoint) -> Option<KernelFlow> {
+    None
+}
 
 const OFFER_SDP: &str = "v=0\r\no=alice 2890844526 2890844526 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=x-custom:stays\r\na=sendrecv\r\n";
 const ANSWER_SDP: &str = "v=0\r\no=bob 2808844564 2808844564 IN IP4 10.0.2.2\r\ns=-\r\nc=IN IP4 10.0.2.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n";
@@ -16,8 +68,8 @@ fn cfg() -> CallsConfig {
     }
 }
 
-fn calls() -> Calls {
-    Calls::new(cfg(), EngineConfig::default(), 42)
+fn calls() -> Relay {
+    Relay::new(cfg(), EngineConfig::default(), 42)
 }
 
 fn req(pairs: &[(&str, Value)]) -> Dict {
@@ -32,11 +84,11 @@ fn s(v: &str) -> Value {
     Value::str(v)
 }
 
-fn run(c: &mut Calls, d: &Dict) -> Dict {
-    c.handle(d, Instant::now(), SystemTime::now(), &())
+fn run(c: &mut Relay, d: &Dict) -> Dict {
+    c.handle(d, Instant::now(), SystemTime::now(), &no_kernel)
 }
 
-fn offer(c: &mut Calls, call: &str, extra: &[(&str, Value)]) -> Dict {
+fn offer(c: &mut Relay, call: &str, extra: &[(&str, Value)]) -> Dict {
     let mut d = req(&[
         ("command", s("offer")),
         ("call-id", s(call)),
@@ -52,7 +104,7 @@ fn offer(c: &mut Calls, call: &str, extra: &[(&str, Value)]) -> Dict {
     run(c, &d)
 }
 
-fn answer(c: &mut Calls, call: &str, extra: &[(&str, Value)]) -> Dict {
+fn answer(c: &mut Relay, call: &str, extra: &[(&str, Value)]) -> Dict {
     let mut d = req(&[
         ("command", s("answer")),
         ("call-id", s(call)),
@@ -281,7 +333,7 @@ fn errors_have_precise_reasons_and_allocate_nothing() {
 
 #[test]
 fn an_exhausted_port_range_fails_cleanly_and_leaks_nothing() {
-    let mut c = Calls::new(
+    let mut c = Relay::new(
         CallsConfig {
             port_min: 30000,
             port_max: 30004,
@@ -353,14 +405,14 @@ fn unknown_flags_warn_and_known_ones_apply() {
     assert!(
         flows
             .iter()
-            .all(|f| f.mismatch == crate::dataplane::MismatchPolicy::Drop),
+            .all(|f| f.mismatch == crate::flow::MismatchPolicy::Drop),
         "strict source"
     );
 }
 
 #[test]
 fn direction_and_address_family_pick_interfaces() {
-    let mut c = Calls::new(
+    let mut c = Relay::new(
         CallsConfig {
             interfaces: vec![
                 Interface::parse("pub/10.0.2.1").unwrap(),
@@ -495,20 +547,20 @@ fn delete_with_delay_keeps_media_until_it_expires() {
         ]),
         t0,
         SystemTime::now(),
-        &(),
+        &no_kernel,
     );
     assert_eq!(r.get_str("result"), Some("ok"));
     assert!(
         r.get("tags").is_some(),
         "delete with a tag returns the call's statistics"
     );
-    c.housekeeping(t0 + Duration::from_secs(4), &());
+    c.housekeeping(t0 + Duration::from_secs(4), &no_kernel);
     assert_eq!(
         c.ports_in_use(),
         2,
         "one port pair per side, kept during the delay"
     );
-    c.housekeeping(t0 + Duration::from_secs(5), &());
+    c.housekeeping(t0 + Duration::from_secs(5), &no_kernel);
     assert_eq!(
         (
             c.call_count(),
@@ -539,20 +591,19 @@ fn delete_with_delay_keeps_media_until_it_expires() {
     );
 }
 
-struct Idle(Instant);
-
-impl FlowStats for Idle {
-    fn counters(&self, _: &Endpoint) -> Option<FlowCounters> {
-        None
-    }
-    fn last_seen(&self, _: &Endpoint) -> Option<Instant> {
-        Some(self.0)
+/// A kernel that last saw a packet on every flow at one instant, and counted nothing.
+fn idle(at: Instant) -> impl Fn(&Endpoint) -> Option<KernelFlow> {
+    move |_| {
+        Some(KernelFlow {
+            counters: FlowCounters::default(),
+            last_seen: Some(at),
+        })
     }
 }
 
 #[test]
 fn silent_media_times_out_and_is_reported() {
-    let mut c = Calls::new(
+    let mut c = Relay::new(
         CallsConfig {
             media_timeout: Duration::from_secs(10),
             ..cfg()
@@ -562,9 +613,9 @@ fn silent_media_times_out_and_is_reported() {
     );
     offer(&mut c, "c1", &[]);
     let t0 = Instant::now();
-    c.housekeeping(t0 + Duration::from_secs(5), &Idle(t0));
+    c.housekeeping(t0 + Duration::from_secs(5), &idle(t0));
     assert_eq!(c.call_count(), 1);
-    c.housekeeping(t0 + Duration::from_secs(11), &Idle(t0));
+    c.housekeeping(t0 + Duration::from_secs(11), &idle(t0));
     assert_eq!(
         (
             c.call_count(),
@@ -595,7 +646,7 @@ fn silent_media_times_out_and_is_reported() {
         states[0].as_dict().unwrap().get_str("state"),
         Some("timed out")
     );
-    c.housekeeping(t0 + Duration::from_secs(60), &Idle(t0));
+    c.housekeeping(t0 + Duration::from_secs(60), &idle(t0));
     assert_eq!(
         run(&mut c, &req(&[("command", s("list"))]))
             .get("calls")
@@ -643,7 +694,7 @@ fn any_delete_delay_is_taken_within_bounds() {
     }
     c.housekeeping(
         Instant::now() + MAX_DELETE_DELAY + Duration::from_secs(1),
-        &(),
+        &no_kernel,
     );
     assert_eq!(
         c.call_count(),
@@ -657,7 +708,7 @@ fn any_delete_delay_is_taken_within_bounds() {
 #[test]
 fn a_partial_allocation_leaks_nothing_two_sides_or_many_media() {
     // One pair facing A, three facing B: the B side has room when A has none.
-    let mut c = Calls::new(
+    let mut c = Relay::new(
         CallsConfig {
             interfaces: vec![
                 Interface::parse("internal/10.0.1.1").unwrap(),
@@ -728,7 +779,7 @@ fn too_many_media_sections_are_refused_before_anything_is_allocated() {
 /// answer and moves on to its next relay; a client that did not announce it gets an error.
 #[test]
 fn the_call_limit_answers_load_limit_to_those_who_take_it() {
-    let mut c = Calls::new(
+    let mut c = Relay::new(
         CallsConfig {
             max_calls: 1,
             ..cfg()
@@ -756,7 +807,7 @@ fn the_call_limit_answers_load_limit_to_those_who_take_it() {
 
 #[test]
 fn a_full_flow_table_fails_the_offer_instead_of_advertising_dead_ports() {
-    let mut c = Calls::new(
+    let mut c = Relay::new(
         CallsConfig {
             max_flows: 4,
             ..cfg()
@@ -852,7 +903,7 @@ fn an_sdp_naming_one_of_our_own_endpoints_is_accepted_for_joining() {
 
 #[test]
 fn ports_are_picked_at_random_not_in_sequence() {
-    let mut c = Calls::new(
+    let mut c = Relay::new(
         CallsConfig {
             port_min: 30000,
             port_max: 40000,
@@ -895,6 +946,6 @@ fn a_media_less_call_times_out() {
     assert_eq!(c.call_count(), 1);
     // Housekeeping reads signalling age from the wall clock; pretend it is old.
     c.age_signalling_for_tests(Duration::from_secs(3600));
-    c.housekeeping(Instant::now(), &());
+    c.housekeeping(Instant::now(), &no_kernel);
     assert_eq!(c.call_count(), 0);
 }
