@@ -20,5 +20,6 @@ pub mod probe_auth;
 pub mod rtp;
 pub mod scenario;
 pub mod session;
+pub mod sys;
 pub mod testbed;
 pub mod xsk;

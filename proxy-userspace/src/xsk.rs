@@ -505,45 +505,16 @@ impl AsRawFd for XskSocket {
 /// kernel rather than read from /sys, which may show another network namespace.
 #[must_use]
 pub fn rx_queues(ifname: &str) -> u32 {
-    #[repr(C)]
-    #[derive(Default)]
-    struct EthtoolChannels {
-        cmd: u32,
-        max_rx: u32,
-        max_tx: u32,
-        max_other: u32,
-        max_combined: u32,
-        rx_count: u32,
-        tx_count: u32,
-        other_count: u32,
-        combined_count: u32,
-    }
+    // struct ethtool_channels { u32 cmd, max_rx, max_tx, max_other, max_combined, rx_count,
+    // tx_count, other_count, combined_count; }
     const ETHTOOL_GCHANNELS: u32 = 0x3c;
-    let mut ch = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..Default::default()
-    };
-    // SAFETY: ifreq is plain data.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = std::ptr::from_mut(&mut ch).cast();
-    // SAFETY: a datagram socket just for the ioctl, closed on return.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
+    let mut ch = [0u8; 36];
+    ch[..4].copy_from_slice(&ETHTOOL_GCHANNELS.to_ne_bytes());
+    if !crate::sys::ethtool(ifname, &mut ch) {
         return 1;
     }
-    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at a valid ethtool_channels.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if r < 0 {
-        return 1;
-    }
-    ch.rx_count.max(ch.combined_count).max(1)
+    let field =
+        |i: usize| u32::from_ne_bytes([ch[i * 4], ch[i * 4 + 1], ch[i * 4 + 2], ch[i * 4 + 3]]);
+    let (rx_count, combined_count) = (field(5), field(8));
+    rx_count.max(combined_count).max(1)
 }
