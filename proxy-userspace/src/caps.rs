@@ -1,6 +1,6 @@
 //! What the host must provide, checked up front, and errors that say what is missing.
 
-use std::{ffi::CString, path::Path};
+use std::path::Path;
 
 use anyhow::{anyhow, bail};
 use aya::{
@@ -21,8 +21,7 @@ pub struct Missing(pub String);
 /// every problem at once.
 pub fn check() -> Vec<Missing> {
     let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         missing.push(Missing(
             "not running as root: loading XDP programs and AF_XDP sockets need CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW".into(),
         ));
@@ -40,16 +39,15 @@ pub fn check() -> Vec<Missing> {
         None => missing.push(Missing("cannot read the kernel version from uname".into())),
         Some(_) => {}
     }
-    // SAFETY: plain socket(2) call; the fd is closed right away.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
+    // The socket is closed right away.
+    if let Err(err) = socket2::Socket::new(
+        socket2::Domain::from(libc::AF_XDP),
+        socket2::Type::RAW,
+        None,
+    ) {
         missing.push(Missing(format!(
             "cannot create an AF_XDP socket: {err} (CONFIG_XDP_SOCKETS=y is required)"
         )));
-    } else {
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
     }
     missing
 }
@@ -69,14 +67,8 @@ pub fn require() -> anyhow::Result<()> {
 
 #[must_use]
 pub fn kernel_version() -> Option<(u32, u32)> {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: u is a valid utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return None;
-    }
-    // SAFETY: uname NUL-terminates release.
-    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let u = rustix::system::uname();
+    let release = u.release().to_string_lossy();
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
@@ -86,47 +78,39 @@ pub fn kernel_version() -> Option<(u32, u32)> {
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raise it as far as we may; on
 /// later kernels a failure here is harmless (root may lack CAP_SYS_RESOURCE in a container).
 pub fn raise_memlock() {
-    let inf = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // `None` is RLIM_INFINITY.
+    let inf = Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: valid rlimit pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &inf) } == 0 {
+    if setrlimit(Resource::Memlock, inf).is_ok() {
         return;
     }
-    // SAFETY: valid rlimit pointers.
-    unsafe {
-        let mut cur: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
-            cur.rlim_cur = cur.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
-        }
-    }
+    let cur = getrlimit(Resource::Memlock);
+    let _ = setrlimit(
+        Resource::Memlock,
+        Rlimit {
+            current: cur.maximum,
+            maximum: cur.maximum,
+        },
+    );
 }
 
 pub fn ifindex(ifname: &str) -> anyhow::Result<u32> {
-    let c = CString::new(ifname).map_err(|_| anyhow!("bad interface name {ifname:?}"))?;
-    // SAFETY: c is NUL-terminated.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifname.contains('\0') {
+        bail!("bad interface name {ifname:?}");
+    }
+    let idx = crate::sys::if_nametoindex(ifname);
     if idx == 0 {
         bail!("no interface named {ifname:?} in this network namespace");
     }
     Ok(idx)
 }
 
+#[must_use]
 pub fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: if_indextoname NUL-terminates on success.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
+    crate::sys::if_indextoname(ifindex)
 }
 
 /// What the relay would do with an interface: its driver, its xdp-features, whether native
@@ -189,8 +173,7 @@ pub fn describe_interface(ifname: &str) -> anyhow::Result<Vec<String>> {
 }
 
 fn not_root_hint() -> &'static str {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         ""
     } else {
         " (not running as root)"

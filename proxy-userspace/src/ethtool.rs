@@ -2,8 +2,6 @@
 //! the device could not deliver: a veth counts `xdp_tx_errors` per rx queue (XDP_TX with no
 //! NAPI on the peer) and `xdp_xmit_errors` per tx queue.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSTATS: u32 = 0x1d;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
@@ -13,25 +11,7 @@ const ETH_GSTRING_LEN: usize = 32;
 const MAX_STATS: usize = 16_384;
 
 fn ioctl(ifname: &str, data: &mut [u8]) -> bool {
-    // SAFETY: ifreq is plain data.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = data.as_mut_ptr().cast();
-    // SAFETY: a datagram socket just for the ioctl.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: SIOCETHTOOL with an ifreq pointing at a buffer laid out for the command in it.
-    unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) >= 0 }
+    crate::sys::ethtool(ifname, data)
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {

@@ -8,7 +8,7 @@
 //! created again gets new ones.
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -181,9 +181,8 @@ impl IoSender {
 }
 
 fn wake(fd: &OwnedFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-    unsafe { libc::write(fd.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
+    // Adds 1 to the eventfd counter; a full counter already wakes the thread.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
 /// Capacity of the queues between the I/O thread and the control logic.
@@ -218,13 +217,8 @@ pub fn spawn(
     fallback: Vec<FallbackSocket>,
     probe_port: u16,
 ) -> std::io::Result<IoHandle> {
-    // SAFETY: plain eventfd(2).
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd we own.
-    let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+    use rustix::event::{EventfdFlags, eventfd};
+    let wake_fd = Arc::new(eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?);
     let (rx_tx, rx_rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
     let (prio_tx, prio_rx) = crossbeam_channel::bounded(PRIORITY_DEPTH);
     let (tx_tx, tx_rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
@@ -300,14 +294,14 @@ impl IoLoop {
         let mut last_stats = Instant::now();
         let mut dgram = vec![0u8; MAX_DATAGRAM];
         while !self.stop.load(Ordering::Relaxed) {
-            // SAFETY: pfds is a valid array of pollfd.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, POLL_MS) };
-            if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            if let Err(e) = crate::sys::poll(&mut pfds, POLL_MS)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
                 self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
             }
             let mut buf = [0u8; 8];
-            // SAFETY: drains the eventfd counter into a local buffer.
-            unsafe { libc::read(self.wake_fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+            // Drains the eventfd counter (nothing to drain: EAGAIN).
+            let _ = rustix::io::read(&*self.wake_fd, &mut buf);
 
             let mut changed = false;
             while let Ok(r) = self.requests.try_recv() {

@@ -17,4 +17,5 @@ pub mod nexthop;
 pub mod ng;
 pub mod probe_auth;
 pub mod session;
+pub mod sys;
 pub mod xsk;

@@ -14,6 +14,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, RawFd},
+    time::Duration,
 };
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
@@ -46,7 +47,7 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
-const TIMEOUT_SECS: libc::time_t = 1;
+const TIMEOUT: Duration = Duration::from_secs(1);
 
 fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
     b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
@@ -158,20 +159,8 @@ fn dev_features(a: &[u8]) -> Option<(u32, u64)> {
 fn open_socket() -> io::Result<Socket> {
     let mut s = Socket::new(NETLINK_GENERIC)?;
     s.bind_auto()?;
-    let tv = libc::timeval {
-        tv_sec: TIMEOUT_SECS,
-        tv_usec: 0,
-    };
-    // SAFETY: a valid timeval for SO_RCVTIMEO on our own socket.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::from_ref(&tv).cast(),
-            size_of::<libc::timeval>() as u32,
-        );
-    }
+    // Best effort: without it a kernel that never answers blocks the request.
+    let _ = socket2::SockRef::from(&s).set_read_timeout(Some(TIMEOUT));
     Ok(s)
 }
 

@@ -8,6 +8,7 @@ use std::{
     io,
     net::IpAddr,
     os::fd::{AsRawFd, RawFd},
+    time::Duration,
 };
 
 use netlink_packet_core::{
@@ -28,7 +29,7 @@ pub type Mac = [u8; 6];
 
 /// How long a request waits for the kernel's answer before it fails: the kernel answers
 /// rtnetlink requests synchronously, so this only bounds a kernel that does not.
-const REQUEST_TIMEOUT_SECS: libc::time_t = 1;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Receive buffer of the monitor: large enough that a burst of changes (a link going down
 /// flushes its neighbours and routes at once) does not overflow it; an overflow is reported
 /// as [`NetEvent::Overflow`] and costs a full resynchronisation, not a missed change.
@@ -165,23 +166,7 @@ pub struct Rtnl {
 impl Rtnl {
     pub fn new() -> io::Result<Self> {
         let sock = socket()?;
-        let tv = libc::timeval {
-            tv_sec: REQUEST_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid timeval for SO_RCVTIMEO on our own socket.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::from_ref(&tv).cast(),
-                size_of::<libc::timeval>() as u32,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        socket2::SockRef::from(&sock).set_read_timeout(Some(REQUEST_TIMEOUT))?;
         Ok(Self {
             sock,
             seq: 0,

@@ -7,14 +7,18 @@
 
 use std::{
     collections::HashMap,
-    io,
-    net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    io::{self, IoSlice},
+    net::{IpAddr, SocketAddr, SocketAddrV6},
 };
 
 use proxy_common::{Endpoint, csum};
+use rustix::net::sockopt::{self, Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery};
+use socket2::{Domain, MsgHdr, Protocol, SockAddr, SockFilter, Socket, Type};
 
-use crate::netlink::{Link, Mac, Route, Rtnl};
+use crate::{
+    netlink::{Link, Mac, Route, Rtnl},
+    sys,
+};
 
 /// A resolved next hop: enough to build the Ethernet frame and to know its size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,49 +154,7 @@ impl Resolver {
 
 /// A classic BPF program that accepts nothing: the raw sockets below only send, and without
 /// it the kernel would queue them a copy of every UDP datagram the host receives.
-fn drop_all_filter(fd: i32) -> io::Result<()> {
-    let mut code = [libc::sock_filter {
-        code: 0x06, // BPF_RET | BPF_K
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: code.as_mut_ptr(),
-    };
-    // SAFETY: a valid one-instruction program for SO_ATTACH_FILTER on our own socket.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            std::ptr::from_ref(&prog).cast(),
-            size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: an int option on our own socket.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            std::ptr::from_ref(&value).cast(),
-            size_of::<i32>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+const DROP_ALL: [SockFilter; 1] = [SockFilter::new(0x06 /* BPF_RET | BPF_K */, 0, 0, 0)];
 
 /// Sends UDP datagrams from any of the relay's endpoints through the kernel's stack: raw
 /// `IPPROTO_UDP` sockets, whose IP header the kernel builds, routes, resolves (ARP/ND) and
@@ -200,52 +162,30 @@ fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
 /// source address is chosen per datagram (`IP_PKTINFO`); the UDP header is ours, so the
 /// source port can be any relay port.
 pub struct KernelPath {
-    v4: OwnedFd,
-    v6: OwnedFd,
+    v4: Socket,
+    v6: Socket,
 }
 
 impl KernelPath {
     pub fn new() -> io::Result<Self> {
-        let open = |family: i32| -> io::Result<OwnedFd> {
-            // SAFETY: plain socket(2).
-            let fd = unsafe {
-                libc::socket(
-                    family,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::IPPROTO_UDP,
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: a fresh fd we own.
-            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            drop_all_filter(fd)?;
-            if family == libc::AF_INET {
+        let open = |domain: Domain| -> io::Result<Socket> {
+            let sock = Socket::new(domain, Type::RAW, Some(Protocol::UDP))?;
+            sock.attach_filter(&DROP_ALL)?;
+            if domain == Domain::IPV4 {
                 // Fragment locally when larger than the path MTU, DF otherwise: a UDP
                 // socket's default (IP_PMTUDISC_WANT), set so that no sysctl changes it.
-                set_int(
-                    fd,
-                    libc::IPPROTO_IP,
-                    libc::IP_MTU_DISCOVER,
-                    libc::IP_PMTUDISC_WANT,
-                )?;
+                sockopt::set_ip_mtu_discover(&sock, Ipv4PathMtuDiscovery::WANT)?;
             } else {
-                set_int(
-                    fd,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MTU_DISCOVER,
-                    libc::IPV6_PMTUDISC_WANT,
-                )?;
+                sockopt::set_ipv6_mtu_discover(&sock, Ipv6PathMtuDiscovery::WANT)?;
                 // The kernel computes the UDP checksum (offset 6 in our header): it knows the
                 // final source address.
-                set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
+                sys::set_int_opt(&sock, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
             }
-            Ok(owned)
+            Ok(sock)
         };
         Ok(Self {
-            v4: open(libc::AF_INET)?,
-            v6: open(libc::AF_INET6)?,
+            v4: open(Domain::IPV4)?,
+            v6: open(Domain::IPV6)?,
         })
     }
 
@@ -264,6 +204,8 @@ impl KernelPath {
         seg.extend_from_slice(&len16.to_be_bytes());
         seg.extend_from_slice(&[0, 0]);
         seg.extend_from_slice(payload);
+        // The raw socket's destination has no port (ours is in the UDP header); the source
+        // address is the control message's (`struct in_pktinfo` / `in6_pktinfo`).
         match (src, dst) {
             (SocketAddr::V4(s), SocketAddr::V4(d)) => {
                 let sum = csum::add_bytes(
@@ -271,53 +213,27 @@ impl KernelPath {
                     &seg,
                 );
                 seg[6..8].copy_from_slice(&csum::udp_field(sum).to_be_bytes());
-                let info = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(s.ip().octets()),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                let sa = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(d.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
+                // ipi_ifindex 0, ipi_spec_dst the source, ipi_addr unused.
+                let mut info = [0u8; 12];
+                info[4..8].copy_from_slice(&s.ip().octets());
+                let to = SockAddr::from(SocketAddr::new(IpAddr::V4(*d.ip()), 0));
                 sendmsg(
                     &self.v4,
                     &seg,
-                    &sa,
-                    libc::IPPROTO_IP,
-                    libc::IP_PKTINFO,
-                    &info,
+                    &to,
+                    &sys::cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &info),
                 )
             }
             (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-                let info = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr {
-                        s6_addr: s.ip().octets(),
-                    },
-                    ipi6_ifindex: 0,
-                };
-                let sa = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as u16,
-                    sin6_port: 0,
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: d.ip().octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
+                // ipi6_addr the source, ipi6_ifindex 0.
+                let mut info = [0u8; 20];
+                info[..16].copy_from_slice(&s.ip().octets());
+                let to = SockAddr::from(SocketAddrV6::new(*d.ip(), 0, 0, 0));
                 sendmsg(
                     &self.v6,
                     &seg,
-                    &sa,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_PKTINFO,
-                    &info,
+                    &to,
+                    &sys::cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info),
                 )
             }
             _ => Err(io::Error::other(
@@ -327,47 +243,14 @@ impl KernelPath {
     }
 }
 
-/// `sendmsg(2)` of one buffer to `addr` with one control message.
-fn sendmsg<A, C>(
-    fd: &OwnedFd,
-    data: &[u8],
-    addr: &A,
-    level: i32,
-    kind: i32,
-    cmsg: &C,
-) -> io::Result<()> {
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<C>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr().cast_mut().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain data; every pointer below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = std::ptr::from_ref(addr).cast_mut().cast();
-    msg.msg_namelen = size_of::<A>() as u32;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: the control buffer has room for one header and C (CMSG_SPACE above).
-    unsafe {
-        let h = libc::CMSG_FIRSTHDR(&msg);
-        (*h).cmsg_level = level;
-        (*h).cmsg_type = kind;
-        (*h).cmsg_len = libc::CMSG_LEN(size_of::<C>() as u32) as usize;
-        std::ptr::copy_nonoverlapping(
-            std::ptr::from_ref(cmsg).cast::<u8>(),
-            libc::CMSG_DATA(h),
-            size_of::<C>(),
-        );
-    }
-    // SAFETY: a valid msghdr on our own socket.
-    let r = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// `sendmsg(2)` of one buffer to `to` with `control`.
+fn sendmsg(sock: &Socket, data: &[u8], to: &SockAddr, control: &[u8]) -> io::Result<()> {
+    let bufs = [IoSlice::new(data)];
+    let msg = MsgHdr::new()
+        .with_addr(to)
+        .with_buffers(&bufs)
+        .with_control(control);
+    sock.sendmsg(&msg, 0)?;
     Ok(())
 }
 

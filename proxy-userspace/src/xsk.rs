@@ -1,9 +1,10 @@
-//! AF_XDP sockets, written directly on the kernel ABI (`linux/if_xdp.h`) through `libc`.
+//! `AF_XDP` sockets, written directly on the kernel ABI (`linux/if_xdp.h`): the socket, its
+//! options and its address through `rustix`, the UMEM and the rings mapped and driven here.
 //!
-//! Why not a crate: the candidates either pull in libbpf/libxdp (C, and libxdp wants a
-//! mounted bpffs) or are passively maintained under a copyleft licence. What the relay needs is
-//! small: one socket per rx queue, each with its own UMEM, fill, completion, RX and TX rings,
-//! receive by copy-out and send by copy-in. That is this module, about 400 lines.
+//! Why not an `AF_XDP` crate: the candidates either pull in libbpf/libxdp (C, and libxdp wants
+//! a mounted bpffs) or are passively maintained under a copyleft licence. What the relay needs
+//! is small: one socket per rx queue, each with its own UMEM, fill, completion, RX and TX
+//! rings, receive by copy-out and send by copy-in. That is this module, about 400 lines.
 //!
 //! Each socket's UMEM is split in two: the first half of the frames cycles through the fill
 //! and RX rings, the second half through the TX and completion rings. Frames never move
@@ -11,9 +12,17 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
+};
+
+use rustix::{
+    io::Errno,
+    net::{
+        AddressFamily, SendFlags, SocketFlags, SocketType, sockopt,
+        xdp::{SocketAddrXdp, SocketAddrXdpFlags, XdpRingOffset, XdpUmemReg, XdpUmemRegFlags},
+    },
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -58,7 +67,7 @@ impl Mmap {
         Self::checked(p, len)
     }
 
-    fn ring(fd: RawFd, len: usize, pgoff: u64) -> io::Result<Self> {
+    fn ring(fd: impl AsFd, len: usize, pgoff: u64) -> io::Result<Self> {
         // SAFETY: maps a ring the kernel created for this socket at its documented offset.
         let p = unsafe {
             libc::mmap(
@@ -66,7 +75,7 @@ impl Mmap {
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd,
+                fd.as_fd().as_raw_fd(),
                 pgoff as libc::off_t,
             )
         };
@@ -111,7 +120,7 @@ struct Ring<T> {
 unsafe impl<T> Send for Ring<T> {}
 
 impl<T: Copy> Ring<T> {
-    fn map(fd: RawFd, off: &libc::xdp_ring_offset, size: u32, pgoff: u64) -> io::Result<Self> {
+    fn map(fd: impl AsFd, off: &XdpRingOffset, size: u32, pgoff: u64) -> io::Result<Self> {
         let len = off.desc as usize + size as usize * size_of::<T>();
         let map = Mmap::ring(fd, len, pgoff)?;
         let base = map.ptr.as_ptr();
@@ -218,23 +227,6 @@ pub struct XskSocket {
     stats: XskStats,
 }
 
-fn setsockopt<T>(fd: RawFd, opt: libc::c_int, val: &T) -> io::Result<()> {
-    // SAFETY: val points to a live T of the size we pass.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_XDP,
-            opt,
-            std::ptr::from_ref(val).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 impl XskSocket {
     /// Creates a socket bound to queue `queue` of interface `ifindex` in this thread's network
     /// namespace, with its fill ring full.
@@ -245,81 +237,52 @@ impl XskSocket {
                 "frames and ring_size must be powers of two",
             ));
         }
-        // SAFETY: plain socket(2).
-        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("socket(AF_XDP): {e}")));
-        }
-        // SAFETY: raw is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = rustix::net::socket_with(
+            AddressFamily::XDP,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("socket(AF_XDP): {e}"))
+        })?;
         let umem = Mmap::anonymous(cfg.frames as usize * cfg.frame_size as usize)?;
-        let reg = libc::xdp_umem_reg {
+        let reg = XdpUmemReg {
             addr: umem.ptr.as_ptr() as u64,
             len: umem.len as u64,
             chunk_size: cfg.frame_size,
             headroom: 0,
-            flags: 0,
+            flags: XdpUmemRegFlags::empty(),
             tx_metadata_len: 0,
         };
-        setsockopt(raw, libc::XDP_UMEM_REG, &reg)
-            .map_err(|e| io::Error::new(e.kind(), format!("XDP_UMEM_REG: {e}")))?;
-        for opt in [
-            libc::XDP_UMEM_FILL_RING,
-            libc::XDP_UMEM_COMPLETION_RING,
-            libc::XDP_RX_RING,
-            libc::XDP_TX_RING,
-        ] {
-            setsockopt(raw, opt, &cfg.ring_size)?;
-        }
-        // SAFETY: xdp_mmap_offsets is plain data filled by the kernel.
-        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: off and len are valid out-parameters.
-        if unsafe {
-            libc::getsockopt(
-                raw,
-                libc::SOL_XDP,
-                libc::XDP_MMAP_OFFSETS,
-                std::ptr::from_mut(&mut off).cast(),
-                &mut len,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        let fill = Ring::map(raw, &off.fr, cfg.ring_size, libc::XDP_UMEM_PGOFF_FILL_RING)?;
+        sockopt::set_xdp_umem_reg(&fd, reg).map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("XDP_UMEM_REG: {e}"))
+        })?;
+        sockopt::set_xdp_umem_fill_ring_size(&fd, cfg.ring_size)?;
+        sockopt::set_xdp_umem_completion_ring_size(&fd, cfg.ring_size)?;
+        sockopt::set_xdp_rx_ring_size(&fd, cfg.ring_size)?;
+        sockopt::set_xdp_tx_ring_size(&fd, cfg.ring_size)?;
+        let off = sockopt::xdp_mmap_offsets(&fd)?;
+        let fill = Ring::map(&fd, &off.fr, cfg.ring_size, libc::XDP_UMEM_PGOFF_FILL_RING)?;
         let comp = Ring::map(
-            raw,
+            &fd,
             &off.cr,
             cfg.ring_size,
             libc::XDP_UMEM_PGOFF_COMPLETION_RING,
         )?;
-        let rx = Ring::map(raw, &off.rx, cfg.ring_size, libc::XDP_PGOFF_RX_RING as u64)?;
-        let tx = Ring::map(raw, &off.tx, cfg.ring_size, libc::XDP_PGOFF_TX_RING as u64)?;
+        let rx = Ring::map(&fd, &off.rx, cfg.ring_size, libc::XDP_PGOFF_RX_RING as u64)?;
+        let tx = Ring::map(&fd, &off.tx, cfg.ring_size, libc::XDP_PGOFF_TX_RING as u64)?;
 
-        let sa = libc::sockaddr_xdp {
-            sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: 0,
-            sxdp_ifindex: ifindex,
-            sxdp_queue_id: queue,
-            sxdp_shared_umem_fd: 0,
-        };
-        // SAFETY: sa is a valid sockaddr_xdp.
-        if unsafe {
-            libc::bind(
-                raw,
-                std::ptr::from_ref(&sa).cast(),
-                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        } < 0
-        {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
+        let sa = SocketAddrXdp::new(SocketAddrXdpFlags::empty(), ifindex, queue);
+        rustix::net::bind(&fd, &sa).map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(
                 e.kind(),
                 format!("binding AF_XDP to ifindex {ifindex} queue {queue}: {e}"),
-            ));
-        }
+            )
+        })?;
 
         let half = cfg.frames / 2;
         let mut sock = Self {
@@ -425,29 +388,12 @@ impl XskSocket {
 
     /// Asks the kernel to process the TX ring (copy mode sends synchronously here).
     fn kick(&self) -> io::Result<()> {
-        // SAFETY: a zero-length sendto is the documented TX wake-up for AF_XDP.
-        let r = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
+        // A zero-length send is the documented TX wake-up for AF_XDP.
+        match rustix::net::send(&self.fd, &[], SendFlags::DONTWAIT) {
             // The kernel is busy or the ring is being drained: the frames stay queued.
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)
-            ) {
-                return Ok(());
-            }
-            return Err(e);
+            Ok(_) | Err(Errno::AGAIN | Errno::BUSY | Errno::NOBUFS | Errno::NETDOWN) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// Takes back transmitted frames from the completion ring.
@@ -471,23 +417,10 @@ impl XskSocket {
 
     pub fn stats(&self) -> XskStats {
         let mut s = self.stats;
-        // SAFETY: xdp_statistics is plain data filled by the kernel.
-        let mut k: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: valid out-parameters.
-        if unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                std::ptr::from_mut(&mut k).cast(),
-                &mut len,
-            )
-        } == 0
-        {
+        if let Ok(k) = sockopt::xdp_statistics(&self.fd) {
             s.kernel_rx_dropped = k.rx_dropped;
-            s.kernel_rx_ring_full = k.rx_ring_full;
-            s.kernel_fill_ring_empty = k.rx_fill_ring_empty_descs;
+            s.kernel_rx_ring_full = k.rx_ring_full.unwrap_or(0);
+            s.kernel_fill_ring_empty = k.rx_fill_ring_empty_descs.unwrap_or(0);
             s.kernel_tx_invalid = k.tx_invalid_descs;
         }
         s
@@ -505,45 +438,16 @@ impl AsRawFd for XskSocket {
 /// kernel rather than read from /sys, which may show another network namespace.
 #[must_use]
 pub fn rx_queues(ifname: &str) -> u32 {
-    #[repr(C)]
-    #[derive(Default)]
-    struct EthtoolChannels {
-        cmd: u32,
-        max_rx: u32,
-        max_tx: u32,
-        max_other: u32,
-        max_combined: u32,
-        rx_count: u32,
-        tx_count: u32,
-        other_count: u32,
-        combined_count: u32,
-    }
+    // struct ethtool_channels { u32 cmd, max_rx, max_tx, max_other, max_combined, rx_count,
+    // tx_count, other_count, combined_count; }
     const ETHTOOL_GCHANNELS: u32 = 0x3c;
-    let mut ch = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..Default::default()
-    };
-    // SAFETY: ifreq is plain data.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = std::ptr::from_mut(&mut ch).cast();
-    // SAFETY: a datagram socket just for the ioctl, closed on return.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
+    let mut ch = [0u8; 36];
+    ch[..4].copy_from_slice(&ETHTOOL_GCHANNELS.to_ne_bytes());
+    if !crate::sys::ethtool(ifname, &mut ch) {
         return 1;
     }
-    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at a valid ethtool_channels.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if r < 0 {
-        return 1;
-    }
-    ch.rx_count.max(ch.combined_count).max(1)
+    let field =
+        |i: usize| u32::from_ne_bytes([ch[i * 4], ch[i * 4 + 1], ch[i * 4 + 2], ch[i * 4 + 3]]);
+    let (rx_count, combined_count) = (field(5), field(8));
+    rx_count.max(combined_count).max(1)
 }
