@@ -8,6 +8,10 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const MAX_INTERFACES: u32 = 64;
 /// Rx queues per interface with an AF_XDP socket.
 pub const MAX_QUEUES_PER_INTERFACE: u32 = 64;
+/// The flow table's default capacity (`--max-flows`): 16,384 calls of one audio stream with
+/// RTCP (four flows each), about 14 MiB of kernel memory. The loader resizes the map to the
+/// operator's figure; this is also the size the object file declares.
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 
 /// Address family tag stored in an [`Endpoint`].
 pub mod family {

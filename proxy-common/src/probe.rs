@@ -42,6 +42,11 @@
 
 use crate::flow::Endpoint;
 
+/// The probe port a deployment uses unless it picks another (`--probe-port`): every relay of
+/// a deployment listens on the same one. Outside rtpengine's and our default media range
+/// (30000-40000) so that it never collides with an allocated media port.
+pub const DEFAULT_PORT: u16 = 7999;
+
 pub const MAGIC: [u8; 4] = *b"MPRB";
 pub const VERSION: u8 = 2;
 pub const MESSAGE_LEN: usize = 108;

@@ -25,7 +25,8 @@ use proxy_common::{
     flow::{Budget, budget},
 };
 
-const MAX_FLOWS: u32 = 65_536;
+/// Resized by the loader to `--max-flows`.
+const MAX_FLOWS: u32 = proxy_common::flow::DEFAULT_MAX_FLOWS;
 /// Rx queues per interface that can punt to userspace; shared with userspace.
 pub use proxy_common::flow::MAX_QUEUES_PER_INTERFACE;
 const MAX_INTERFACES: u32 = proxy_common::flow::MAX_INTERFACES;

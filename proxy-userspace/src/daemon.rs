@@ -31,6 +31,7 @@ use log::{debug, info, warn};
 use proxy_common::{
     Endpoint, FlowCounters, FlowKey,
     probe::{Kind, MESSAGE_LEN, ProbeMessage},
+    wire::{Header as _, Ipv4Hdr, Ipv6Hdr, UdpHdr},
 };
 
 use crate::{
@@ -99,6 +100,8 @@ const JOIN_BUDGET: u32 = 4096;
 /// so that it always gets the control thread's answer, be it "Internal timeout".
 const NG_DEADLINE: Duration = Duration::from_millis(4500);
 const NG_WAIT: Duration = Duration::from_secs(5);
+/// The netlink watcher's poll timeout: how soon it notices that the daemon stopped.
+const NETLINK_POLL_MS: i32 = 1000;
 
 /// Per-daemon counters for the log line and `statistics`.
 #[derive(Default, Debug)]
@@ -198,8 +201,8 @@ fn spawn_monitor(
                         revents: 0,
                     });
                 }
-                // SAFETY: a valid pollfd array. A second's timeout notices a stopped daemon.
-                unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
+                // An error (EINTR) is a spurious wake-up: the reads below find nothing.
+                let _ = crate::sys::poll(&mut pfds, NETLINK_POLL_MS);
                 let events = rtnl.read();
                 if !events.is_empty() && tx.send(NetChange::Net(events)).is_err() {
                     return;
@@ -1037,8 +1040,12 @@ impl Control {
                 .handle_media(to, from, &payload, None, Instant::now());
             return;
         }
-        let ip_header = if to_ip.is_ipv4() { 20 } else { 40 };
-        let ip_len = ip_header + 8 + payload.len();
+        let ip_header = if to_ip.is_ipv4() {
+            Ipv4Hdr::LEN
+        } else {
+            Ipv6Hdr::LEN
+        };
+        let ip_len = ip_header + UdpHdr::LEN + payload.len();
         let attached = |ix: u32, ifaces: &[Iface]| ifaces.iter().any(|f| f.ifindex == Some(ix));
         match self.egresses.for_send(from, to_ip, Instant::now()) {
             Resolution::Unreachable => {
@@ -1088,6 +1095,9 @@ impl CookieCache {
     const GENERATION: Duration = Duration::from_secs(30);
     /// Replies of a few kB each: room for tens of thousands of requests a minute.
     const MAX_BYTES: usize = 64 << 20;
+    /// Bytes counted per entry beyond its cookie and reply: the key's address and two
+    /// `Arc`/`Vec` headers, so that many tiny replies cannot outgrow the bound.
+    const ENTRY_OVERHEAD: usize = 64;
 
     fn new() -> Self {
         Self::with_bound(Self::MAX_BYTES)
@@ -1124,7 +1134,7 @@ impl CookieCache {
 
     fn insert(&mut self, peer: SocketAddr, cookie: Vec<u8>, reply: Arc<Vec<u8>>) {
         self.age();
-        let size = cookie.len() + reply.len() + 64;
+        let size = cookie.len() + reply.len() + Self::ENTRY_OVERHEAD;
         if size > self.max_bytes {
             return;
         }

@@ -145,7 +145,7 @@ pub struct DataplaneConfig {
 impl Default for DataplaneConfig {
     fn default() -> Self {
         Self {
-            max_flows: 65_536,
+            max_flows: proxy_common::flow::DEFAULT_MAX_FLOWS,
             probe_port: 0,
         }
     }

@@ -199,15 +199,10 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Depth of the probe-port queue.
 const PRIORITY_DEPTH: usize = 4096;
 
-/// The UDP destination port of an Ethernet frame, if it is IPv4/IPv6 UDP (no options walk:
-/// a probe has none), for sorting punts without a full parse.
+/// The UDP destination port of an Ethernet frame, by the kernel program's rules, for sorting
+/// punts into the probe queue.
 fn udp_dst_port(f: &[u8]) -> Option<u16> {
-    let at = match u16::from_be_bytes([*f.get(12)?, *f.get(13)?]) {
-        0x0800 => 14 + usize::from(f.get(14)? & 0x0f) * 4 + 2,
-        0x86dd => 14 + 40 + 2,
-        _ => return None,
-    };
-    Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]))
+    proxy_common::packet::parse(f).ok().map(|p| p.dst.port())
 }
 
 /// Starts the I/O thread over `sockets` and the fallback sockets; frames to `probe_port`

@@ -17,6 +17,15 @@ use proxy_userspace::{
     session::{EngineConfig, FarSide},
 };
 
+/// Where the ng protocol listens unless told otherwise: rtpengine's documented default, so a
+/// call server's stock `rtpengine_sock` finds us.
+const DEFAULT_NG: &str = "127.0.0.1:22222";
+
+/// A duration's whole milliseconds, for a command-line default.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[derive(Parser)]
 #[command(
     name = "mediaproxy",
@@ -92,14 +101,14 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: Mode,
     /// Where the ng protocol listens (Kamailio's `rtpengine_sock`).
-    #[arg(long, default_value = "127.0.0.1:22222")]
+    #[arg(long, default_value = DEFAULT_NG)]
     listen_ng: SocketAddr,
-    #[arg(long, default_value_t = 30000)]
+    #[arg(long, default_value_t = CallsConfig::default().port_min)]
     port_min: u16,
-    #[arg(long, default_value_t = 40000)]
+    #[arg(long, default_value_t = CallsConfig::default().port_max)]
     port_max: u16,
     /// The deployment's probe port, the same on every relay.
-    #[arg(long, default_value_t = 7999)]
+    #[arg(long, default_value_t = proxy_common::probe::DEFAULT_PORT)]
     probe_port: u16,
     /// File holding the deployment's probe secret, shared by its relays. Without one, probes
     /// and ACKs go unsigned, which relays of other operators answer in kind; an unsigned
@@ -117,11 +126,11 @@ struct RunArgs {
     far_side: FarSideArg,
     /// Silence from the far side after the near side's first packet before blocking is
     /// suspected.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = millis(EngineConfig::default().blocking_timeout))]
     blocking_timeout_ms: u64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = millis(EngineConfig::default().probe_rto))]
     probe_rto_ms: u64,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = EngineConfig::default().probe_attempts)]
     probe_attempts: u32,
     /// A new source may take over a latched peer silent this long (0, the default: never).
     /// A risk: hold, VAD/DTX and RTCP's 5 s interval give a port-spraying attacker exactly
@@ -129,16 +138,16 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     relatch_after_secs: u64,
     /// Calls held at once; more get rtpengine's load-limit answer.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = CallsConfig::default().max_calls)]
     max_calls: usize,
     /// Media idle this long is torn down.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = CallsConfig::default().media_timeout.as_secs())]
     media_timeout_secs: u64,
     /// Default for `delete` without `delete-delay`.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = CallsConfig::default().delete_delay.as_secs())]
     delete_delay_secs: u64,
     /// Flow table capacity (two flows per RTP or RTCP stream).
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = proxy_common::flow::DEFAULT_MAX_FLOWS)]
     max_flows: u32,
     /// Never let XDP forward: every packet goes through userspace (AF_XDP in, rewrite, AF_XDP
     /// out). For measuring that path; a relay in service does not want it.
@@ -149,7 +158,7 @@ struct RunArgs {
 #[derive(clap::Args)]
 struct CtlArgs {
     /// The relay's ng address.
-    #[arg(long, default_value = "127.0.0.1:22222")]
+    #[arg(long, default_value = DEFAULT_NG)]
     ng: SocketAddr,
     /// The command: ping, offer, answer, delete, query, list, statistics, probe.
     command: String,

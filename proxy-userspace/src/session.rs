@@ -202,7 +202,7 @@ impl Default for EngineConfig {
             blocking_timeout: Duration::from_millis(200),
             probing: true,
             far_side: FarSide::Signalled,
-            probe_port: 7999,
+            probe_port: proxy_common::probe::DEFAULT_PORT,
             implicit_probe_attempts: 2,
             probe_rto: Duration::from_millis(100),
             probe_attempts: 6,

@@ -110,15 +110,20 @@ impl Default for CallsConfig {
     fn default() -> Self {
         Self {
             interfaces: Vec::new(),
-            port_min: 30000,
-            port_max: 40000,
-            probe_port: 7999,
+            // rtpengine's default range.
+            port_min: 30_000,
+            port_max: 40_000,
+            probe_port: proxy_common::probe::DEFAULT_PORT,
+            // rtpengine's defaults: `delete-delay` 30 s, `timeout` 60 s.
             delete_delay: Duration::from_secs(30),
             media_timeout: Duration::from_secs(60),
             keep_ended: Duration::from_secs(30),
+            // Far above what one relay core carries in userspace signalling (~2,300 calls set up
+            // per second) times a call's lifetime in tests; operators size it to their box.
             max_calls: 50_000,
+            // Audio, video and a few more: no SIP device offers more m= lines.
             max_media: 16,
-            max_flows: 65_536,
+            max_flows: proxy_common::flow::DEFAULT_MAX_FLOWS as usize,
         }
     }
 }

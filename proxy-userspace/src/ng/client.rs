@@ -14,6 +14,11 @@ use super::bencode::{self, Dict};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Wait per send before retransmitting: Kamailio's `rtpengine_tout_ms` default.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The largest UDP datagram: ng replies (a `list` or `statistics`) can be tens of kilobytes.
+const MAX_DATAGRAM: usize = 65_536;
+
 pub struct NgClient {
     sock: UdpSocket,
     server: SocketAddr,
@@ -30,7 +35,7 @@ impl NgClient {
         }
         .parse()?;
         let sock = UdpSocket::bind(bind)?;
-        sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+        sock.set_read_timeout(Some(RETRY_AFTER))?;
         Ok(Self {
             sock,
             server,
@@ -57,7 +62,7 @@ impl NgClient {
         let mut msg = cookie.as_bytes().to_vec();
         msg.push(b' ');
         req.encode_into(&mut msg);
-        let mut buf = vec![0u8; 65536];
+        let mut buf = vec![0u8; MAX_DATAGRAM];
         for _ in 0..self.tries.max(1) {
             self.sock
                 .send_to(&msg, self.server)
@@ -92,7 +97,7 @@ impl NgClient {
     /// Sends raw bytes and returns the raw reply, if any comes within a second.
     pub fn raw(&self, msg: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
         self.sock.send_to(msg, self.server)?;
-        let mut buf = vec![0u8; 65536];
+        let mut buf = vec![0u8; MAX_DATAGRAM];
         match self.sock.recv_from(&mut buf) {
             Ok((n, _)) => Ok(Some(buf[..n].to_vec())),
             Err(e)
