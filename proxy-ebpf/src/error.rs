@@ -52,6 +52,26 @@ impl Error {
         }
     }
 
+    /// What the kernel event for this outcome says (`--kernel-log`).
+    #[inline(always)]
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Error::NotIp => "not IP",
+            Error::Vlan => "VLAN-tagged",
+            Error::NotUdp => "not UDP",
+            Error::Fragment => "IP fragment",
+            Error::Truncated => "truncated",
+            Error::NoFlow => "no flow",
+            Error::Malformed => "a flow's packet with inconsistent lengths",
+            Error::Mismatch => "a flow's packet from the wrong source",
+            Error::NoSocket => "no AF_XDP socket for the rx queue",
+            Error::RedirectFailed => "redirect failed",
+            Error::PuntBudget => "punt over budget",
+            Error::ProbeBudget => "probe over budget",
+            Error::Ttl => "TTL exhausted",
+        }
+    }
+
     #[inline(always)]
     pub const fn counter(self) -> Counter {
         match self {

@@ -78,6 +78,8 @@ pub struct DaemonConfig {
     /// None: probing off (no secret, no probe port).
     pub probe_secret: Option<Vec<u8>>,
     pub max_flows: u32,
+    /// The kernel program's events up to this level (`--kernel-log`); `None`: none.
+    pub kernel_log: Option<aya_log::Level>,
 }
 
 /// How often the daemon expires calls and checks devices for undelivered native frames.
@@ -304,6 +306,7 @@ impl Control {
         let mut dp = Dataplane::load(&DataplaneConfig {
             max_flows: cfg.max_flows,
             probe_port,
+            kernel_log: cfg.kernel_log,
         })?;
         let names = media_devices(cfg)?;
         let fallback = vec![

@@ -13,6 +13,10 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -140,6 +144,9 @@ pub struct DataplaneConfig {
     pub max_flows: u32,
     /// Probe port, 0 for none.
     pub probe_port: u16,
+    /// The kernel program's events (aya-log) up to this level, logged under the target
+    /// `mediaproxy::kernel`. `None` (the default) compiles them out of the loaded program.
+    pub kernel_log: Option<aya_log::Level>,
 }
 
 impl Default for DataplaneConfig {
@@ -147,6 +154,7 @@ impl Default for DataplaneConfig {
         Self {
             max_flows: proxy_common::flow::DEFAULT_MAX_FLOWS,
             probe_port: 0,
+            kernel_log: None,
         }
     }
 }
@@ -211,15 +219,89 @@ pub struct Dataplane {
     free_slots: Vec<u32>,
     next_slot: u32,
     max_flows: u32,
+    _kernel_log: Option<KernelLog>,
+}
+
+/// The thread that forwards the kernel program's events to the log while the dataplane lives.
+struct KernelLog {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often the event reader checks whether the dataplane went away.
+const KERNEL_LOG_POLL_MS: i32 = 200;
+
+impl KernelLog {
+    fn start(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut logger = aya_log::EbpfLogger::init_with_logger(ebpf, &KernelTarget)
+            .context("the kernel program's event ring (AYA_LOGS)")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("kernel-log".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    let mut fds = [libc::pollfd {
+                        fd: logger.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    }];
+                    if matches!(crate::sys::poll(&mut fds, KERNEL_LOG_POLL_MS), Ok(n) if n > 0) {
+                        logger.flush();
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for KernelLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Logs the kernel's events under their own target, so that an operator can tell them from
+/// the daemon's (and filter them: `RUST_LOG=mediaproxy::kernel=debug`).
+struct KernelTarget;
+
+impl log::Log for KernelTarget {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        log::logger().log(
+            &log::Record::builder()
+                .args(*record.args())
+                .level(record.level())
+                .target("mediaproxy::kernel")
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        log::logger().flush();
+    }
 }
 
 impl Dataplane {
     /// Loads and verifies the programs and creates their maps; attaches nothing yet.
     pub fn load(cfg: &DataplaneConfig) -> anyhow::Result<Self> {
         crate::caps::raise_memlock();
+        // 0 turns every event off; the verifier then drops their code (the level is read-only
+        // data of the program).
+        let level = cfg.kernel_log.map_or(0u8, |l| l as u8);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", cfg.max_flows)
             .map_max_entries("FLOW_COUNTERS", cfg.max_flows)
+            .override_global(aya_log::LEVEL, &level, true)
             .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;
         for name in [XDP_NATIVE, XDP_SKB] {
@@ -256,6 +338,10 @@ impl Dataplane {
         config
             .set(0, RelayConfig::new(cfg.probe_port), 0)
             .context("writing CONFIG")?;
+        let kernel_log = cfg
+            .kernel_log
+            .map(|_| KernelLog::start(&mut ebpf))
+            .transpose()?;
         Ok(Self {
             ebpf,
             flows,
@@ -275,6 +361,7 @@ impl Dataplane {
             free_slots: Vec::new(),
             next_slot: 0,
             max_flows: cfg.max_flows,
+            _kernel_log: kernel_log,
         })
     }
 

@@ -149,6 +149,12 @@ struct RunArgs {
     /// Flow table capacity (two flows per RTP or RTCP stream).
     #[arg(long, default_value_t = proxy_common::flow::DEFAULT_MAX_FLOWS)]
     max_flows: u32,
+    /// Log the XDP program's events up to this level, under the target `mediaproxy::kernel`
+    /// (today: every packet it drops, and why, at `debug`). `off`, the default, leaves them
+    /// out of the loaded program, so they cost nothing per packet. For diagnosis, not for a
+    /// relay under load: at `debug` a flood is a flood of log lines.
+    #[arg(long, value_enum, default_value = "off")]
+    kernel_log: KernelLog,
     /// Never let XDP forward: every packet goes through userspace (AF_XDP in, rewrite, AF_XDP
     /// out). For measuring that path; a relay in service does not want it.
     #[arg(long)]
@@ -210,6 +216,29 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum KernelLog {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl KernelLog {
+    fn level(self) -> Option<aya_log::Level> {
+        match self {
+            KernelLog::Off => None,
+            KernelLog::Error => Some(aya_log::Level::Error),
+            KernelLog::Warn => Some(aya_log::Level::Warn),
+            KernelLog::Info => Some(aya_log::Level::Info),
+            KernelLog::Debug => Some(aya_log::Level::Debug),
+            KernelLog::Trace => Some(aya_log::Level::Trace),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum FarSideArg {
     Signalled,
     Confirmed,
@@ -265,6 +294,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         listen_ng: a.listen_ng,
         probe_secret,
         max_flows: a.max_flows,
+        kernel_log: a.kernel_log.level(),
     })
 }
 

@@ -145,6 +145,7 @@ fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
     let mut dp = Dataplane::load(&DataplaneConfig {
         max_flows: 64,
         probe_port: PROBE_PORT,
+        ..DataplaneConfig::default()
     })
     .expect("load the programs");
     let own: std::collections::HashSet<std::net::IpAddr> =
@@ -928,6 +929,7 @@ fn punt_budgets_hold_a_flood_back_but_not_the_signalled_peer() {
         let mut dp = Dataplane::load(&DataplaneConfig {
             max_flows: 8,
             probe_port: PROBE_PORT,
+            ..DataplaneConfig::default()
         })
         .unwrap();
         let own = std::iter::once("10.0.1.1".parse().unwrap()).collect();
@@ -1109,6 +1111,7 @@ fn userspace_parser_agrees_with_the_xdp_program() {
         let mut dp = Dataplane::load(&DataplaneConfig {
             max_flows: 64,
             probe_port: PROBE_PORT,
+            ..DataplaneConfig::default()
         })
         .unwrap();
         let xsk = XskSocket::bind(
@@ -1241,6 +1244,89 @@ fn userspace_parser_agrees_with_the_xdp_program() {
                 classes.get(c).copied().unwrap_or(0) > 10,
                 "too few {c}: {classes:?}"
             );
+        }
+    })
+    .unwrap();
+}
+
+/// Collects what is logged, for the kernel-events fixture.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        let line = format!("{} {}", r.target(), r.args());
+        self.0.lock().unwrap().push(line);
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+
+/// `--kernel-log`: off (the default), the events are not in the loaded program at all (the
+/// verifier removed them: fewer translated instructions); at `debug`, a dropped packet of a
+/// flow reaches the log under `mediaproxy::kernel`, with its reason.
+#[test]
+fn kernel_events_cost_nothing_when_off_and_reach_the_log_when_asked() {
+    need_root();
+    let env = Env::fixture("fxl").unwrap();
+    env.enter(|env| {
+        log::set_logger(&CAPTURE).expect("the only logger of this test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+        let relay0 = env.ifindex("relay0");
+        let load = |level| {
+            Dataplane::load(&DataplaneConfig {
+                max_flows: 8,
+                probe_port: PROBE_PORT,
+                kernel_log: level,
+            })
+            .unwrap()
+        };
+        let size = |dp: &Dataplane| dp.program().unwrap().info().unwrap().size_translated();
+        let off = load(None);
+        let mut on = load(Some(aya_log::Level::Debug));
+        let (off_size, on_size) = (size(&off), size(&on));
+        println!("translated program: {off_size:?} bytes off, {on_size:?} at debug");
+        assert!(off_size < on_size, "the events' code is gone when off");
+        drop(off);
+
+        let relay_a = v4([10, 0, 1, 1], 30000);
+        on.add_flow(FlowKey::new(relay_a), &FlowSpec::hold(), None)
+            .unwrap();
+        let mut frame = FrameBuilder::udp(v4([10, 0, 1, 2], 4000), relay_a)
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(&rtp_payload(172))
+            .build();
+        frame[38..40].copy_from_slice(&400u16.to_be_bytes()); // UDP length beyond the IP payload
+        let md = XdpMd {
+            ingress_ifindex: relay0,
+            data_end: frame.len() as u32,
+            ..XdpMd::default()
+        };
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = on
+            .program()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(as_bytes(&md)),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert_eq!(r.return_value, XDP_DROP);
+        let want = "mediaproxy::kernel dropped: a flow's packet with inconsistent lengths";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !CAPTURE.0.lock().unwrap().iter().any(|l| l == want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no kernel event; logged: {:?}",
+                CAPTURE.0.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     })
     .unwrap();

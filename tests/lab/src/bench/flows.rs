@@ -135,6 +135,7 @@ pub(super) fn scale_point(
         let mut dp = Dataplane::load(&DataplaneConfig {
             max_flows,
             probe_port: 0,
+            ..DataplaneConfig::default()
         })?;
         dp.attach("r0", AttachMode::Native)?;
         dp.attach("r1", AttachMode::Native)?;
