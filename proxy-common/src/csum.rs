@@ -59,6 +59,15 @@ pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], udp_len: u32) -> u64 {
         + u64::from(udp_len & 0xffff)
 }
 
+/// Sets an IPv4 header's checksum, over the header and its `options`.
+#[inline(always)]
+pub fn fill_ipv4(ip: &mut crate::wire::Ipv4Hdr, options: &[u8]) {
+    use crate::wire::Header as _;
+    ip.check = [0; 2];
+    let sum = add_bytes(add_bytes(0, ip.as_bytes()), options);
+    ip.check = (!fold(sum)).to_be_bytes();
+}
+
 /// Checksum over a whole header or message: `!fold(sum)`.
 #[inline(always)]
 #[must_use]

@@ -120,7 +120,7 @@ impl Ipv4Hdr {
     const DONT_FRAGMENT: u16 = 0x4000;
 
     /// A header for a UDP datagram of `udp_len` bytes after `options_len` bytes of options
-    /// (a multiple of 4), DF set, checksum zero: fill it with [`Ipv4Hdr::fill_checksum`].
+    /// (a multiple of 4), DF set, checksum zero: fill it with `csum::fill_ipv4`.
     #[inline(always)]
     #[must_use]
     pub const fn udp(
@@ -146,13 +146,6 @@ impl Ipv4Hdr {
         }
     }
 
-    /// Sets the header checksum over this header and its `options`.
-    #[inline(always)]
-    pub fn fill_checksum(&mut self, options: &[u8]) {
-        self.check = [0; 2];
-        let sum = crate::csum::add_bytes(crate::csum::add_bytes(0, self.as_bytes()), options);
-        self.check = (!crate::csum::fold(sum)).to_be_bytes();
-    }
 
     #[inline(always)]
     #[must_use]

@@ -109,7 +109,7 @@ mod tests {
             .as_bytes()
             .to_vec();
         let mut ip = Ipv4Hdr::udp([10, 0, 0, 1], [10, 0, 0, 2], 64, 1, 0, udp_len);
-        ip.fill_checksum(&[]);
+        proxy_common::csum::fill_ipv4(&mut ip, &[]);
         f.extend_from_slice(ip.as_bytes());
         f.extend_from_slice(UdpHdr::new(4000, 30000, udp_len as u16, 0).as_bytes());
         f.resize(f.len() + payload, 0xab);

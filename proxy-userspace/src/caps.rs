@@ -113,64 +113,6 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     crate::sys::if_indextoname(ifindex)
 }
 
-/// What the relay would do with an interface: its driver, its xdp-features, whether native
-/// XDP frames are delivered there, and so which path flows leaving through it take.
-pub fn describe_interface(ifname: &str) -> anyhow::Result<Vec<String>> {
-    let index = ifindex(ifname)?;
-    let link = crate::netlink::Rtnl::new()?
-        .link(index)?
-        .ok_or_else(|| anyhow!("no interface named {ifname:?}"))?;
-    let features = crate::netdev::Netdev::open()
-        .ok()
-        .flatten()
-        .and_then(|mut n| n.xdp_features(index).ok().flatten());
-    let dev = crate::egress::Device {
-        name: link.name.clone(),
-        veth: link.is_veth(),
-        features,
-        demoted: false,
-    };
-    let act = crate::netdev::xdp_act::BASIC;
-    let mut out = vec![
-        format!(
-            "ifindex {index}, {}, MTU {}, {}",
-            link.kind.as_deref().unwrap_or("physical"),
-            link.mtu,
-            if link.up && link.lower_up {
-                "up"
-            } else {
-                "down"
-            }
-        ),
-        match features {
-            Some(f) => format!(
-                "xdp-features {f:#x}: native XDP {}, native frames {} delivered there",
-                if f & act != 0 {
-                    "supported"
-                } else {
-                    "not supported (generic XDP will be used)"
-                },
-                if dev.native() { "are" } else { "are not" }
-            ),
-            None => "xdp-features unknown (kernel before 6.3): assumed from the driver kind".into(),
-        },
-        format!("flows leaving through {ifname} are sent by {}", dev.path()),
-    ];
-    if dev.veth && !dev.native() {
-        out.push(
-            "  (a veth whose peer runs neither XDP nor GRO, as in a container: native frames would be dropped there)".into(),
-        );
-    }
-    if dev.veth {
-        out.push("  (on a veth the relay redirects rather than XDP_TX, which stalls behind a GRO-only peer)".into());
-    }
-    if let Some(e) = crate::ethtool::xdp_errors(ifname) {
-        out.push(format!(
-            "native XDP frames the driver could not deliver so far: {e}"
-        ));
-    }
-    Ok(out)
-}
 
 fn not_root_hint() -> &'static str {
     if rustix::process::geteuid().is_root() {

@@ -287,7 +287,7 @@ impl FrameBuilder {
                 self.ip_options.len(),
                 udp_len,
             );
-            ip.fill_checksum(&self.ip_options);
+            csum::fill_ipv4(&mut ip, &self.ip_options);
             f.extend_from_slice(ip.as_bytes());
             f.extend_from_slice(&self.ip_options);
             csum::pseudo_header_v4(&src, &dst, udp_len as u16)

@@ -191,7 +191,7 @@ fn main() -> anyhow::Result<()> {
             }
             let mut bad = missing.len();
             for i in &interfaces {
-                match proxy_userspace::caps::describe_interface(i) {
+                match proxy_userspace::egress::describe_interface(i) {
                     Ok(lines) => {
                         println!("{i}:");
                         for l in lines {

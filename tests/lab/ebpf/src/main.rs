@@ -89,7 +89,7 @@ mod programs {
         let eth = EthHdr::new(cfg.dst_mac, cfg.src_mac, ether_type::IPV4);
         f[..offsets::IP].copy_from_slice(eth.as_bytes());
         let mut ip = Ipv4Hdr::udp(cfg.src_ip, dst_ip, 64, 0, 0, FRAME_LEN - offsets::UDP);
-        ip.fill_checksum(&[]);
+        csum::fill_ipv4(&mut ip, &[]);
         f[offsets::IP..offsets::UDP].copy_from_slice(ip.as_bytes());
         let udp = offsets::UDP;
         let udp_hdr = UdpHdr::new(cfg.src_port, dst_port, (8 + RTP_LEN) as u16, 0);
