@@ -146,7 +146,6 @@ impl Ipv4Hdr {
         }
     }
 
-
     #[inline(always)]
     #[must_use]
     pub const fn version(&self) -> u8 {

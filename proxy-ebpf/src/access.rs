@@ -57,7 +57,7 @@ pub fn ptr_at<T>(ctx: &impl Context, offset: usize) -> Result<*mut T, Error> {
     // no known range. Reading the pointer back through a volatile stack slot stops the fold.
     let slot = start + offset;
     // SAFETY: reads a local.
-    let ptr = unsafe { core::ptr::read_volatile(&slot) };
+    let ptr = unsafe { core::ptr::read_volatile(&raw const slot) };
     if ptr + core::mem::size_of::<T>() > end {
         return Err(Error::Truncated);
     }
@@ -82,6 +82,10 @@ impl<C: Context> Packet for Frame<'_, C> {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames are a few hundred bytes"
+)]
 mod tests {
     use proxy_common::{
         Endpoint,

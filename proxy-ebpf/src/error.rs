@@ -18,7 +18,7 @@ pub enum Error {
     Malformed,
     /// Wrong source on a flow whose policy is to drop.
     Mismatch,
-    /// No AF_XDP socket for this rx queue.
+    /// No `AF_XDP` socket for this rx queue.
     NoSocket,
     /// The DEVMAP redirect failed after the rewrite (the interface left the map meanwhile).
     RedirectFailed,

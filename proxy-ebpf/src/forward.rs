@@ -26,6 +26,8 @@ use crate::{
 
 /// Bytes summed per `bpf_csum_diff` call (at most 512, a multiple of 4; a stack buffer).
 const CSUM_CHUNK: usize = 64;
+#[expect(clippy::cast_possible_truncation, reason = "64")]
+const CSUM_CHUNK_U32: u32 = CSUM_CHUNK as u32;
 /// Payloads up to 1536 bytes (a 1500-byte MTU) get their partial checksum finished in XDP;
 /// longer ones (jumbo frames from a local sender, never seen on RTP) go to userspace.
 const MAX_CSUM_CHUNKS: usize = 24;
@@ -104,7 +106,12 @@ pub fn forward<const SKB: bool>(
     eth.src = entry.src_mac;
 
     let egress = entry.egress_ifindex;
-    if egress == ctx.ingress_ifindex() as u32 && !entry.has_flag(flow_flags::TX_REDIRECT) {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's ifindex is a u32"
+    )]
+    let ingress = ctx.ingress_ifindex() as u32;
+    if egress == ingress && !entry.has_flag(flow_flags::TX_REDIRECT) {
         return Ok(Sent::Tx);
     }
     match EGRESS.redirect(egress, 0) {
@@ -146,7 +153,7 @@ fn packet_sum(ctx: &XdpContext, off: usize, len: usize) -> Result<u64, Error> {
     Ok(sum)
 }
 
-/// Copies `n` (1..=CSUM_CHUNK) packet bytes at `off` into `buf` and sums all of `buf`.
+/// Copies `n` (`1..=CSUM_CHUNK`) packet bytes at `off` into `buf` and sums all of `buf`.
 #[inline(always)]
 fn load_and_sum(
     ctx: &XdpContext,
@@ -157,7 +164,11 @@ fn load_and_sum(
     // Spelled so that the verifier sees 1..=CSUM_CHUNK.
     let n = ((n - 1) & (CSUM_CHUNK - 1)) + 1;
     // SAFETY: buf has CSUM_CHUNK >= n writable bytes; the helper checks the packet bounds.
-    let r = unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.as_mut_ptr().cast(), n as u32) };
+    // Packet offsets and chunk lengths are below 64 KiB (ptr_at bounds them), so they fit.
+    #[expect(clippy::cast_possible_truncation, reason = "below 64 KiB")]
+    let (off, n) = (off as u32, n as u32);
+    // SAFETY: as above.
+    let r = unsafe { bpf_xdp_load_bytes(ctx.ctx, off, buf.as_mut_ptr().cast(), n) };
     if r < 0 {
         return Err(Error::Malformed);
     }
@@ -167,7 +178,7 @@ fn load_and_sum(
             core::ptr::null_mut(),
             0,
             buf.as_mut_ptr().cast(),
-            CSUM_CHUNK as u32,
+            CSUM_CHUNK_U32,
             0,
         )
     };
@@ -176,5 +187,5 @@ fn load_and_sum(
     }
     // bpf_csum_diff sums native (little-endian) words; the one's-complement sum is
     // byte-order independent up to a byte swap (RFC 1071 section 2(B)).
-    Ok(u64::from(csum::fold(r as u64).swap_bytes()))
+    Ok(u64::from(csum::fold(r.cast_unsigned()).swap_bytes()))
 }

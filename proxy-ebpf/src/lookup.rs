@@ -1,4 +1,4 @@
-//! The sk_lookup program: UDP datagrams that the kernel's stack delivers to one of the relay's
+//! The `sk_lookup` program: UDP datagrams that the kernel's stack delivers to one of the relay's
 //! flows go to the relay's fallback socket, whatever their port.
 //!
 //! They are the few that no XDP verdict covers: datagrams the kernel reassembled from
@@ -26,7 +26,8 @@ pub fn handle(ctx: &SkLookupContext) -> u32 {
     if l.protocol != u32::from(ip_proto::UDP) {
         return sk_action::SK_PASS;
     }
-    // local_port is in host order (unlike every other port in the context).
+    // local_port is in host order (unlike every other port in the context), and a port.
+    #[expect(clippy::cast_possible_truncation, reason = "a port in a u32")]
     let port = l.local_port as u16;
     let (local, index) = match l.family {
         AF_INET => (Endpoint::v4(l.local_ip4.to_ne_bytes(), port), SOCKET_V4),

@@ -7,9 +7,9 @@
 //! | `COUNTERS`      | `Counter` index      | kernel, per CPU; userspace reads             |
 //! | `CONFIG`        | 0                    | userspace at start-up                        |
 //! | `XSK_BASE`      | ifindex              | userspace: where the interface's sockets start in `XSKS` |
-//! | `XSKS`          | base + rx queue      | userspace, one AF_XDP socket per queue       |
+//! | `XSKS`          | base + rx queue      | userspace, one `AF_XDP` socket per queue       |
 //! | `EGRESS`        | ifindex              | userspace, each egress a next hop uses       |
-//! | `SOCKETS`       | 0: IPv4, 1: IPv6     | userspace: the fallback sockets sk_lookup assigns |
+//! | `SOCKETS`       | 0: IPv4, 1: IPv6     | userspace: the fallback sockets `sk_lookup` assigns |
 //! | `LOCAL_ADDRS`   | address (port 0)     | userspace: the relay's own addresses (probes)|
 //! | `PUNT_TAT`      | `budget::*`          | kernel, per CPU: the global punt budgets     |
 //!
@@ -38,6 +38,7 @@ pub static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(MAX_FL
 pub static FLOW_COUNTERS: Array<FlowCounters> = Array::with_max_entries(MAX_FLOWS, 0);
 
 #[map]
+#[expect(clippy::cast_possible_truncation, reason = "a few dozen counters")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);
 
 #[map]
@@ -86,7 +87,7 @@ pub fn probe_port() -> [u8; 2] {
 pub fn is_local(addr: &Endpoint) -> bool {
     let key = addr.with_port(0);
     // SAFETY: a u8 value, only tested for presence.
-    unsafe { LOCAL_ADDRS.get(&key) }.is_some()
+    unsafe { LOCAL_ADDRS.get(key) }.is_some()
 }
 
 /// Takes one punt from the CPU's budget `which` (see `proxy_common::flow::budget`), and for

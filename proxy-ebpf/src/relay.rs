@@ -124,11 +124,15 @@ fn punt_counted(
     Ok(verdict)
 }
 
-/// Hands the frame to the AF_XDP socket of the queue it arrived on.
+/// Hands the frame to the `AF_XDP` socket of the queue it arrived on.
 #[inline(always)]
 fn punt(ctx: &XdpContext, why: Counter) -> Result<Verdict, Error> {
-    let index = maps::xsk_index(ctx.ingress_ifindex() as u32, ctx.rx_queue_index())
-        .ok_or(Error::NoSocket)?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the kernel's ifindex is a u32"
+    )]
+    let ingress = ctx.ingress_ifindex() as u32;
+    let index = maps::xsk_index(ingress, ctx.rx_queue_index()).ok_or(Error::NoSocket)?;
     match XSKS.redirect(index, 0) {
         Ok(action) => Ok(Verdict {
             action,

@@ -2,12 +2,12 @@
 //! (its egress drops native frames, as a container's veth does) and passed up.
 //!
 //! The rewrite uses the kernel's checksum helpers rather than our own arithmetic: an skb
-//! carries a checksum state (a local sender's CHECKSUM_PARTIAL, a NIC's CHECKSUM_COMPLETE)
+//! carries a checksum state (a local sender's `CHECKSUM_PARTIAL`, a NIC's `CHECKSUM_COMPLETE`)
 //! that a redirect keeps, and `bpf_l4_csum_replace` updates the field and that state the way
 //! the kernel's own NAT does, so the egress device or the receiver finishes it right.
 //!
 //! What TC cannot send (HOLD, no next hop, larger than the egress MTU, a source to re-check)
-//! it leaves to the stack, where the sk_lookup program hands the flow's datagrams to the
+//! it leaves to the stack, where the `sk_lookup` program hands the flow's datagrams to the
 //! relay's fallback socket in userspace. Everything that is not a flow's it leaves alone.
 
 use aya_ebpf::{
@@ -30,6 +30,7 @@ use crate::{
 
 /// Enough linear bytes for every header the parser reads: Ethernet, IPv4 with the longest
 /// options, UDP.
+#[expect(clippy::cast_possible_truncation, reason = "82 bytes")]
 const HEADERS: u32 = (core::mem::size_of::<EthHdr>() + 60 + 8) as u32;
 /// Offsets of the fields the rewrite touches.
 const V4_TTL: usize = L3_OFF + 8;
@@ -56,11 +57,11 @@ pub fn handle(ctx: &TcContext) -> Option<(i32, Counter)> {
         return None;
     }
     let counters = maps::flow_counters(entry.counter_slot);
-    let to_userspace = Some((TC_ACT_OK as i32, Counter::TcToUserspace));
+    let to_userspace = Some((TC_ACT_OK, Counter::TcToUserspace));
     if entry.has_flag(flow_flags::REQUIRE_PEER) && pkt.src != entry.peer {
         if entry.has_flag(flow_flags::MISMATCH_DROP) {
             add(counters, |c| &mut c.mismatch_packets, 1);
-            return Some((TC_ACT_SHOT as i32, Counter::TcDropMismatch));
+            return Some((TC_ACT_SHOT, Counter::TcDropMismatch));
         }
         return to_userspace;
     }
@@ -77,19 +78,22 @@ pub fn handle(ctx: &TcContext) -> Option<(i32, Counter)> {
         return to_userspace;
     }
     if pkt.ttl <= 1 {
-        return Some((TC_ACT_SHOT as i32, Counter::DropTtl));
+        return Some((TC_ACT_SHOT, Counter::DropTtl));
     }
     touch(counters);
     if rewrite(ctx, &pkt, entry).is_err() {
         // A helper refused (the skb could not be made writable): nothing or part of it was
         // written, so the packet must not go on. The stack would drop it as misaddressed.
-        return Some((TC_ACT_SHOT as i32, Counter::DropMalformed));
+        return Some((TC_ACT_SHOT, Counter::DropMalformed));
     }
     add(counters, |c| &mut c.fwd_packets, 1);
     add(counters, |c| &mut c.fwd_bytes, u64::from(pkt.udp_len) - 8);
     // SAFETY: plain helper call; it only records the target in the per-CPU redirect info.
     let action = unsafe { bpf_redirect(entry.egress_ifindex, 0) };
-    Some((action as i32, Counter::TcFwd))
+    // A TC_ACT_* value (0..=8, or TC_ACT_SHOT on failure): it fits the classifier's i32.
+    #[expect(clippy::cast_possible_truncation, reason = "a TC_ACT_* value")]
+    let action = action as i32;
+    Some((action, Counter::TcFwd))
 }
 
 /// New addresses, ports and MACs, with the IPv4 header and UDP checksums updated by the
@@ -168,6 +172,10 @@ fn ports(src: &Endpoint, dst: &Endpoint) -> [u8; 4] {
 /// The one's-complement difference between two byte strings of equal length (a multiple of
 /// four), as `bpf_csum_diff` gives it for the `*_csum_replace` helpers.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "N is a header field's size"
+)]
 fn csum_diff<const N: usize>(old: &[u8; N], new: &[u8; N]) -> Result<u64, i64> {
     // SAFETY: both buffers are N readable bytes on the stack; the helper only reads them.
     let r = unsafe {
@@ -179,7 +187,7 @@ fn csum_diff<const N: usize>(old: &[u8; N], new: &[u8; N]) -> Result<u64, i64> {
             0,
         )
     };
-    if r < 0 { Err(r) } else { Ok(r as u64) }
+    if r < 0 { Err(r) } else { Ok(r.cast_unsigned()) }
 }
 
 // `Ipv4Hdr` and `Ipv6Hdr` fix the offsets above; keep them honest.

@@ -113,7 +113,6 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     crate::sys::if_indextoname(ifindex)
 }
 
-
 fn not_root_hint() -> &'static str {
     if rustix::process::geteuid().is_root() {
         ""

@@ -1,6 +1,6 @@
 //! The relay daemon: wires the sans-IO logic (the session [`Engine`] and the ng call model
 //! [`Calls`], side by side) to the kernel
-//! ([`Dataplane`]), the AF_XDP I/O thread, the next hops ([`Egresses`]) and the ng listener.
+//! ([`Dataplane`]), the `AF_XDP` I/O thread, the next hops ([`Egresses`]) and the ng listener.
 //!
 //! Threads:
 //! - the **control thread** owns the dataplane, the engine, the calls and the next hops. It
@@ -8,7 +8,7 @@
 //!   engine's next timer, feeds each to the logic and carries out what comes back: flow
 //!   updates, packets to send, replies. Media, probes, ACKs and timers go to the engine
 //!   directly; an ng command goes to the calls, which borrow the engine for it;
-//! - the **I/O thread** (`io`) owns the AF_XDP sockets and the fallback sockets;
+//! - the **I/O thread** (`io`) owns the `AF_XDP` sockets and the fallback sockets;
 //! - the **monitor thread** turns rtnetlink and netdev notifications into messages;
 //! - the **tokio runtime** on the main thread serves the ng protocol over UDP and handles
 //!   SIGINT/SIGTERM, after which the control thread drops the dataplane, which detaches XDP.
@@ -85,7 +85,7 @@ pub struct DaemonConfig {
 /// How often the daemon expires calls and checks devices for undelivered native frames.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// How often in-use neighbours are re-validated (`NTF_USE`). Below the kernel's default
-/// base_reachable_time (30 s), so an entry the fast path uses does not sit STALE for long.
+/// `base_reachable_time` (30 s), so an entry the fast path uses does not sit STALE for long.
 const NEIGHBOUR_KICK: Duration = Duration::from_secs(5);
 /// Network changes come in bursts (a link going down removes its routes one by one): the
 /// re-resolution waits this long after the first of a burst.
@@ -148,18 +148,15 @@ pub enum Command {
     Stop,
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the kernel program's clock (`bpf_ktime_get_ns`).
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // Monotonic time is never negative.
+    ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs()
 }
 
-/// A flow's counters from the real maps, its last-seen time turned from CLOCK_MONOTONIC ns
-/// (bpf_ktime_get_ns) into an `Instant`.
+/// A flow's counters from the real maps, its last-seen time turned from `CLOCK_MONOTONIC` ns
+/// (`bpf_ktime_get_ns`) into an `Instant`.
 fn kernel_flow(dp: &Dataplane, key: &Endpoint) -> Option<KernelFlow> {
     let counters: FlowCounters = dp.flow_stats(FlowKey::new(*key)).ok()?;
     let last_seen = if counters.last_seen_ns == 0 {
@@ -233,7 +230,7 @@ struct Iface {
     /// `None` while the device does not exist.
     ifindex: Option<u32>,
     mode: Option<AttachMode>,
-    /// Up with carrier: AF_XDP sockets are (re)built on the transition to it.
+    /// Up with carrier: `AF_XDP` sockets are (re)built on the transition to it.
     running: bool,
     queues: u32,
     /// `xdp_tx_errors` + `xdp_xmit_errors` last read, for the runtime check.
@@ -412,7 +409,7 @@ impl Control {
         Ok(())
     }
 
-    /// (Re)builds the interface's AF_XDP sockets, one per rx queue.
+    /// (Re)builds the interface's `AF_XDP` sockets, one per rx queue.
     fn sockets(&mut self, iface: &mut Iface) -> anyhow::Result<()> {
         let Some(ifindex) = iface.ifindex else {
             return Ok(());
@@ -432,10 +429,6 @@ impl Control {
         Ok(())
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one loop, one select!: what wakes the control thread and what runs after each wake-up read best in one place"
-    )]
     fn run(mut self, commands: &Receiver<Command>) {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut next_kick = Instant::now() + NEIGHBOUR_KICK;
@@ -458,28 +451,25 @@ impl Control {
                 .take(PUNT_BURST)
                 .collect::<Vec<_>>()
             {
-                self.on_punted(p);
+                self.on_punted(&p);
             }
             select! {
                 recv(self.io.priority) -> p => {
                     if let Ok(p) = p {
-                        self.on_punted(p);
+                        self.on_punted(&p);
                     }
                 }
-                recv(self.io.rx) -> p => match p {
-                    Ok(p) => {
-                        self.on_punted(p);
-                        // Drain a burst before looking at timers again.
-                        for p in self.io.rx.try_iter().take(PUNT_BURST - 1).collect::<Vec<_>>() {
-                            self.on_punted(p);
-                        }
+                recv(self.io.rx) -> p => if let Ok(p) = p {
+                    self.on_punted(&p);
+                    // Drain a burst before looking at timers again.
+                    for p in self.io.rx.try_iter().take(PUNT_BURST - 1).collect::<Vec<_>>() {
+                        self.on_punted(&p);
                     }
-                    Err(_) => {
-                        // Without the I/O thread nothing reaches userspace any more: stop, so
-                        // that a supervisor restarts the relay, rather than spin.
-                        log::error!("the AF_XDP I/O thread stopped");
-                        break;
-                    }
+                } else {
+                    // Without the I/O thread nothing reaches userspace any more: stop, so
+                    // that a supervisor restarts the relay, rather than spin.
+                    log::error!("the AF_XDP I/O thread stopped");
+                    break;
                 },
                 recv(commands) -> c => match c {
                     Ok(Command::Ng(req)) => {
@@ -504,12 +494,9 @@ impl Control {
                     }
                     Ok(Command::Stop) | Err(_) => break,
                 },
-                recv(self.net) -> n => match n {
-                    Ok(change) => self.on_net(change),
-                    Err(_) => {
-                        log::error!("the network monitor thread stopped");
-                        break;
-                    }
+                recv(self.net) -> n => if let Ok(change) = n { self.on_net(change) } else {
+                    log::error!("the network monitor thread stopped");
+                    break;
                 },
                 default(timeout) => {}
             }
@@ -636,7 +623,7 @@ impl Control {
                 self.apply_changes(changes);
             }
             NetEvent::Route | NetEvent::Address { .. } | NetEvent::Overflow => {
-                self.schedule_resync()
+                self.schedule_resync();
             }
             NetEvent::LinkGone { index, name } => {
                 self.egresses.forget_link(index);
@@ -704,7 +691,7 @@ impl Control {
     }
 
     /// The runtime half of delivery detection: a device whose driver counts native frames
-    /// it could not deliver (a veth's xdp_tx_errors and xdp_xmit_errors) and whose count
+    /// it could not deliver (a veth's `xdp_tx_errors` and `xdp_xmit_errors`) and whose count
     /// grew is moved to the TC path, whatever its xdp-features said.
     fn check_devices(&mut self) {
         let mut demote = Vec::new();
@@ -916,7 +903,7 @@ impl Control {
         }
     }
 
-    fn on_punted(&mut self, p: Punted) {
+    fn on_punted(&mut self, p: &Punted) {
         let (src, dst, payload) = match &p.packet {
             Packet::Frame(frame) => match UdpFrame::parse(frame) {
                 Ok(f) => (f.src, f.dst, f.payload(frame)),
@@ -1018,7 +1005,7 @@ impl Control {
         }
     }
 
-    /// Sends a UDP payload from a relay endpoint: as a complete frame over AF_XDP when the
+    /// Sends a UDP payload from a relay endpoint: as a complete frame over `AF_XDP` when the
     /// next hop is known, attached and large enough, else through the kernel's stack (which
     /// resolves the neighbour or fragments). Never to an address without a unicast route:
     /// that is how a spoofed local source would turn the relay into a path to its own
@@ -1255,6 +1242,14 @@ async fn serve_ng(sock: tokio::net::UdpSocket, to_control: Sender<Command>) -> a
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
+///
+/// # Errors
+/// When the host lacks a capability, an interface or address is missing, or the programs do
+/// not load: each with the reason, before anything is attached.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the configuration is the daemon's for its whole life"
+)]
 pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     crate::caps::require()?;
     if cfg.calls.interfaces.is_empty() {

@@ -291,6 +291,21 @@ impl log::Log for KernelTarget {
     }
 }
 
+/// The program `name` of the object, as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program `{name}` missing from the object"))?
+        .try_into()?)
+}
+
+#[expect(
+    clippy::missing_errors_doc,
+    reason = "each method fails only when the kernel refuses a bpf() call, and says which"
+)]
 impl Dataplane {
     /// Loads and verifies the programs and creates their maps; attaches nothing yet.
     pub fn load(cfg: &DataplaneConfig) -> anyhow::Result<Self> {
@@ -305,24 +320,14 @@ impl Dataplane {
             .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;
         for name in [XDP_NATIVE, XDP_SKB] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program `{name}` missing from the object"))?
-                .try_into()?;
-            prog.load()
+            program::<Xdp>(&mut ebpf, name)?
+                .load()
                 .map_err(|e| crate::caps::explain_program_error(&e))?;
         }
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(TC)
-            .ok_or_else(|| anyhow!("program `{TC}` missing from the object"))?
-            .try_into()?;
-        tc.load()
+        program::<SchedClassifier>(&mut ebpf, TC)?
+            .load()
             .map_err(|e| crate::caps::explain_program_error(&e))?;
-        let lookup: &mut SkLookup = ebpf
-            .program_mut(LOOKUP)
-            .ok_or_else(|| anyhow!("program `{LOOKUP}` missing from the object"))?
-            .try_into()?;
-        lookup
+        program::<SkLookup>(&mut ebpf, LOOKUP)?
             .load()
             .map_err(|e| crate::caps::explain_program_error(&e))?;
 
@@ -366,22 +371,14 @@ impl Dataplane {
     }
 
     /// Attaches the XDP program in `mode` and the TC program to `ifname`, each with a
-    /// bpf_link, so that they go away with this process.
+    /// `bpf_link`, so that they go away with this process.
     pub fn attach(&mut self, ifname: &str, mode: AttachMode) -> anyhow::Result<u32> {
         let ifindex = crate::caps::ifindex(ifname)?;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(mode.program())
-            .ok_or_else(|| anyhow!("program `{}` missing", mode.program()))?
-            .try_into()?;
+        let prog: &mut Xdp = program(&mut self.ebpf, mode.program())?;
         let xdp = prog
             .attach_to_if_index(ifindex, mode.xdp_mode())
             .map_err(|e| crate::caps::explain_attach_error(&e, ifname, mode.xdp_mode()))?;
-        let tc_prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(TC)
-            .ok_or_else(|| anyhow!("program `{TC}` missing"))?
-            .try_into()?;
+        let tc_prog: &mut SchedClassifier = program(&mut self.ebpf, TC)?;
         let tc = match tc_prog.attach(ifname, TcAttachType::Ingress) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -405,15 +402,11 @@ impl Dataplane {
     }
 
     fn xdp_program(&mut self, mode: AttachMode) -> anyhow::Result<&mut Xdp> {
-        Ok(self
-            .ebpf
-            .program_mut(mode.program())
-            .ok_or_else(|| anyhow!("program `{}` missing", mode.program()))?
-            .try_into()?)
+        program(&mut self.ebpf, mode.program())
     }
 
     /// Detaches from one interface (it went away, or gets attached anew) and forgets its
-    /// AF_XDP range and its DEVMAP slot.
+    /// `AF_XDP` range and its DEVMAP slot.
     pub fn detach(&mut self, ifindex: u32) -> anyhow::Result<()> {
         let Some(i) = self.attachments.iter().position(|a| a.ifindex == ifindex) else {
             return Ok(());
@@ -425,11 +418,7 @@ impl Dataplane {
         }
         if let Some(tc) = a.tc {
             let r: anyhow::Result<()> = (|| {
-                let p: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(TC)
-                    .ok_or_else(|| anyhow!("program `{TC}` missing"))?
-                    .try_into()?;
+                let p: &mut SchedClassifier = program(&mut self.ebpf, TC)?;
                 Ok(p.detach(tc)?)
             })();
             if let Err(e) = r {
@@ -444,7 +433,7 @@ impl Dataplane {
         }
     }
 
-    /// Drops the AF_XDP range and the DEVMAP slot of a device (gone, or re-attached).
+    /// Drops the `AF_XDP` range and the DEVMAP slot of a device (gone, or re-attached).
     pub fn forget_device(&mut self, ifindex: u32) {
         if let Some(slot) = self.xsk_bases.iter().position(|&i| i == ifindex) {
             self.xsk_bases[slot] = 0;
@@ -470,11 +459,7 @@ impl Dataplane {
         }
         if let Some(l) = self.lookup.take() {
             let r: anyhow::Result<()> = (|| {
-                let p: &mut SkLookup = self
-                    .ebpf
-                    .program_mut(LOOKUP)
-                    .ok_or_else(|| anyhow!("program `{LOOKUP}` missing"))?
-                    .try_into()?;
+                let p: &mut SkLookup = program(&mut self.ebpf, LOOKUP)?;
                 Ok(p.detach(l)?)
             })();
             if let Err(e) = r {
@@ -496,7 +481,7 @@ impl Dataplane {
     }
 
     /// Steers the stack's datagrams for flows to these sockets (IPv4, IPv6): attaches the
-    /// sk_lookup program to the calling thread's network namespace.
+    /// `sk_lookup` program to the calling thread's network namespace.
     pub fn attach_lookup(&mut self, v4: &impl AsRawFd, v6: &impl AsRawFd) -> anyhow::Result<()> {
         self.sockets
             .set(0, v4, 0)
@@ -506,11 +491,7 @@ impl Dataplane {
             .context("adding the IPv6 fallback socket to SOCKETS")?;
         let netns = std::fs::File::open("/proc/thread-self/ns/net")
             .context("opening this thread's network namespace")?;
-        let p: &mut SkLookup = self
-            .ebpf
-            .program_mut(LOOKUP)
-            .ok_or_else(|| anyhow!("program `{LOOKUP}` missing"))?
-            .try_into()?;
+        let p: &mut SkLookup = program(&mut self.ebpf, LOOKUP)?;
         self.lookup = Some(
             p.attach(netns)
                 .context("attaching the sk_lookup program to the network namespace")?,
@@ -547,8 +528,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Routes punted packets of rx queue `queue` of `ifindex` to this AF_XDP socket, which
+    /// Routes punted packets of rx queue `queue` of `ifindex` to this `AF_XDP` socket, which
     /// must be bound to that interface and queue.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "slots are below MAX_INTERFACES (64), checked before they are made"
+    )]
     pub fn register_socket(
         &mut self,
         ifindex: u32,
@@ -560,24 +545,23 @@ impl Dataplane {
                 "rx queue {queue} of ifindex {ifindex}: only {MAX_QUEUES_PER_INTERFACE} queues per interface can punt"
             );
         }
-        let slot = match self.xsk_bases.iter().position(|&i| i == ifindex) {
-            Some(slot) => slot,
-            None => {
-                let slot = match self.xsk_bases.iter().position(|&i| i == 0) {
-                    Some(free) => free,
-                    None if (self.xsk_bases.len() as u32) < MAX_INTERFACES => {
-                        self.xsk_bases.push(0);
-                        self.xsk_bases.len() - 1
-                    }
-                    None => bail!("more than {MAX_INTERFACES} interfaces with AF_XDP sockets"),
-                };
-                let base = slot as u32 * MAX_QUEUES_PER_INTERFACE;
-                self.xsk_base
-                    .insert(ifindex, base, 0)
-                    .with_context(|| format!("registering ifindex {ifindex} in XSK_BASE"))?;
-                self.xsk_bases[slot] = ifindex;
-                slot
-            }
+        let slot = if let Some(slot) = self.xsk_bases.iter().position(|&i| i == ifindex) {
+            slot
+        } else {
+            let slot = match self.xsk_bases.iter().position(|&i| i == 0) {
+                Some(free) => free,
+                None if (self.xsk_bases.len() as u32) < MAX_INTERFACES => {
+                    self.xsk_bases.push(0);
+                    self.xsk_bases.len() - 1
+                }
+                None => bail!("more than {MAX_INTERFACES} interfaces with AF_XDP sockets"),
+            };
+            let base = slot as u32 * MAX_QUEUES_PER_INTERFACE;
+            self.xsk_base
+                .insert(ifindex, base, 0)
+                .with_context(|| format!("registering ifindex {ifindex} in XSK_BASE"))?;
+            self.xsk_bases[slot] = ifindex;
+            slot
         };
         let base = slot as u32 * MAX_QUEUES_PER_INTERFACE;
         self.xsks
@@ -715,10 +699,12 @@ impl Dataplane {
         Ok(self.flow_counters.get(&f.entry.counter_slot, 0)?)
     }
 
+    #[must_use]
     pub fn has_flow(&self, key: FlowKey) -> bool {
         self.mirror.contains_key(&key)
     }
 
+    #[must_use]
     pub fn flow_count(&self) -> usize {
         self.mirror.len()
     }
@@ -732,12 +718,12 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// The native XDP program, for BPF_PROG_TEST_RUN.
+    /// The native XDP program, for `BPF_PROG_TEST_RUN`.
     pub fn program(&self) -> anyhow::Result<&Xdp> {
         self.program_of(AttachMode::Native)
     }
 
-    /// The XDP program of `mode`, for BPF_PROG_TEST_RUN.
+    /// The XDP program of `mode`, for `BPF_PROG_TEST_RUN`.
     pub fn program_of(&self, mode: AttachMode) -> anyhow::Result<&Xdp> {
         Ok(self
             .ebpf
@@ -746,7 +732,7 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// The TC program, for BPF_PROG_TEST_RUN.
+    /// The TC program, for `BPF_PROG_TEST_RUN`.
     pub fn tc_program(&self) -> anyhow::Result<&SchedClassifier> {
         Ok(self
             .ebpf
@@ -772,13 +758,15 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
-/// The XDP_PASS program, for the far end of a veth that a test rig redirects into natively.
+/// The `XDP_PASS` program, for the far end of a veth that a test rig redirects into natively.
 /// Detaches when dropped.
 pub struct PassProgram {
     _ebpf: Ebpf,
 }
 
 impl PassProgram {
+    /// # Errors
+    /// When the program does not load or the interface refuses it.
     pub fn attach(ifname: &str, mode: XdpMode) -> anyhow::Result<Self> {
         crate::caps::raise_memlock();
         let mut ebpf = EbpfLoader::new()
@@ -787,10 +775,7 @@ impl PassProgram {
             .map_max_entries("FLOW_COUNTERS", 1)
             .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut("pass")
-            .ok_or_else(|| anyhow!("program `pass` missing"))?
-            .try_into()?;
+        let prog: &mut Xdp = program(&mut ebpf, "pass")?;
         prog.load()?;
         let ifindex = crate::caps::ifindex(ifname)?;
         prog.attach_to_if_index(ifindex, mode)

@@ -155,7 +155,7 @@ struct RunArgs {
     /// relay under load: at `debug` a flood is a flood of log lines.
     #[arg(long, value_enum, default_value = "off")]
     kernel_log: KernelLog,
-    /// Never let XDP forward: every packet goes through userspace (AF_XDP in, rewrite, AF_XDP
+    /// Never let XDP forward: every packet goes through userspace (`AF_XDP` in, rewrite, `AF_XDP`
     /// out). For measuring that path; a relay in service does not want it.
     #[arg(long)]
     userspace_only: bool,
