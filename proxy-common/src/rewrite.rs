@@ -1,6 +1,6 @@
 //! The FORWARD rewrite: new IP addresses and UDP ports, with checksums that stay correct.
 //!
-//! The XDP program runs this on packet memory and userspace runs it on AF_XDP frames, so the
+//! The XDP program runs this on packet memory and userspace runs it on `AF_XDP` frames, so the
 //! host unit tests below exercise the very code the kernel runs.
 //!
 //! Checksums:

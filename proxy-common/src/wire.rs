@@ -14,6 +14,7 @@ pub unsafe trait Header: Sized {
     const LEN: usize = core::mem::size_of::<Self>();
 
     /// Views the first `LEN` bytes of `bytes` as this header, or `None` if there are fewer.
+    #[must_use]
     fn view(bytes: &[u8]) -> Option<&Self> {
         if bytes.len() < Self::LEN {
             return None;

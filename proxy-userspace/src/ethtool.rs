@@ -1,5 +1,5 @@
 //! A device's driver statistics (`ethtool -S`), for the counters that show native XDP frames
-//! the device could not deliver: a veth counts `xdp_tx_errors` per rx queue (XDP_TX with no
+//! the device could not deliver: a veth counts `xdp_tx_errors` per rx queue (`XDP_TX` with no
 //! NAPI on the peer) and `xdp_xmit_errors` per tx queue.
 
 const ETHTOOL_GSTRINGS: u32 = 0x1b;

@@ -1,5 +1,5 @@
 //! The fallback sockets: one UDP socket per address family that receives, through the
-//! sk_lookup program, every datagram the kernel's stack delivers to one of the relay's flows,
+//! `sk_lookup` program, every datagram the kernel's stack delivers to one of the relay's flows,
 //! whatever its port. Those are datagrams the kernel reassembled from fragments, and what the
 //! TC program left to the stack. Each comes with its original destination
 //! (`IP_RECVORIGDSTADDR`), which names the flow.
@@ -33,7 +33,7 @@ pub struct Datagram {
 
 impl FallbackSocket {
     /// An unconnected, non-blocking UDP socket of the family, on an ephemeral port of the
-    /// wildcard address (sk_lookup hands it datagrams for any address and port).
+    /// wildcard address (`sk_lookup` hands it datagrams for any address and port).
     pub fn bind(v6: bool) -> io::Result<Self> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;

@@ -139,15 +139,12 @@ pub fn rewrite(
     let (head, seg) = frame.split_at_mut(parsed.udp_off);
     let udp = UdpHdr::view_mut(seg).expect("parse checked the UDP header");
     let l3 = &mut head[parsed.l3_off..];
-    match parsed.src.family() {
-        family::V4 => {
-            let ip = Ipv4Hdr::view_mut(l3).expect("parse checked the IPv4 header");
-            rewrite::rewrite_v4(ip, udp, src, dst, || payload_sum);
-        }
-        _ => {
-            let ip = Ipv6Hdr::view_mut(l3).expect("parse checked the IPv6 header");
-            rewrite::rewrite_v6(ip, udp, src, dst, || payload_sum);
-        }
+    if parsed.src.family() == family::V4 {
+        let ip = Ipv4Hdr::view_mut(l3).expect("parse checked the IPv4 header");
+        rewrite::rewrite_v4(ip, udp, src, dst, || payload_sum);
+    } else {
+        let ip = Ipv6Hdr::view_mut(l3).expect("parse checked the IPv6 header");
+        rewrite::rewrite_v6(ip, udp, src, dst, || payload_sum);
     }
     let eth = EthHdr::view_mut(frame).expect("parse checked the Ethernet header");
     eth.src = src_mac;
@@ -230,7 +227,7 @@ impl FrameBuilder {
     #[must_use]
     pub fn ip_options(mut self, opts: &[u8]) -> Self {
         self.ip_options = opts.to_vec();
-        while self.ip_options.len() % 4 != 0 {
+        while !self.ip_options.len().is_multiple_of(4) {
             self.ip_options.push(0);
         }
         self

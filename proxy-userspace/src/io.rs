@@ -1,4 +1,4 @@
-//! The I/O thread: owns every AF_XDP socket and the fallback sockets, moves what they receive
+//! The I/O thread: owns every `AF_XDP` socket and the fallback sockets, moves what they receive
 //! to the control logic and transmits the frames the control logic hands back, over crossbeam
 //! channels.
 //!

@@ -21,10 +21,10 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
 /// `enum netdev_xdp_act` bits of `NETDEV_A_DEV_XDP_FEATURES`.
 pub mod xdp_act {
-    /// XDP_PASS, XDP_DROP, XDP_TX, XDP_ABORTED.
+    /// `XDP_PASS`, `XDP_DROP`, `XDP_TX`, `XDP_ABORTED`.
     pub const BASIC: u64 = 1 << 0;
     pub const REDIRECT: u64 = 1 << 1;
-    /// The device takes frames redirected into it (ndo_xdp_xmit).
+    /// The device takes frames redirected into it (`ndo_xdp_xmit`).
     pub const NDO_XMIT: u64 = 1 << 2;
 }
 
@@ -53,7 +53,7 @@ fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
     b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
     b.extend_from_slice(&kind.to_ne_bytes());
     b.extend_from_slice(value);
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
 }
@@ -72,7 +72,7 @@ fn genl_request(family: u16, cmd: u8, seq: u32, attrs: &[u8]) -> Vec<u8> {
 }
 
 /// One generic-netlink message of a datagram: `(type, seq, cmd, attributes)`, or the error
-/// code of an NLMSG_ERROR (0 for an ACK).
+/// code of an `NLMSG_ERROR` (0 for an ACK).
 enum Msg<'a> {
     Genl {
         kind: u16,
@@ -213,7 +213,7 @@ impl Netdev {
                                                     gv.split(|&c| c == 0)
                                                         .next()
                                                         .unwrap_or_default(),
-                                                )
+                                                );
                                             }
                                             CTRL_ATTR_MCAST_GRP_ID => gid = u32_of(gv),
                                             _ => {}

@@ -251,7 +251,7 @@ impl Rtnl {
     }
 
     /// The MAC address of `ip`'s neighbour entry on `ifindex`, if the kernel would send to it
-    /// without asking first (NUD_VALID).
+    /// without asking first (`NUD_VALID`).
     pub fn neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<Mac>> {
         let mut m = NeighbourMessage::default();
         m.header.family = family_of(ip);
@@ -296,7 +296,7 @@ impl Rtnl {
     /// is not created.
     ///
     /// Only for a STALE entry ([`Rtnl::neighbour_is_stale`]): the kernel applies `NTF_USE` as
-    /// an update that clears NUD_PERMANENT, so on a static entry it would destroy it.
+    /// an update that clears `NUD_PERMANENT`, so on a static entry it would destroy it.
     pub fn use_neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<()> {
         let mut m = NeighbourMessage::default();
         m.header.family = family_of(ip);

@@ -1,5 +1,5 @@
 //! Where a packet toward a destination leaves: the route and the neighbour's MAC address,
-//! from the kernel over rtnetlink, so that XDP and AF_XDP can send complete Ethernet frames
+//! from the kernel over rtnetlink, so that XDP and `AF_XDP` can send complete Ethernet frames
 //! without a per-packet FIB lookup; and [`KernelPath`], the kernel's own stack, for what they
 //! cannot send: a neighbour not resolved yet (the stack resolves it and queues the packet),
 //! or a packet larger than the egress MTU (the stack fragments it, as a socket relay's would

@@ -415,6 +415,7 @@ impl XskSocket {
         (self.cfg.frames / 2) as usize - self.tx_free.len()
     }
 
+    #[must_use]
     pub fn stats(&self) -> XskStats {
         let mut s = self.stats;
         if let Ok(k) = sockopt::xdp_statistics(&self.fd) {
@@ -434,7 +435,7 @@ impl AsRawFd for XskSocket {
 }
 
 /// Number of rx queues of an interface, which each need a socket: the larger of its RX and
-/// combined channel counts (ETHTOOL_GCHANNELS), or 1 if the driver does not say. Asked of the
+/// combined channel counts (`ETHTOOL_GCHANNELS`), or 1 if the driver does not say. Asked of the
 /// kernel rather than read from /sys, which may show another network namespace.
 #[must_use]
 pub fn rx_queues(ifname: &str) -> u32 {

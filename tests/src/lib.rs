@@ -15,8 +15,8 @@ pub fn need_root() {
 }
 
 /// One namespace holding the relay's two interfaces and their veth peers, for the
-/// BPF_PROG_TEST_RUN fixtures: `relay0` 10.0.1.1/24 fd00:1::1/64 (peer `peer0`) and
-/// `relay1` 10.0.2.1/24 fd00:2::1/64 (peer `peer1`). The fixtures give each flow its next
+/// `BPF_PROG_TEST_RUN` fixtures: `relay0` 10.0.1.1/24 `fd00:1::1/64` (peer `peer0`) and
+/// `relay1` 10.0.2.1/24 `fd00:2::1/64` (peer `peer1`). The fixtures give each flow its next
 /// hop; nothing here forwards.
 pub struct Env {
     pub ns: Netns,
@@ -66,6 +66,7 @@ impl Env {
     }
 
     /// Only meaningful inside [`Env::enter`].
+    #[must_use]
     pub fn ifindex(&self, name: &str) -> u32 {
         proxy_userspace::caps::ifindex(name).unwrap()
     }

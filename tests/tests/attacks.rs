@@ -415,7 +415,7 @@ impl Drop for Fd {
     }
 }
 
-/// An AF_PACKET socket bound to `ifname` in the calling thread's namespace.
+/// An `AF_PACKET` socket bound to `ifname` in the calling thread's namespace.
 fn packet_socket(ifname: &str) -> std::io::Result<Fd> {
     let ifindex = proxy_userspace::caps::ifindex(ifname).map_err(std::io::Error::other)?;
     // SAFETY: plain socket(2).
@@ -592,17 +592,19 @@ fn rtpengine_version() -> String {
     std::process::Command::new("rtpengine")
         .arg("--version")
         .output()
-        .map(|o| {
-            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&o.stderr));
-            text.lines()
-                .find(|l| l.starts_with("Version: "))
-                .unwrap_or_default()
-                .trim()
-                .trim_start_matches("Version: ")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(
+            |_| "unknown".into(),
+            |o| {
+                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&o.stderr));
+                text.lines()
+                    .find(|l| l.starts_with("Version: "))
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches("Version: ")
+                    .to_owned()
+            },
+        )
 }
 
 #[test]

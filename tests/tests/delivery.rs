@@ -183,9 +183,9 @@ fn container_one_armed() {
     container("dc1", true);
 }
 
-/// A veth whose peer has GRO on advertises NDO_XMIT: native redirects are delivered there,
-/// XDP_TX frames are not (the peer's receive is scheduled for them only when it runs XDP),
-/// which is why the relay never uses XDP_TX on a veth.
+/// A veth whose peer has GRO on advertises `NDO_XMIT`: native redirects are delivered there,
+/// `XDP_TX` frames are not (the peer's receive is scheduled for them only when it runs XDP),
+/// which is why the relay never uses `XDP_TX` on a veth.
 #[test]
 fn veth_peer_with_gro() {
     need_root();

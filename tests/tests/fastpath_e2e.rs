@@ -1,8 +1,8 @@
 //! End to end on veth/netns, in native and in SKB mode: phone A — relay — phone B.
 //!
-//! A flow in HOLD delivers its packets to the AF_XDP socket in userspace; after `set_forward`
+//! A flow in HOLD delivers its packets to the `AF_XDP` socket in userspace; after `set_forward`
 //! the same stream reaches B with valid checksums and the right addresses, and userspace
-//! receives none of its packets (the counters prove it); a frame transmitted over AF_XDP
+//! receives none of its packets (the counters prove it); a frame transmitted over `AF_XDP`
 //! from userspace arrives at B. Everything is torn down by guards, even on failure.
 
 use std::{

@@ -1,10 +1,10 @@
-//! BPF_PROG_TEST_RUN fixtures for the XDP and TC programs, in the Katran style: one table row
+//! `BPF_PROG_TEST_RUN` fixtures for the XDP and TC programs, in the Katran style: one table row
 //! per rule, each with the flow state (next hop included), the input frame, the expected
 //! action, the exact expected output bytes and the counter that must record it.
 //!
 //! The programs run for real in a private network namespace that holds two veth pairs, so
-//! that the next hops name real devices: `relay0` (10.0.1.1, fd00:1::1) faces side A,
-//! `relay1` (10.0.2.1, fd00:2::1) side B. Nothing in the namespace forwards: the next hop is
+//! that the next hops name real devices: `relay0` (10.0.1.1, `fd00:1::1`) faces side A,
+//! `relay1` (10.0.2.1, `fd00:2::1`) side B. Nothing in the namespace forwards: the next hop is
 //! the flow entry's, as the daemon resolves it.
 
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -32,7 +32,7 @@ const PEER0_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
 const RELAY1_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
 const PEER1_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x02];
 
-/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
+/// `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it in `ctx_in`.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 struct XdpMd {
@@ -117,7 +117,7 @@ fn hop(
     })
 }
 
-/// `struct __sk_buff` up to `ifindex`, as BPF_PROG_TEST_RUN takes it for a TC program: the
+/// `struct __sk_buff` up to `ifindex`, as `BPF_PROG_TEST_RUN` takes it for a TC program: the
 /// fields it does not allow must be zero.
 #[repr(C)]
 #[derive(Default)]
@@ -915,7 +915,7 @@ fn ipv6_fixtures() {
     .unwrap();
 }
 
-/// The kernel's punt budgets under BPF_PROG_TEST_RUN's repeat (thousands of runs within
+/// The kernel's punt budgets under `BPF_PROG_TEST_RUN`'s repeat (thousands of runs within
 /// milliseconds, a flood's rate): an unsignalled source gets its flow's burst through and no
 /// more, the source that signalling named keeps getting through, and probes to the relay's
 /// address have their own budget.

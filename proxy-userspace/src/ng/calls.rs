@@ -100,7 +100,7 @@ fn receives(m: &sdp::Media) -> bool {
 }
 
 /// The longest `delete-delay` taken; larger ones are cut to it (rtpengine's default is 30 s).
-pub const MAX_DELETE_DELAY: Duration = Duration::from_secs(3600);
+pub const MAX_DELETE_DELAY: Duration = Duration::from_hours(1);
 /// The most calls one `list` reply names, whatever `limit` asks: a reply is one datagram.
 pub const MAX_LIST: usize = 256;
 /// Kernel flows per media section: RTP and RTCP, one flow per side each.
@@ -116,7 +116,7 @@ impl Default for CallsConfig {
             probe_port: proxy_common::probe::DEFAULT_PORT,
             // rtpengine's defaults: `delete-delay` 30 s, `timeout` 60 s.
             delete_delay: Duration::from_secs(30),
-            media_timeout: Duration::from_secs(60),
+            media_timeout: Duration::from_mins(1),
             keep_ended: Duration::from_secs(30),
             // Far above what one relay core carries in userspace signalling (~2,300 calls set up
             // per second) times a call's lifetime in tests; operators size it to their box.

@@ -124,23 +124,20 @@ fn split_lines(b: &[u8]) -> Vec<Line<'_>> {
     let mut out = Vec::new();
     let mut rest = b;
     while !rest.is_empty() {
-        match rest.iter().position(|&c| c == b'\n') {
-            Some(i) => {
-                let (line, ending) = if i > 0 && rest[i - 1] == b'\r' {
-                    (&rest[..i - 1], &rest[i - 1..=i])
-                } else {
-                    (&rest[..i], &rest[i..=i])
-                };
-                out.push(Line { text: line, ending });
-                rest = &rest[i + 1..];
-            }
-            None => {
-                out.push(Line {
-                    text: rest,
-                    ending: &[],
-                });
-                rest = &[];
-            }
+        if let Some(i) = rest.iter().position(|&c| c == b'\n') {
+            let (line, ending) = if i > 0 && rest[i - 1] == b'\r' {
+                (&rest[..i - 1], &rest[i - 1..=i])
+            } else {
+                (&rest[..i], &rest[i..=i])
+            };
+            out.push(Line { text: line, ending });
+            rest = &rest[i + 1..];
+        } else {
+            out.push(Line {
+                text: rest,
+                ending: &[],
+            });
+            rest = &[];
         }
     }
     out

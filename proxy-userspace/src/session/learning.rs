@@ -328,7 +328,7 @@ impl Default for SprayConfig {
         Self {
             ports: 4,
             window: Duration::from_secs(10),
-            ban: Duration::from_secs(60),
+            ban: Duration::from_mins(1),
             tracked: 65_536,
         }
     }
