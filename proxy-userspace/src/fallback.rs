@@ -62,6 +62,10 @@ impl FallbackSocket {
 
     /// `Ok(None)`: a datagram was consumed but had no addresses; `Ok(Some(None))`: none is
     /// queued.
+    #[expect(
+        clippy::option_option,
+        reason = "three outcomes, each documented above: a datagram, one without addresses, none queued"
+    )]
     fn recv_one(&self, buf: &mut [u8]) -> io::Result<Option<Option<Datagram>>> {
         let mut control = [0u8; 128];
         let (n, from, control_len) = match sys::recvmsg(&self.sock, buf, &mut control) {

@@ -109,6 +109,10 @@ impl UdpFrame {
 
     /// True if the UDP checksum verifies (or is absent over IPv4).
     #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the segment's length came from the 16-bit length fields that parse checked"
+    )]
     pub fn udp_checksum_ok(&self, frame: &[u8]) -> bool {
         let seg = &frame[self.udp_off..self.payload_off + self.payload_len];
         let check = u16::from_be_bytes([seg[6], seg[7]]);
@@ -127,6 +131,10 @@ impl UdpFrame {
 
 /// Rewrites a parsed frame in place to go from `src` to `dst`, with new MAC addresses:
 /// the userspace twin of the XDP FORWARD path, using the same rewrite code.
+///
+/// # Panics
+///
+/// If `parsed` is not what [`UdpFrame::parse`] returned for `frame`.
 pub fn rewrite(
     frame: &mut [u8],
     parsed: &UdpFrame,
@@ -246,6 +254,10 @@ impl FrameBuilder {
     }
 
     #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the length fields are 16 bits wide; the builder makes frames of Ethernet size"
+    )]
     pub fn build(&self) -> Vec<u8> {
         let udp_len = UdpHdr::LEN + self.payload.len();
         let v6 = self.src.family() == family::V6;
@@ -367,6 +379,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::many_single_char_names,
+        reason = "f, p, s, d: frame, parsed frame, source, destination, as in the other tests here"
+    )]
     fn userspace_rewrite_completes_a_partial_checksum() {
         let f0 = FrameBuilder::udp(v4([10, 0, 1, 2], 4000), v4([10, 0, 1, 1], 30000))
             .checksum(UdpChecksumMode::Partial)

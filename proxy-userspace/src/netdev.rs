@@ -49,6 +49,10 @@ const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "netlink attributes and messages of a few hundred bytes at most"
+)]
 fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
     b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
     b.extend_from_slice(&kind.to_ne_bytes());
@@ -58,6 +62,10 @@ fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "netlink attributes and messages of a few hundred bytes at most"
+)]
 fn genl_request(family: u16, cmd: u8, seq: u32, attrs: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDRLEN + GENL_HDRLEN + attrs.len();
     let mut b = Vec::with_capacity(len);

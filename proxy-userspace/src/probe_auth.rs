@@ -153,6 +153,10 @@ pub fn check(
 
 /// The current Unix time in milliseconds.
 #[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "milliseconds since 1970 fit a u64 for 584 million years"
+)]
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -879,6 +879,10 @@ impl Engine {
     /// `kernel_last_seen` is when the kernel last accepted a packet on that flow (it forwards
     /// without telling us), so that a busy latched peer is never mistaken for a silent one;
     /// only asked for when the operator allows re-latching after silence.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one packet's decision, read top to bottom in the order the checks apply"
+    )]
     pub fn handle_media(
         &mut self,
         local: Endpoint,
@@ -1088,6 +1092,10 @@ impl Engine {
     }
 
     /// The first packet from `x` went on toward the other side: the time it took is recorded.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "milliseconds of a session's age fit a u64 for 584 million years"
+    )]
     fn note_sent(&mut self, id: StreamId, x: Side, now: Instant) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;

@@ -25,6 +25,7 @@ use std::{
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// `setsockopt(2)` of an `int` option.
+#[expect(clippy::cast_possible_truncation, reason = "the size of an i32")]
 pub fn set_int_opt(fd: impl AsFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` is a live int and its size is what we pass; the descriptor is borrowed
     // for the call.

@@ -21,6 +21,7 @@ use crate::sip;
 /// `rtpengine_delete` on BYE. `offer_extra` goes into the offer's flags (a `direction=`
 /// pair for a two-armed relay).
 #[must_use]
+#[expect(clippy::format_collect, reason = "a config file built line by line")]
 pub fn config(listen: &[&str], offer_extra: &str) -> String {
     let listens: String = listen
         .iter()
@@ -80,6 +81,10 @@ onreply_route[MEDIA] {{
 /// `rtpengine_sock` set to `sock`. With `pstn_gw`, also its documented PSTN routing
 /// (`WITH_PSTN`, `pstn.gw_ip`): how an enterprise proxy hands calls for numbers to its
 /// carrier. Nothing else is changed.
+#[expect(
+    clippy::similar_names,
+    reason = "each name says what the line holds; only their spelling is alike"
+)]
 pub fn stock_config(sock: &str, pstn_gw: Option<&str>) -> anyhow::Result<String> {
     let sample = std::fs::read_to_string("/etc/kamailio/kamailio.cfg")
         .context("Kamailio's sample config (the kamailio package)")?;
@@ -266,6 +271,7 @@ pub struct SipCall {
     clippy::too_many_arguments,
     reason = "the call's parts, at its one call site shape"
 )]
+#[expect(clippy::similar_names, reason = "caller and callee, as SIP names them")]
 pub fn sip_call(
     a_ns: &Netns,
     b_ns: &Netns,

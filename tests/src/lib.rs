@@ -5,6 +5,10 @@ use mediaproxy_lab::testbed::Netns;
 
 /// These tests load XDP programs and create namespaces: they need root. They fail, loudly,
 /// rather than skip.
+///
+/// # Panics
+///
+/// If the process is not root.
 pub fn need_root() {
     // SAFETY: no preconditions.
     assert_eq!(
@@ -66,6 +70,10 @@ impl Env {
     }
 
     /// Only meaningful inside [`Env::enter`].
+    ///
+    /// # Panics
+    ///
+    /// If the namespace has no interface `name`.
     #[must_use]
     pub fn ifindex(&self, name: &str) -> u32 {
         proxy_userspace::caps::ifindex(name).unwrap()

@@ -62,6 +62,10 @@ impl Message {
     }
 
     #[must_use]
+    #[expect(
+        clippy::format_push_string,
+        reason = "a SIP message built line by line"
+    )]
     pub fn render(&self) -> Vec<u8> {
         let mut s = format!("{}\r\n", self.start);
         for (k, v) in &self.headers {
@@ -145,7 +149,7 @@ impl Caller {
         }
         m.headers
             .push(("Content-Type".into(), "application/sdp".into()));
-        m.body = sdp.to_owned();
+        sdp.clone_into(&mut m.body);
         let mut seen = Vec::new();
         for _ in 0..3 {
             self.sock.send_to(&m.render(), self.proxy)?;
@@ -160,7 +164,9 @@ impl Caller {
                     .flat_map(|v| v.split(','))
                     .map(|s| s.trim().to_owned())
                     .collect();
-                self.to_header = ok.header("To").unwrap_or_default().to_owned();
+                ok.header("To")
+                    .unwrap_or_default()
+                    .clone_into(&mut self.to_header);
                 return Ok(ok);
             }
         }
@@ -246,7 +252,7 @@ pub fn answer(
         .push(("Contact".into(), format!("<sip:bob@{local}>")));
     ok.headers
         .push(("Content-Type".into(), "application/sdp".into()));
-    ok.body = sdp.to_owned();
+    sdp.clone_into(&mut ok.body);
     sock.send_to(&ok.render(), from)?;
     Ok(inv)
 }

@@ -62,6 +62,10 @@ fn recv_n(s: &UdpSocket, n: usize, within: Duration) -> Vec<(Vec<u8>, SocketAddr
     got
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn run(mode: XdpMode, tag: &str) {
     need_root();
     let attach = if mode == XdpMode::Skb {

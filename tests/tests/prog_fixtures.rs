@@ -97,6 +97,10 @@ fn forward_spec(peer: Option<Endpoint>, out_src: Endpoint, out_dst: Endpoint) ->
 }
 
 /// A next hop out of `ifindex` with these MACs and MTU.
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "the fixture tables' next hop is an Option"
+)]
 fn hop(
     ifindex: u32,
     src_mac: Mac,
@@ -140,6 +144,10 @@ fn as_bytes<T>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
 fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
     let relay0 = env.ifindex("relay0");
     let mut dp = Dataplane::load(&DataplaneConfig {
@@ -239,10 +247,15 @@ fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
     );
 }
 
+#[expect(clippy::format_collect, reason = "hex for a failure message")]
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
 fn rtp_payload(len: usize) -> Vec<u8> {
     let mut p = vec![0x80, 0x00, 0x12, 0x34, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
     p.extend((0..len.saturating_sub(12)).map(|i| (i * 7 + 3) as u8));
@@ -250,6 +263,10 @@ fn rtp_payload(len: usize) -> Vec<u8> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn ipv4_fixtures() {
     need_root();
     let env = Env::fixture("fx4").unwrap();
@@ -749,6 +766,10 @@ fn ipv4_fixtures() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn ipv6_fixtures() {
     need_root();
     let env = Env::fixture("fx6").unwrap();
@@ -920,6 +941,10 @@ fn ipv6_fixtures() {
 /// more, the source that signalling named keeps getting through, and probes to the relay's
 /// address have their own budget.
 #[test]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
 fn punt_budgets_hold_a_flood_back_but_not_the_signalled_peer() {
     need_root();
     let env = Env::fixture("fxb").unwrap();
@@ -1016,6 +1041,10 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "random mutations: truncating a random number to a field's width is the point"
+    )]
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
@@ -1027,6 +1056,12 @@ impl Rng {
 
 /// One random frame: a valid RTP frame to a flow (IPv4, IPv4 with options, IPv6), then one to
 /// three mutations aimed at the fields both parsers read.
+#[expect(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    reason = "random mutations: truncating a random number to a field's width is the point"
+)]
 fn mutant(rng: &mut Rng, bases: &[Vec<u8>]) -> Vec<u8> {
     let mut f = bases[rng.below(bases.len())].clone();
     let v6 = f.len() > 13 && f[12..14] == [0x86, 0xdd];
@@ -1100,6 +1135,18 @@ fn mutant(rng: &mut Rng, bases: &[Vec<u8>]) -> Vec<u8> {
 /// endpoints the flow was keyed by; what userspace would accept for a flow, the kernel
 /// punts; and both put a non-relayable frame in the same class.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
+#[expect(
+    clippy::items_after_statements,
+    reason = "the constant belongs to the loop below it"
+)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test counts far below the fields' limits"
+)]
 fn userspace_parser_agrees_with_the_xdp_program() {
     use proxy_userspace::frame::{FrameError, UdpFrame};
     need_root();

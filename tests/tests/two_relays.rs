@@ -187,6 +187,10 @@ fn send_from(ns: &Netns, from: &str, to: SocketAddr, payload: Vec<u8>, times: us
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
     need_root();
     let t = TwoRelays::build("ho", XdpMode::Driver).unwrap();

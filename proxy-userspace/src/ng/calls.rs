@@ -168,6 +168,10 @@ impl PortPool {
         }
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "i counts pairs within the pool's u16 port range"
+    )]
     fn alloc(&mut self, rng: &mut impl rand::Rng) -> Option<u16> {
         let n = self.pairs.len();
         if self.used >= n {
@@ -290,6 +294,10 @@ pub struct Calls {
     /// The host's own addresses: never a media destination, unless they name one of this
     /// relay's own allocated endpoints (a call that loops through the relay twice).
     local_addrs: std::collections::HashSet<IpAddr>,
+    #[expect(
+        clippy::struct_field_names,
+        reason = "the calls of `Calls`, keyed by Call-ID"
+    )]
     calls: HashMap<String, Call>,
     pools: Vec<PortPool>,
     /// Picks ports; seeded by the caller (from the OS in the daemon).
@@ -300,6 +308,7 @@ pub struct Calls {
 
 impl Calls {
     #[must_use]
+    #[expect(clippy::unusual_byte_groupings, reason = "a word in hex: seed 0f 9047")]
     pub fn new(cfg: CallsConfig, seed: u64) -> Self {
         use rand::SeedableRng;
         let pools = cfg
@@ -679,6 +688,10 @@ impl Calls {
 
     /// A media section the call did not have: its ports and its RTP and RTCP streams (none
     /// for a disabled one).
+    #[expect(
+        clippy::similar_names,
+        reason = "rtp_ and rtcp_ name the two streams of one media section"
+    )]
     fn add_media(
         &mut self,
         engine: &mut Engine,
@@ -1108,6 +1121,10 @@ impl Calls {
 
 /// The RTP and RTCP streams of a media section the call already has, after a re-INVITE or
 /// the answer: the sender's side takes what its SDP says.
+#[expect(
+    clippy::similar_names,
+    reason = "rtp and rtcp name the two streams of one media section"
+)]
 fn update_streams(
     engine: &mut Engine,
     [rtp, rtcp]: [Option<StreamId>; 2],

@@ -19,6 +19,10 @@ fn norm(s: &str) -> String {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one bool per ng flag, as rtpengine's flags are"
+)]
 pub struct Options {
     pub sip_source_address: bool,
     pub asymmetric: bool,

@@ -241,6 +241,14 @@ fn media_attribute(m: &mut Media, v: &[u8], first_pt: Option<&str>) {
 }
 
 /// Parses an SDP body. Parsing stops at the first empty line, as rtpengine does.
+///
+/// # Errors
+///
+/// The first line that is not valid SDP for the relay, as an [`SdpError`].
+#[expect(
+    clippy::missing_panics_doc,
+    reason = "a media section's address slot exists once its m= line is read"
+)]
 pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
     let mut lines = split_lines(body);
     if let Some(blank) = lines.iter().position(|l| l.text.is_empty()) {
@@ -337,6 +345,10 @@ pub struct MediaRewrite {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one bool per SDP attribute the relay looks at"
+)]
 pub struct Rewrite {
     /// The relay's address as written into `c=` (and `o=`, `a=rtcp`).
     pub addr: IpAddr,

@@ -199,6 +199,10 @@ impl Learner {
         clippy::too_many_arguments,
         reason = "one packet and what it is judged by"
     )]
+    #[expect(
+        clippy::similar_names,
+        reason = "ssrc and seq are RTP's own field names"
+    )]
     pub fn observe(
         &mut self,
         cfg: &LearnConfig,
@@ -410,6 +414,10 @@ impl Sprayers {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test sizes far below the types' limits"
+)]
 mod tests {
     use super::*;
 

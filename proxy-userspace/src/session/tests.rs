@@ -1222,6 +1222,10 @@ fn an_unsignalled_source_wins_only_by_a_consistent_stream() {
 
 /// RTCP is learnt only from the address its RTP stream latched to.
 #[test]
+#[expect(
+    clippy::similar_names,
+    reason = "rtp_ and rtcp_ name the two streams of one media section"
+)]
 fn rtcp_is_learnt_only_from_its_rtp_streams_address() {
     let mut e = Engine::new(EngineConfig::default(), 1);
     let mut rtp_cfg = StreamConfig::new(LOCAL_A, LOCAL_B);

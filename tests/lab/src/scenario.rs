@@ -155,6 +155,10 @@ impl Relay {
 
     /// The daemon's process id.
     #[must_use]
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the child is held for its Drop and only asked its pid here"
+    )]
     pub fn pid(&self) -> u32 {
         self._child.0.id()
     }
@@ -247,6 +251,10 @@ impl Phone {
     }
 
     /// As [`Phone::start`], with `payload` bytes after each RTP header.
+    ///
+    /// # Panics
+    ///
+    /// If one of the phone's threads panicked holding its counters (a poisoned lock).
     pub fn start_sized(
         &mut self,
         to: SocketAddr,
@@ -304,11 +312,20 @@ impl Phone {
 
     /// What the far phone received from this one is in *its* report; this is what arrived
     /// here, combined with what was sent from here.
+    ///
+    /// # Panics
+    ///
+    /// If one of the phone's threads panicked holding its counters (a poisoned lock).
     #[must_use]
     pub fn received(&self) -> StreamReport {
         self.report_rx.lock().expect("not poisoned").clone()
     }
 
+    /// How many packets were sent from here, and when the first was.
+    ///
+    /// # Panics
+    ///
+    /// If one of the phone's threads panicked holding its counters (a poisoned lock).
     #[must_use]
     pub fn sent(&self) -> (u64, Option<Instant>) {
         *self.sent.lock().expect("not poisoned")
@@ -564,6 +581,10 @@ impl Bridged {
 
     /// The phones' media addresses.
     #[must_use]
+    #[expect(
+        clippy::missing_panics_doc,
+        reason = "parses only literals that are addresses"
+    )]
     pub fn phones(&self, v6: bool) -> (SocketAddr, SocketAddr) {
         let s = |x: &str| x.parse().expect("a literal address");
         match (self.one_armed, v6) {
@@ -592,6 +613,10 @@ pub struct OneRelay {
 impl OneRelay {
     /// With an `XDP_PASS` program on each phone's end, so that native XDP frames are
     /// delivered there (a test rig's helper; see [`Bridged`] for what a container is).
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the programs are held for their Drop"
+    )]
     pub fn build(tag: &str, mode: XdpMode) -> anyhow::Result<Self> {
         let mut t = Self::build_plain(tag)?;
         t._pass = vec![

@@ -170,6 +170,7 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> 
 pub struct Guarded(pub Child);
 
 impl Drop for Guarded {
+    #[expect(clippy::cast_possible_wrap, reason = "a pid fits in pid_t")]
     fn drop(&mut self) {
         // SIGTERM first, so a daemon detaches cleanly; then make sure.
         // SAFETY: kill(2) on our own child.
@@ -232,6 +233,7 @@ pub struct TapTunnel {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+#[expect(clippy::cast_possible_wrap, reason = "interface names are ASCII")]
 fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -268,6 +270,7 @@ fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
 
 impl TapTunnel {
     /// Creates `ifname` in both namespaces, with these addresses, up, and joins them.
+    #[expect(clippy::cast_sign_loss, reason = "n is positive here")]
     pub fn new(
         a: &Netns,
         a_addr: &str,
