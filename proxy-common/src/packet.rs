@@ -100,6 +100,11 @@ impl Parsed {
 }
 
 /// Reads the Ethernet, IP and UDP headers of `p` by the rules above.
+///
+/// # Errors
+///
+/// [`NotUdp`]: why the frame is not a UDP datagram these rules take (truncated, VLAN-tagged, not
+/// IP, not UDP, a fragment).
 #[inline(always)]
 #[expect(
     clippy::inline_always,

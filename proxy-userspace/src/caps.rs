@@ -54,6 +54,10 @@ pub fn check() -> Vec<Missing> {
 }
 
 /// Fails with every missing capability listed.
+///
+/// # Errors
+///
+/// One error listing every missing capability.
 pub fn require() -> anyhow::Result<()> {
     let missing = check();
     if missing.is_empty() {
@@ -98,6 +102,9 @@ pub fn raise_memlock() {
     );
 }
 
+/// # Errors
+///
+/// If the name holds a NUL or no interface has it in this network namespace.
 pub fn ifindex(ifname: &str) -> anyhow::Result<u32> {
     if ifname.contains('\0') {
         bail!("bad interface name {ifname:?}");
@@ -116,6 +123,10 @@ pub fn ifname(ifindex: u32) -> Option<String> {
 
 /// What the relay would do with an interface: its driver, its xdp-features, whether native
 /// XDP frames are delivered there, and so which path flows leaving through it take.
+///
+/// # Errors
+///
+/// If there is no such interface or rtnetlink cannot be asked about it.
 pub fn describe_interface(ifname: &str) -> anyhow::Result<Vec<String>> {
     let index = ifindex(ifname)?;
     let link = crate::netlink::Rtnl::new()?

@@ -109,6 +109,9 @@ fn key_of(spec: &FlowSpec) -> Option<DstKey> {
 }
 
 impl Egresses {
+    /// # Errors
+    ///
+    /// If an rtnetlink socket or the kernel-path send sockets cannot be opened.
     pub fn new() -> io::Result<Self> {
         let netdev = match Netdev::open() {
             Ok(n) => n,

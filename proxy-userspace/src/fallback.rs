@@ -34,6 +34,10 @@ pub struct Datagram {
 impl FallbackSocket {
     /// An unconnected, non-blocking UDP socket of the family, on an ephemeral port of the
     /// wildcard address (`sk_lookup` hands it datagrams for any address and port).
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be created, configured or bound.
     pub fn bind(v6: bool) -> io::Result<Self> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
@@ -52,6 +56,10 @@ impl FallbackSocket {
 
     /// The next queued datagram, `Ok(None)` when none is queued. A datagram without the
     /// addresses we asked for cannot be attributed to a flow and is skipped.
+    ///
+    /// # Errors
+    ///
+    /// The socket's error, other than none being queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
         loop {
             if let Some(d) = self.recv_one(buf)? {

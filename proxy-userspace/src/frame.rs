@@ -75,6 +75,11 @@ impl From<NotUdp> for FrameError {
 impl UdpFrame {
     /// The kernel program's rules (`proxy_common::packet`), and their verdict on lengths
     /// enforced: userspace only sees frames of our flows.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError`]: the kernel program's rules reject the frame, or its lengths are
+    /// inconsistent, or it is IPv6 UDP without a checksum.
     pub fn parse(frame: &[u8]) -> Result<Self, FrameError> {
         let p = packet::parse(frame)?;
         match p.lengths {

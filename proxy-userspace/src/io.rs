@@ -207,6 +207,10 @@ fn udp_dst_port(f: &[u8]) -> Option<u16> {
 
 /// Starts the I/O thread over `sockets` and the fallback sockets; frames to `probe_port`
 /// (0: none) go to the priority queue.
+///
+/// # Errors
+///
+/// If the eventfd or the thread cannot be created.
 pub fn spawn(
     sockets: Vec<XskSocket>,
     fallback: Vec<FallbackSocket>,

@@ -183,6 +183,11 @@ pub struct Netdev {
 
 impl Netdev {
     /// `Ok(None)` on a kernel without the family (before 6.3): the features are unknown.
+    ///
+    /// # Errors
+    ///
+    /// If the generic-netlink socket cannot be opened or the kernel answers with an error other
+    /// than no such family.
     pub fn open() -> io::Result<Option<Self>> {
         let sock = open_socket()?;
         let mut name = b"netdev".to_vec();
@@ -252,6 +257,11 @@ impl Netdev {
     }
 
     /// The device's `NETDEV_A_DEV_XDP_FEATURES`, `None` if there is no such device.
+    ///
+    /// # Errors
+    ///
+    /// If the request cannot be sent or the reply read, or the kernel answers with an error other
+    /// than no such device.
     pub fn xdp_features(&mut self, ifindex: u32) -> io::Result<Option<u64>> {
         self.seq = self.seq.wrapping_add(1);
         let mut a = Vec::new();
@@ -284,6 +294,10 @@ impl Netdev {
 
     /// A non-blocking socket that receives every change of a device's features in this
     /// namespace, or `None` if the kernel has no notification group.
+    ///
+    /// # Errors
+    ///
+    /// If the notification socket cannot be opened or joined to the group.
     pub fn monitor(&self) -> io::Result<Option<FeatureMonitor>> {
         let Some(group) = self.mgmt_group else {
             return Ok(None);
@@ -308,6 +322,10 @@ pub struct FeatureMonitor {
 impl FeatureMonitor {
     /// `(ifindex, xdp features)` of every device that appeared or changed since the last
     /// call. `Err` means notifications were lost: query every device again.
+    ///
+    /// # Errors
+    ///
+    /// The socket's error, other than nothing being queued.
     pub fn read(&mut self) -> Result<Vec<(u32, u64)>, io::Error> {
         let mut out = Vec::new();
         loop {

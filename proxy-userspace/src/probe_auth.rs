@@ -84,6 +84,10 @@ impl ProbeAuth {
     }
 
     /// Parses and authenticates a message, and remembers it so that a replay is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`]: malformed, bad MAC, stale, replayed, or the replay cache is full.
     pub fn verify(&mut self, bytes: &[u8], now_ms: u64) -> Result<ProbeMessage, Rejected> {
         let msg = ProbeMessage::parse(bytes).map_err(Rejected::Malformed)?;
         let tag = ProbeMessage::mac_of(bytes).ok_or(Rejected::Malformed(ProbeError::Length))?;
@@ -138,6 +142,10 @@ impl ProbeAuth {
 /// we hold no secret, is accepted as [`Trust::Unverified`] if fresh. Unverified messages are
 /// kept out of the replay cache: they may only release media toward the signalled address,
 /// which repeating them does not change.
+///
+/// # Errors
+///
+/// [`Rejected`]: malformed, bad MAC, stale, replayed, or the replay cache is full.
 pub fn check(
     auth: Option<&mut ProbeAuth>,
     bytes: &[u8],

@@ -238,6 +238,10 @@ pub struct XskSocket {
 impl XskSocket {
     /// Creates a socket bound to queue `queue` of interface `ifindex` in this thread's network
     /// namespace, with its fill ring full.
+    ///
+    /// # Errors
+    ///
+    /// If the configuration is invalid, or creating, mapping or binding the socket fails.
     pub fn bind(ifindex: u32, queue: u32, cfg: XskConfig) -> io::Result<Self> {
         if !cfg.frames.is_power_of_two() || !cfg.ring_size.is_power_of_two() {
             return Err(io::Error::new(
@@ -362,6 +366,10 @@ impl XskSocket {
 
     /// Queues one frame for transmission and kicks the kernel. `Ok(false)` means every TX
     /// frame is in flight; the caller may retry after [`XskSocket::reclaim`].
+    ///
+    /// # Errors
+    ///
+    /// If the frame is larger than a UMEM frame, or the kernel's kick fails.
     #[expect(
         clippy::cast_possible_truncation,
         reason = "UMEM addresses are offsets into this process's mapping, and frames are at most a UMEM frame long"

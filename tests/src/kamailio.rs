@@ -81,6 +81,10 @@ onreply_route[MEDIA] {{
 /// `rtpengine_sock` set to `sock`. With `pstn_gw`, also its documented PSTN routing
 /// (`WITH_PSTN`, `pstn.gw_ip`): how an enterprise proxy hands calls for numbers to its
 /// carrier. Nothing else is changed.
+///
+/// # Errors
+///
+/// If the sample config cannot be read or does not have the lines this edits.
 #[expect(
     clippy::similar_names,
     reason = "each name says what the line holds; only their spelling is alike"
@@ -175,6 +179,9 @@ pub struct Kamailio {
 }
 
 impl Kamailio {
+    /// # Errors
+    ///
+    /// If the config cannot be written or Kamailio does not start and answer.
     pub fn start(ns: &Netns, cfg: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("mp-kam-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
@@ -207,6 +214,10 @@ impl Kamailio {
 
     /// As [`Kamailio::start`], for a config without a `listen=` line: waits until it answers
     /// SIP at `at`.
+    ///
+    /// # Errors
+    ///
+    /// If Kamailio does not start or does not answer at `at`.
     pub fn start_at(ns: &Netns, cfg: &str, at: SocketAddr) -> anyhow::Result<Self> {
         let k = Self::start(ns, cfg)?;
         k.wait_ready(ns, Some(at))?;
@@ -267,6 +278,9 @@ pub struct SipCall {
     pub remote_target: String,
 }
 
+/// # Errors
+///
+/// If a socket cannot be bound, or a step of the call gets no expected answer.
 #[expect(
     clippy::too_many_arguments,
     reason = "the call's parts, at its one call site shape"

@@ -27,6 +27,9 @@ pub struct Env {
 }
 
 impl Env {
+    /// # Errors
+    ///
+    /// If the namespace or an interface cannot be set up.
     pub fn fixture(tag: &str) -> anyhow::Result<Self> {
         let ns = Netns::new(tag)?;
         for (i, side) in [(0, "1"), (1, "2")] {
@@ -62,6 +65,10 @@ impl Env {
     }
 
     /// Runs `f` inside the namespace.
+    ///
+    /// # Errors
+    ///
+    /// If the namespace cannot be entered.
     pub fn enter<T: Send>(&self, f: impl FnOnce(&Self) -> T + Send) -> anyhow::Result<T>
     where
         Self: Sync,

@@ -18,6 +18,9 @@ pub struct Message {
 }
 
 impl Message {
+    /// # Errors
+    ///
+    /// If `b` has no end of headers or no start line.
     pub fn parse(b: &[u8]) -> anyhow::Result<Self> {
         let text = String::from_utf8_lossy(b);
         let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
@@ -82,6 +85,9 @@ impl Message {
     }
 }
 
+/// # Errors
+///
+/// If no wanted message arrives `within`, or the socket fails.
 pub fn recv(
     sock: &UdpSocket,
     within: Duration,
@@ -142,6 +148,9 @@ impl Caller {
         }
     }
 
+    /// # Errors
+    ///
+    /// If sending fails, or no 200 OK comes after three tries.
     pub fn invite(&mut self, sdp: &str) -> anyhow::Result<Message> {
         let mut m = self.base("INVITE", &self.callee_uri.clone(), 1, "inv1");
         for r in &self.preloaded {
@@ -181,12 +190,18 @@ impl Caller {
         m
     }
 
+    /// # Errors
+    ///
+    /// If sending fails.
     pub fn ack(&self, remote_target: &str) -> anyhow::Result<()> {
         let m = self.in_dialog("ACK", remote_target, 1, "ack1");
         self.sock.send_to(&m.render(), self.proxy)?;
         Ok(())
     }
 
+    /// # Errors
+    ///
+    /// If sending fails, or no answer to the BYE comes.
     pub fn bye(&self, remote_target: &str) -> anyhow::Result<Message> {
         let m = self.in_dialog("BYE", remote_target, 2, "bye1");
         self.sock.send_to(&m.render(), self.proxy)?;
@@ -199,6 +214,10 @@ impl Caller {
 
 /// Registers `user` at `registrar` from `local` (contact there), for an hour; returns once
 /// the registrar said 200.
+///
+/// # Errors
+///
+/// If sending fails, or no 200 OK comes.
 pub fn register(
     sock: &UdpSocket,
     local: SocketAddr,
@@ -233,6 +252,10 @@ pub fn register(
 }
 
 /// The callee: answers an INVITE with 200 OK and `sdp`, and BYE with 200 OK.
+///
+/// # Errors
+///
+/// If no INVITE comes `within`, or sending fails.
 pub fn answer(
     sock: &UdpSocket,
     local: SocketAddr,

@@ -43,6 +43,10 @@ pub struct Interface {
 
 impl Interface {
     /// `NAME/ADDR[!ADV]` or just `ADDR`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is wrong with `s`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (name, rest) = match s.split_once('/') {
             Some((n, r)) if !n.contains(':') || n.parse::<IpAddr>().is_err() => (n.to_owned(), r),
@@ -410,6 +414,10 @@ impl Calls {
 
     /// Runs a parsed request: counted under its command even when malformed, and as an error
     /// when it fails.
+    ///
+    /// # Errors
+    ///
+    /// The [`NgError`] that the reply reports to the call server.
     pub fn execute(
         &mut self,
         engine: &mut Engine,

@@ -28,6 +28,9 @@ fn mode(a: &DemoArgs) -> XdpMode {
     }
 }
 
+/// # Errors
+///
+/// If the host lacks what the relay needs, or a scenario fails.
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     proxy_userspace::caps::require()?;
     let packets = a.seconds * 50;

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 
 /// The classic userspace relay, as a baseline: one socket in, one out, recvmmsg/sendmmsg in
 /// batches of 64. Runs as `mediaproxy bench-socket-relay` in the relay's namespace.
+///
+/// # Errors
+///
+/// If a socket cannot be bound or configured, or receiving or sending fails.
 pub fn socket_relay(
     listen: SocketAddr,
     from: SocketAddr,
