@@ -312,7 +312,10 @@ pub struct Calls {
 
 impl Calls {
     #[must_use]
-    #[expect(clippy::unusual_byte_groupings, reason = "a word in hex: seed 0f 9047")]
+    #[expect(
+        clippy::unusual_byte_groupings,
+        reason = "grouped as words: 5eed 0f 9047"
+    )]
     pub fn new(cfg: CallsConfig, seed: u64) -> Self {
         use rand::SeedableRng;
         let pools = cfg

@@ -68,12 +68,12 @@ pub mod histogram {
     pub const COARSE_UNTIL_NS: u64 = 10_000_000;
     #[expect(
         clippy::cast_possible_truncation,
-        reason = "a bucket count of a few hundred"
+        reason = "a bucket count below a thousand"
     )]
     pub const FINE: u32 = (FINE_UNTIL_NS / FINE_NS) as u32;
     #[expect(
         clippy::cast_possible_truncation,
-        reason = "a bucket count of a few hundred"
+        reason = "a bucket count below a thousand"
     )]
     pub const COARSE: u32 = ((COARSE_UNTIL_NS - FINE_UNTIL_NS) / COARSE_NS) as u32;
     pub const BUCKETS: u32 = FINE + COARSE + 1;
