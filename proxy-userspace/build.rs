@@ -1,4 +1,4 @@
-//! Builds the XDP program (`proxy-ebpf`) for bpfel-unknown-none and leaves it in OUT_DIR,
+//! Builds the XDP program (`proxy-ebpf`) for bpfel-unknown-none and leaves it in `OUT_DIR`,
 //! where `dataplane.rs` embeds it.
 //!
 //! The eBPF crate is built with Debian's rustc-web, linked into rustup as `deb-rustc` by

@@ -6,7 +6,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Interfaces the program can be attached to at once.
 pub const MAX_INTERFACES: u32 = 64;
-/// Rx queues per interface with an AF_XDP socket.
+/// Rx queues per interface with an `AF_XDP` socket.
 pub const MAX_QUEUES_PER_INTERFACE: u32 = 64;
 /// The flow table's default capacity (`--max-flows`): 16,384 calls of one audio stream with
 /// RTCP (four flows each), about 14 MiB of kernel memory. The loader resizes the map to the
@@ -31,6 +31,10 @@ pub struct Endpoint {
     _pad: u8,
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl Endpoint {
     pub const UNSET: Self = Self {
         addr: [0; 16],
@@ -178,7 +182,7 @@ impl FlowKey {
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum FlowState {
-    /// Every packet goes to userspace over AF_XDP.
+    /// Every packet goes to userspace over `AF_XDP`.
     Hold = 0,
     /// The XDP program rewrites and sends packets itself.
     Forward = 1,
@@ -241,6 +245,10 @@ pub struct FlowEntry {
     pub hint_ip: Endpoint,
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl FlowEntry {
     /// A flow in HOLD, with its rewrite target already known (it may still be unset).
     #[must_use]
@@ -306,7 +314,7 @@ pub struct FlowCounters {
     pub punt_bytes: u64,
     /// Packets whose source was not the latched peer (dropped or punted by policy).
     pub mismatch_packets: u64,
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at jiffy resolution, which is all a media
+    /// `bpf_ktime_get_coarse_ns()` (`CLOCK_MONOTONIC` at jiffy resolution, which is all a media
     /// timeout needs and costs a fraction of the precise clock) of the last accepted packet,
     /// 0 if none.
     pub last_seen_ns: u64,
@@ -351,9 +359,9 @@ pub enum Counter {
     PuntNoNextHop,
     /// Punted: FORWARD across address families, which XDP does not translate.
     PuntFamily,
-    /// No AF_XDP socket on this rx queue: dropped.
+    /// No `AF_XDP` socket on this rx queue: dropped.
     DropNoSocket,
-    /// Forwarded with XDP_TX (same interface).
+    /// Forwarded with `XDP_TX` (same interface).
     FwdTx,
     /// Forwarded with a DEVMAP redirect.
     FwdRedirect,
@@ -462,6 +470,10 @@ pub struct Budget {
     pub burst_ns: u64,
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl Budget {
     /// `rate` packets a second, with bursts of `burst` packets.
     #[must_use]

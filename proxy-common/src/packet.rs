@@ -80,6 +80,10 @@ pub struct Parsed {
     pub ttl: u8,
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl Parsed {
     #[inline(always)]
     #[must_use]
@@ -96,7 +100,16 @@ impl Parsed {
 }
 
 /// Reads the Ethernet, IP and UDP headers of `p` by the rules above.
+///
+/// # Errors
+///
+/// [`NotUdp`]: why the frame is not a UDP datagram these rules take (truncated, VLAN-tagged, not
+/// IP, not UDP, a fragment).
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 pub fn parse<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
     let eth = p.header::<EthHdr>(0).ok_or(NotUdp::Truncated)?;
     match eth.ether_type() {
@@ -108,6 +121,10 @@ pub fn parse<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 fn parse_v4<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
     let ip = p.header::<Ipv4Hdr>(L3_OFF).ok_or(NotUdp::Truncated)?;
     if ip.version() != 4 {
@@ -147,6 +164,10 @@ fn parse_v4<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 fn parse_v6<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
     let ip = p.header::<Ipv6Hdr>(L3_OFF).ok_or(NotUdp::Truncated)?;
     if ip.version() != 6 {
@@ -160,6 +181,10 @@ fn parse_v6<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
     let udp = p.header::<UdpHdr>(udp_off).ok_or(NotUdp::Truncated)?;
     let payload_len = ip.payload_len();
     let udp_len = udp.len();
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the IPv6 header is 40 bytes"
+    )]
     let ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
     let lengths = if usize::from(udp_len) < UdpHdr::LEN
         || payload_len < udp_len

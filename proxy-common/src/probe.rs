@@ -145,6 +145,11 @@ fn put_endpoint(b: &mut [u8], e: &Endpoint) {
 
 impl ProbeMessage {
     /// Parses a message; the MAC is not checked here (see [`ProbeMessage::mac_of`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ProbeError`] if `b` is not one well-formed message: wrong length, magic, version or type,
+    /// or malformed fields.
     pub fn parse(b: &[u8]) -> Result<Self, ProbeError> {
         if b.len() != MESSAGE_LEN {
             return Err(ProbeError::Length);

@@ -14,6 +14,7 @@ pub unsafe trait Header: Sized {
     const LEN: usize = core::mem::size_of::<Self>();
 
     /// Views the first `LEN` bytes of `bytes` as this header, or `None` if there are fewer.
+    #[must_use]
     fn view(bytes: &[u8]) -> Option<&Self> {
         if bytes.len() < Self::LEN {
             return None;
@@ -62,6 +63,10 @@ pub struct EthHdr {
     pub ether_type: [u8; 2],
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl EthHdr {
     #[inline(always)]
     #[must_use]
@@ -88,6 +93,10 @@ pub struct VlanHdr {
     pub ether_type: [u8; 2],
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl VlanHdr {
     #[inline(always)]
     #[must_use]
@@ -113,6 +122,10 @@ pub struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl Ipv4Hdr {
     const MORE_FRAGMENTS: u16 = 0x2000;
     const OFFSET_MASK: u16 = 0x1fff;
@@ -123,6 +136,10 @@ impl Ipv4Hdr {
     /// (a multiple of 4), DF set, checksum zero: fill it with `csum::fill_ipv4`.
     #[inline(always)]
     #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the IPv4 header is at most 60 bytes and the packet at most 65,535: the caller's lengths fit the header's fields"
+    )]
     pub const fn udp(
         src: [u8; 4],
         dst: [u8; 4],
@@ -196,6 +213,10 @@ pub struct Ipv6Hdr {
     pub dst: [u8; 16],
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl Ipv6Hdr {
     /// A header for a UDP datagram of `udp_len` bytes: traffic class and flow label zero.
     #[inline(always)]
@@ -233,6 +254,10 @@ pub struct UdpHdr {
     pub check: [u8; 2],
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+)]
 impl UdpHdr {
     #[inline(always)]
     #[must_use]
@@ -259,6 +284,10 @@ impl UdpHdr {
 
     #[inline(always)]
     #[must_use]
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "the header's length field, not a container's length"
+    )]
     pub const fn len(&self) -> u16 {
         u16::from_be_bytes(self.len)
     }

@@ -8,9 +8,9 @@ use aya::{
     programs::{ProgramError, XdpMode},
 };
 
-/// Kernel 5.9 brought bpf_link for XDP (aa8d3a716b59, "bpf, xdp: Add bpf_link-based XDP
+/// Kernel 5.9 brought `bpf_link` for XDP (aa8d3a716b59, "bpf, xdp: Add bpf_link-based XDP
 /// attachment API"), which we rely on to detach when the daemon exits; 5.11 charges BPF
-/// memory to the cgroup instead of RLIMIT_MEMLOCK (97306be45fbe). We require 5.11.
+/// memory to the cgroup instead of `RLIMIT_MEMLOCK` (97306be45fbe). We require 5.11.
 pub const MIN_KERNEL: (u32, u32) = (5, 11);
 
 /// One missing capability.
@@ -19,6 +19,7 @@ pub struct Missing(pub String);
 
 /// Checks everything the relay needs before it loads anything, so that an operator sees
 /// every problem at once.
+#[must_use]
 pub fn check() -> Vec<Missing> {
     let mut missing = Vec::new();
     if !rustix::process::geteuid().is_root() {
@@ -53,6 +54,10 @@ pub fn check() -> Vec<Missing> {
 }
 
 /// Fails with every missing capability listed.
+///
+/// # Errors
+///
+/// One error listing every missing capability.
 pub fn require() -> anyhow::Result<()> {
     let missing = check();
     if missing.is_empty() {
@@ -75,8 +80,8 @@ pub fn kernel_version() -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raise it as far as we may; on
-/// later kernels a failure here is harmless (root may lack CAP_SYS_RESOURCE in a container).
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`. Raise it as far as we may; on
+/// later kernels a failure here is harmless (root may lack `CAP_SYS_RESOURCE` in a container).
 pub fn raise_memlock() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     // `None` is RLIM_INFINITY.
@@ -97,6 +102,9 @@ pub fn raise_memlock() {
     );
 }
 
+/// # Errors
+///
+/// If the name holds a NUL or no interface has it in this network namespace.
 pub fn ifindex(ifname: &str) -> anyhow::Result<u32> {
     if ifname.contains('\0') {
         bail!("bad interface name {ifname:?}");
@@ -121,6 +129,7 @@ fn not_root_hint() -> &'static str {
     }
 }
 
+#[must_use]
 pub fn explain_load_error(e: &EbpfError) -> anyhow::Error {
     let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() {
         ""
@@ -130,6 +139,7 @@ pub fn explain_load_error(e: &EbpfError) -> anyhow::Error {
     anyhow!("loading the XDP object failed{}{btf}: {e}", not_root_hint())
 }
 
+#[must_use]
 pub fn explain_program_error(e: &ProgramError) -> anyhow::Error {
     match e {
         ProgramError::LoadError {
@@ -143,6 +153,7 @@ pub fn explain_program_error(e: &ProgramError) -> anyhow::Error {
     }
 }
 
+#[must_use]
 pub fn explain_attach_error(e: &ProgramError, ifname: &str, mode: XdpMode) -> anyhow::Error {
     let mode_hint = match mode {
         XdpMode::Driver => "; the driver may lack native XDP: try --xdp-mode skb",

@@ -35,7 +35,7 @@ use crate::{
 
 /// How long userspace trusts a send-path resolution for a destination no flow uses.
 const SEND_READY_TTL: Duration = Duration::from_secs(1);
-/// Short: the kernel path resolves the neighbour meanwhile, and AF_XDP should take over soon.
+/// Short: the kernel path resolves the neighbour meanwhile, and `AF_XDP` should take over soon.
 const SEND_UNRESOLVED_TTL: Duration = Duration::from_millis(50);
 /// Bound on the send-path cache (destinations no flow uses: probes, one-off sends).
 const SEND_CACHE_MAX: usize = 65_536;
@@ -52,7 +52,7 @@ pub struct Device {
     /// `NETDEV_A_DEV_XDP_FEATURES`; `None` when the kernel does not say (before 6.3).
     pub features: Option<u64>,
     /// Set when the device was seen dropping native frames although its features said it
-    /// takes them (its xdp_tx/xmit error counters grew): the TC path from then on.
+    /// takes them (its `xdp_tx/xmit` error counters grew): the TC path from then on.
     pub demoted: bool,
 }
 
@@ -110,6 +110,9 @@ fn key_of(spec: &FlowSpec) -> Option<DstKey> {
 }
 
 impl Egresses {
+    /// # Errors
+    ///
+    /// If an rtnetlink socket or the kernel-path send sockets cannot be opened.
     pub fn new() -> io::Result<Self> {
         let netdev = match Netdev::open() {
             Ok(n) => n,
@@ -130,6 +133,7 @@ impl Egresses {
         })
     }
 
+    #[must_use]
     pub fn netdev(&self) -> Option<&Netdev> {
         self.netdev.as_ref()
     }
@@ -388,12 +392,11 @@ impl Egresses {
                 return *r;
             }
         }
-        let r = match self.resolver.resolve(dk.0, dk.1) {
-            Ok((_, r)) => r,
-            Err(_) => {
-                self.errors += 1;
-                Resolution::Unreachable
-            }
+        let r = if let Ok((_, r)) = self.resolver.resolve(dk.0, dk.1) {
+            r
+        } else {
+            self.errors += 1;
+            Resolution::Unreachable
         };
         if self.send_cache.len() >= SEND_CACHE_MAX {
             self.send_cache.clear();
@@ -451,6 +454,10 @@ impl Egresses {
 
 /// What the relay would do with an interface: its driver, its xdp-features, whether native
 /// XDP frames are delivered there, and so which path flows leaving through it take.
+///
+/// # Errors
+///
+/// If there is no such interface or rtnetlink cannot be asked about it.
 pub fn describe_interface(ifname: &str) -> anyhow::Result<Vec<String>> {
     let index = crate::caps::ifindex(ifname)?;
     let link = crate::netlink::Rtnl::new()?

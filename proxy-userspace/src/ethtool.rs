@@ -1,5 +1,5 @@
 //! A device's driver statistics (`ethtool -S`), for the counters that show native XDP frames
-//! the device could not deliver: a veth counts `xdp_tx_errors` per rx queue (XDP_TX with no
+//! the device could not deliver: a veth counts `xdp_tx_errors` per rx queue (`XDP_TX` with no
 //! NAPI on the peer) and `xdp_xmit_errors` per tx queue.
 
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
@@ -23,6 +23,10 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 /// Every statistic of the device, by name; `None` if the driver has none or the device is
 /// gone.
 #[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the kernel reports the string count as a u32, so it fits back"
+)]
 pub fn stats(ifname: &str) -> Option<Vec<(String, u64)>> {
     // struct ethtool_sset_info { u32 cmd; u32 reserved; u64 sset_mask; u32 data[]; }
     let mut info = vec![0u8; 20];

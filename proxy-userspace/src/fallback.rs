@@ -1,5 +1,5 @@
 //! The fallback sockets: one UDP socket per address family that receives, through the
-//! sk_lookup program, every datagram the kernel's stack delivers to one of the relay's flows,
+//! `sk_lookup` program, every datagram the kernel's stack delivers to one of the relay's flows,
 //! whatever its port. Those are datagrams the kernel reassembled from fragments, and what the
 //! TC program left to the stack. Each comes with its original destination
 //! (`IP_RECVORIGDSTADDR`), which names the flow.
@@ -33,7 +33,11 @@ pub struct Datagram {
 
 impl FallbackSocket {
     /// An unconnected, non-blocking UDP socket of the family, on an ephemeral port of the
-    /// wildcard address (sk_lookup hands it datagrams for any address and port).
+    /// wildcard address (`sk_lookup` hands it datagrams for any address and port).
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be created, configured or bound.
     pub fn bind(v6: bool) -> io::Result<Self> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
@@ -52,6 +56,10 @@ impl FallbackSocket {
 
     /// The next queued datagram, `Ok(None)` when none is queued. A datagram without the
     /// addresses we asked for cannot be attributed to a flow and is skipped.
+    ///
+    /// # Errors
+    ///
+    /// The socket's error, other than none being queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
         loop {
             if let Some(d) = self.recv_one(buf)? {
@@ -62,6 +70,10 @@ impl FallbackSocket {
 
     /// `Ok(None)`: a datagram was consumed but had no addresses; `Ok(Some(None))`: none is
     /// queued.
+    #[expect(
+        clippy::option_option,
+        reason = "three outcomes, each documented above: a datagram, one without addresses, none queued"
+    )]
     fn recv_one(&self, buf: &mut [u8]) -> io::Result<Option<Option<Datagram>>> {
         let mut control = [0u8; 128];
         let (n, from, control_len) = match sys::recvmsg(&self.sock, buf, &mut control) {

@@ -75,6 +75,11 @@ impl From<NotUdp> for FrameError {
 impl UdpFrame {
     /// The kernel program's rules (`proxy_common::packet`), and their verdict on lengths
     /// enforced: userspace only sees frames of our flows.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError`]: the kernel program's rules reject the frame, or its lengths are
+    /// inconsistent, or it is IPv6 UDP without a checksum.
     pub fn parse(frame: &[u8]) -> Result<Self, FrameError> {
         let p = packet::parse(frame)?;
         match p.lengths {
@@ -109,6 +114,10 @@ impl UdpFrame {
 
     /// True if the UDP checksum verifies (or is absent over IPv4).
     #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the segment's length came from the 16-bit length fields that parse checked"
+    )]
     pub fn udp_checksum_ok(&self, frame: &[u8]) -> bool {
         let seg = &frame[self.udp_off..self.payload_off + self.payload_len];
         let check = u16::from_be_bytes([seg[6], seg[7]]);
@@ -127,6 +136,10 @@ impl UdpFrame {
 
 /// Rewrites a parsed frame in place to go from `src` to `dst`, with new MAC addresses:
 /// the userspace twin of the XDP FORWARD path, using the same rewrite code.
+///
+/// # Panics
+///
+/// If `parsed` is not what [`UdpFrame::parse`] returned for `frame`.
 pub fn rewrite(
     frame: &mut [u8],
     parsed: &UdpFrame,
@@ -139,15 +152,12 @@ pub fn rewrite(
     let (head, seg) = frame.split_at_mut(parsed.udp_off);
     let udp = UdpHdr::view_mut(seg).expect("parse checked the UDP header");
     let l3 = &mut head[parsed.l3_off..];
-    match parsed.src.family() {
-        family::V4 => {
-            let ip = Ipv4Hdr::view_mut(l3).expect("parse checked the IPv4 header");
-            rewrite::rewrite_v4(ip, udp, src, dst, || payload_sum);
-        }
-        _ => {
-            let ip = Ipv6Hdr::view_mut(l3).expect("parse checked the IPv6 header");
-            rewrite::rewrite_v6(ip, udp, src, dst, || payload_sum);
-        }
+    if parsed.src.family() == family::V4 {
+        let ip = Ipv4Hdr::view_mut(l3).expect("parse checked the IPv4 header");
+        rewrite::rewrite_v4(ip, udp, src, dst, || payload_sum);
+    } else {
+        let ip = Ipv6Hdr::view_mut(l3).expect("parse checked the IPv6 header");
+        rewrite::rewrite_v6(ip, udp, src, dst, || payload_sum);
     }
     let eth = EthHdr::view_mut(frame).expect("parse checked the Ethernet header");
     eth.src = src_mac;
@@ -230,7 +240,7 @@ impl FrameBuilder {
     #[must_use]
     pub fn ip_options(mut self, opts: &[u8]) -> Self {
         self.ip_options = opts.to_vec();
-        while self.ip_options.len() % 4 != 0 {
+        while !self.ip_options.len().is_multiple_of(4) {
             self.ip_options.push(0);
         }
         self
@@ -249,6 +259,10 @@ impl FrameBuilder {
     }
 
     #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the length fields are 16 bits wide; the builder makes frames of Ethernet size"
+    )]
     pub fn build(&self) -> Vec<u8> {
         let udp_len = UdpHdr::LEN + self.payload.len();
         let v6 = self.src.family() == family::V6;
@@ -370,6 +384,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::many_single_char_names,
+        reason = "f, p, s, d: frame, parsed frame, source, destination, as in the other tests here"
+    )]
     fn userspace_rewrite_completes_a_partial_checksum() {
         let f0 = FrameBuilder::udp(v4([10, 0, 1, 2], 4000), v4([10, 0, 1, 1], 30000))
             .checksum(UdpChecksumMode::Partial)

@@ -1,4 +1,4 @@
-//! The I/O thread: owns every AF_XDP socket and the fallback sockets, moves what they receive
+//! The I/O thread: owns every `AF_XDP` socket and the fallback sockets, moves what they receive
 //! to the control logic and transmits the frames the control logic hands back, over crossbeam
 //! channels.
 //!
@@ -207,6 +207,10 @@ fn udp_dst_port(f: &[u8]) -> Option<u16> {
 
 /// Starts the I/O thread over `sockets` and the fallback sockets; frames to `probe_port`
 /// (0: none) go to the priority queue.
+///
+/// # Errors
+///
+/// If the eventfd or the thread cannot be created.
 pub fn spawn(
     sockets: Vec<XskSocket>,
     fallback: Vec<FallbackSocket>,

@@ -1,4 +1,4 @@
-//! mediaproxy's userspace: the loader and typed map API ([`dataplane`]), AF_XDP sockets
+//! mediaproxy's userspace: the loader and typed map API ([`dataplane`]), `AF_XDP` sockets
 //! ([`xsk`]) and the I/O thread ([`io`]), the sans-IO media logic ([`session`]) and call
 //! model ([`ng`]), and the daemon that wires them ([`daemon`]).
 

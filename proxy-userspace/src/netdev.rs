@@ -21,10 +21,10 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
 /// `enum netdev_xdp_act` bits of `NETDEV_A_DEV_XDP_FEATURES`.
 pub mod xdp_act {
-    /// XDP_PASS, XDP_DROP, XDP_TX, XDP_ABORTED.
+    /// `XDP_PASS`, `XDP_DROP`, `XDP_TX`, `XDP_ABORTED`.
     pub const BASIC: u64 = 1 << 0;
     pub const REDIRECT: u64 = 1 << 1;
-    /// The device takes frames redirected into it (ndo_xdp_xmit).
+    /// The device takes frames redirected into it (`ndo_xdp_xmit`).
     pub const NDO_XMIT: u64 = 1 << 2;
 }
 
@@ -49,15 +49,23 @@ const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "netlink attributes and messages of a few hundred bytes at most"
+)]
 fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
     b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
     b.extend_from_slice(&kind.to_ne_bytes());
     b.extend_from_slice(value);
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "netlink attributes and messages of a few hundred bytes at most"
+)]
 fn genl_request(family: u16, cmd: u8, seq: u32, attrs: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDRLEN + GENL_HDRLEN + attrs.len();
     let mut b = Vec::with_capacity(len);
@@ -72,7 +80,7 @@ fn genl_request(family: u16, cmd: u8, seq: u32, attrs: &[u8]) -> Vec<u8> {
 }
 
 /// One generic-netlink message of a datagram: `(type, seq, cmd, attributes)`, or the error
-/// code of an NLMSG_ERROR (0 for an ACK).
+/// code of an `NLMSG_ERROR` (0 for an ACK).
 enum Msg<'a> {
     Genl {
         kind: u16,
@@ -175,6 +183,11 @@ pub struct Netdev {
 
 impl Netdev {
     /// `Ok(None)` on a kernel without the family (before 6.3): the features are unknown.
+    ///
+    /// # Errors
+    ///
+    /// If the generic-netlink socket cannot be opened or the kernel answers with an error other
+    /// than no such family.
     pub fn open() -> io::Result<Option<Self>> {
         let sock = open_socket()?;
         let mut name = b"netdev".to_vec();
@@ -213,7 +226,7 @@ impl Netdev {
                                                     gv.split(|&c| c == 0)
                                                         .next()
                                                         .unwrap_or_default(),
-                                                )
+                                                );
                                             }
                                             CTRL_ATTR_MCAST_GRP_ID => gid = u32_of(gv),
                                             _ => {}
@@ -244,6 +257,11 @@ impl Netdev {
     }
 
     /// The device's `NETDEV_A_DEV_XDP_FEATURES`, `None` if there is no such device.
+    ///
+    /// # Errors
+    ///
+    /// If the request cannot be sent or the reply read, or the kernel answers with an error other
+    /// than no such device.
     pub fn xdp_features(&mut self, ifindex: u32) -> io::Result<Option<u64>> {
         self.seq = self.seq.wrapping_add(1);
         let mut a = Vec::new();
@@ -276,6 +294,10 @@ impl Netdev {
 
     /// A non-blocking socket that receives every change of a device's features in this
     /// namespace, or `None` if the kernel has no notification group.
+    ///
+    /// # Errors
+    ///
+    /// If the notification socket cannot be opened or joined to the group.
     pub fn monitor(&self) -> io::Result<Option<FeatureMonitor>> {
         let Some(group) = self.mgmt_group else {
             return Ok(None);
@@ -300,6 +322,10 @@ pub struct FeatureMonitor {
 impl FeatureMonitor {
     /// `(ifindex, xdp features)` of every device that appeared or changed since the last
     /// call. `Err` means notifications were lost: query every device again.
+    ///
+    /// # Errors
+    ///
+    /// The socket's error, other than nothing being queued.
     pub fn read(&mut self) -> Result<Vec<(u32, u64)>, io::Error> {
         let mut out = Vec::new();
         loop {

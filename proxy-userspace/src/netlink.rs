@@ -164,6 +164,9 @@ pub struct Rtnl {
 }
 
 impl Rtnl {
+    /// # Errors
+    ///
+    /// If the rtnetlink socket cannot be opened or configured.
     pub fn new() -> io::Result<Self> {
         let sock = socket()?;
         socket2::SockRef::from(&sock).set_read_timeout(Some(REQUEST_TIMEOUT))?;
@@ -221,6 +224,10 @@ impl Rtnl {
 
     /// The route from `src` (a local address, for policy routing; `None`: any) to `dst`, or
     /// `None` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// If the rtnetlink request fails.
     pub fn route(&mut self, src: Option<IpAddr>, dst: IpAddr) -> io::Result<Option<Route>> {
         let mut m = RouteMessage::default();
         m.header.address_family = family_of(dst);
@@ -251,7 +258,11 @@ impl Rtnl {
     }
 
     /// The MAC address of `ip`'s neighbour entry on `ifindex`, if the kernel would send to it
-    /// without asking first (NUD_VALID).
+    /// without asking first (`NUD_VALID`).
+    ///
+    /// # Errors
+    ///
+    /// If the rtnetlink request fails.
     pub fn neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<Mac>> {
         let mut m = NeighbourMessage::default();
         m.header.family = family_of(ip);
@@ -274,6 +285,10 @@ impl Rtnl {
 
     /// Whether `ip`'s neighbour entry on `ifindex` is STALE: the kernel still sends to its MAC
     /// but would confirm it on the next packet through the stack.
+    ///
+    /// # Errors
+    ///
+    /// If the rtnetlink request fails.
     pub fn neighbour_is_stale(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<bool> {
         let mut m = NeighbourMessage::default();
         m.header.family = family_of(ip);
@@ -296,7 +311,11 @@ impl Rtnl {
     /// is not created.
     ///
     /// Only for a STALE entry ([`Rtnl::neighbour_is_stale`]): the kernel applies `NTF_USE` as
-    /// an update that clears NUD_PERMANENT, so on a static entry it would destroy it.
+    /// an update that clears `NUD_PERMANENT`, so on a static entry it would destroy it.
+    ///
+    /// # Errors
+    ///
+    /// If the request fails or the kernel refuses it.
     pub fn use_neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<()> {
         let mut m = NeighbourMessage::default();
         m.header.family = family_of(ip);
@@ -313,6 +332,9 @@ impl Rtnl {
         }
     }
 
+    /// # Errors
+    ///
+    /// If the rtnetlink request fails.
     pub fn link(&mut self, index: u32) -> io::Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.header.index = index;
@@ -326,6 +348,9 @@ impl Rtnl {
         }
     }
 
+    /// # Errors
+    ///
+    /// If the dump request fails.
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
         Ok(self
             .request(
@@ -341,6 +366,10 @@ impl Rtnl {
     }
 
     /// Every address of the namespace, with the link that carries it.
+    ///
+    /// # Errors
+    ///
+    /// If the dump request fails.
     pub fn addresses(&mut self) -> io::Result<Vec<(u32, IpAddr)>> {
         Ok(self
             .address_prefixes()?
@@ -350,6 +379,10 @@ impl Rtnl {
     }
 
     /// Every address of the namespace with its link and prefix length.
+    ///
+    /// # Errors
+    ///
+    /// If the dump request fails.
     pub fn address_prefixes(&mut self) -> io::Result<Vec<(u32, IpAddr, u8)>> {
         Ok(self
             .request(
@@ -491,6 +524,10 @@ fn parse_address(a: &AddressMessage) -> Option<(u32, IpAddr)> {
 }
 
 /// The MAC address of the interface named `ifname` in this thread's network namespace.
+///
+/// # Errors
+///
+/// If rtnetlink fails, or no interface `ifname` with a MAC address exists.
 pub fn interface_mac(ifname: &str) -> io::Result<Mac> {
     Rtnl::new()?
         .links()?
@@ -517,6 +554,9 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// # Errors
+    ///
+    /// If the socket cannot be opened, joined to the groups or configured.
     pub fn new() -> io::Result<Self> {
         let sock = socket()?;
         for g in GROUPS {

@@ -1,5 +1,5 @@
 //! Where a packet toward a destination leaves: the route and the neighbour's MAC address,
-//! from the kernel over rtnetlink, so that XDP and AF_XDP can send complete Ethernet frames
+//! from the kernel over rtnetlink, so that XDP and `AF_XDP` can send complete Ethernet frames
 //! without a per-packet FIB lookup; and [`KernelPath`], the kernel's own stack, for what they
 //! cannot send: a neighbour not resolved yet (the stack resolves it and queues the packet),
 //! or a packet larger than the egress MTU (the stack fragments it, as a socket relay's would
@@ -75,6 +75,10 @@ pub struct Resolver {
 
 impl Resolver {
     /// Opens an rtnetlink socket in the calling thread's network namespace.
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be opened.
     pub fn new() -> io::Result<Self> {
         Ok(Self {
             rtnl: Rtnl::new()?,
@@ -87,6 +91,10 @@ impl Resolver {
     }
 
     /// The route from `src` to `dst` and what it leads to.
+    ///
+    /// # Errors
+    ///
+    /// If an rtnetlink request fails.
     pub fn resolve(
         &mut self,
         src: Option<IpAddr>,
@@ -100,6 +108,10 @@ impl Resolver {
     }
 
     /// The resolution of an already known route, with the neighbour looked up again.
+    ///
+    /// # Errors
+    ///
+    /// If an rtnetlink request fails.
     pub fn complete(&mut self, route: &Route, dst: IpAddr) -> io::Result<Resolution> {
         if !route.unicast {
             return Ok(Resolution::Unreachable);
@@ -135,6 +147,9 @@ impl Resolver {
         }
     }
 
+    /// # Errors
+    ///
+    /// If the rtnetlink request fails.
     pub fn link(&mut self, ifindex: u32) -> io::Result<Option<Link>> {
         if let Some(l) = self.links.get(&ifindex) {
             return Ok(Some(l.clone()));
@@ -167,6 +182,9 @@ pub struct KernelPath {
 }
 
 impl KernelPath {
+    /// # Errors
+    ///
+    /// If a raw socket cannot be opened or configured (it needs `CAP_NET_RAW`).
     pub fn new() -> io::Result<Self> {
         let open = |domain: Domain| -> io::Result<Socket> {
             let sock = Socket::new(domain, Type::RAW, Some(Protocol::UDP))?;
@@ -190,6 +208,11 @@ impl KernelPath {
     }
 
     /// Sends `payload` from the relay endpoint `from` to `to` (same family).
+    ///
+    /// # Errors
+    ///
+    /// If an endpoint is unset, the datagram is too large for UDP, or the kernel refuses to send
+    /// it.
     pub fn send(&self, from: Endpoint, to: Endpoint, payload: &[u8]) -> io::Result<()> {
         let (Some(src), Some(dst)) = (from.socket_addr(), to.socket_addr()) else {
             return Err(io::Error::other("unset endpoint"));

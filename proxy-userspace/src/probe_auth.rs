@@ -84,6 +84,10 @@ impl ProbeAuth {
     }
 
     /// Parses and authenticates a message, and remembers it so that a replay is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`]: malformed, bad MAC, stale, replayed, or the replay cache is full.
     pub fn verify(&mut self, bytes: &[u8], now_ms: u64) -> Result<ProbeMessage, Rejected> {
         let msg = ProbeMessage::parse(bytes).map_err(Rejected::Malformed)?;
         let tag = ProbeMessage::mac_of(bytes).ok_or(Rejected::Malformed(ProbeError::Length))?;
@@ -138,6 +142,10 @@ impl ProbeAuth {
 /// we hold no secret, is accepted as [`Trust::Unverified`] if fresh. Unverified messages are
 /// kept out of the replay cache: they may only release media toward the signalled address,
 /// which repeating them does not change.
+///
+/// # Errors
+///
+/// [`Rejected`]: malformed, bad MAC, stale, replayed, or the replay cache is full.
 pub fn check(
     auth: Option<&mut ProbeAuth>,
     bytes: &[u8],
@@ -153,11 +161,14 @@ pub fn check(
 
 /// The current Unix time in milliseconds.
 #[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "milliseconds since 1970 fit a u64 for 584 million years"
+)]
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

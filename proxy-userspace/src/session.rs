@@ -685,6 +685,10 @@ impl Engine {
     }
 
     /// Creates a stream; its two flows start in HOLD.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError`] if the two local endpoints are the same or one is already in use.
     pub fn add_stream(&mut self, cfg: StreamConfig) -> Result<StreamId, StreamError> {
         if cfg.local[0] == cfg.local[1] {
             return Err(StreamError::SameEndpoints);
@@ -719,6 +723,10 @@ impl Engine {
     /// Applies new signalling (a re-INVITE) to a stream without breaking what forwards:
     /// latches stay, and a side's destination only changes if its signalled address did and
     /// it has not latched. `None` fields leave things as they are.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::UnknownStream`] if there is no such stream.
     pub fn update_stream(
         &mut self,
         id: StreamId,
@@ -783,6 +791,10 @@ impl Engine {
     }
 
     /// Ends a stream: its flows are removed and held packets dropped (and counted).
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::UnknownStream`] if there is no such stream.
     pub fn remove_stream(&mut self, id: StreamId) -> Result<[SideStatus; 2], StreamError> {
         let status = self.status(id).ok_or(StreamError::UnknownStream(id))?;
         let stream = self
@@ -802,6 +814,11 @@ impl Engine {
     /// The call server says side `side`'s next relay is there and reachable, or asks us to
     /// probe it now: with `probe`, a probe goes out at once (and the held packets follow its
     /// ACK); without, the side is trusted at its signalled address immediately.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError`] if there is no such stream, or a probe is asked for a side whose next relay
+    /// or media address is unknown.
     pub fn unblock(
         &mut self,
         id: StreamId,
@@ -879,6 +896,10 @@ impl Engine {
     /// `kernel_last_seen` is when the kernel last accepted a packet on that flow (it forwards
     /// without telling us), so that a busy latched peer is never mistaken for a silent one;
     /// only asked for when the operator allows re-latching after silence.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one packet's decision, read top to bottom in the order the checks apply"
+    )]
     pub fn handle_media(
         &mut self,
         local: Endpoint,
@@ -1088,6 +1109,10 @@ impl Engine {
     }
 
     /// The first packet from `x` went on toward the other side: the time it took is recorded.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "milliseconds of a session's age fit a u64 for 584 million years"
+    )]
     fn note_sent(&mut self, id: StreamId, x: Side, now: Instant) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;

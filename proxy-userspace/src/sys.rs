@@ -25,6 +25,11 @@ use std::{
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// `setsockopt(2)` of an `int` option.
+///
+/// # Errors
+///
+/// The error of `setsockopt(2)`.
+#[expect(clippy::cast_possible_truncation, reason = "the size of an i32")]
 pub fn set_int_opt(fd: impl AsFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` is a live int and its size is what we pass; the descriptor is borrowed
     // for the call.
@@ -46,6 +51,10 @@ pub fn set_int_opt(fd: impl AsFd, level: i32, name: i32, value: i32) -> io::Resu
 /// `recvmsg(2)` of one datagram into `buf`, with its control messages into `control`:
 /// `(bytes received, the sender, bytes of control messages)`. A datagram larger than `buf` is
 /// cut, as by `recv(2)`.
+///
+/// # Errors
+///
+/// The error of `recvmsg(2)`, `WouldBlock` included on a non-blocking socket.
 pub fn recvmsg(
     fd: impl AsFd,
     buf: &mut [u8],
@@ -200,6 +209,10 @@ pub fn if_indextoname(ifindex: u32) -> Option<String> {
 }
 
 /// `poll(2)`: how many descriptors have events, waiting at most `timeout_ms`.
+///
+/// # Errors
+///
+/// The error of `poll(2)`.
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a valid array of pollfd of the length we pass; the kernel checks the
     // descriptors themselves.

@@ -67,6 +67,10 @@ impl Mmap {
         Self::checked(p, len)
     }
 
+    #[expect(
+        clippy::cast_possible_wrap,
+        reason = "the kernel's page offsets for the rings are small constants"
+    )]
     fn ring(fd: impl AsFd, len: usize, pgoff: u64) -> io::Result<Self> {
         // SAFETY: maps a ring the kernel created for this socket at its documented offset.
         let p = unsafe {
@@ -120,6 +124,10 @@ struct Ring<T> {
 unsafe impl<T> Send for Ring<T> {}
 
 impl<T: Copy> Ring<T> {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "ring offsets and sizes the kernel gives for a mapping of this process's address space"
+    )]
     fn map(fd: impl AsFd, off: &XdpRingOffset, size: u32, pgoff: u64) -> io::Result<Self> {
         let len = off.desc as usize + size as usize * size_of::<T>();
         let map = Mmap::ring(fd, len, pgoff)?;
@@ -230,6 +238,10 @@ pub struct XskSocket {
 impl XskSocket {
     /// Creates a socket bound to queue `queue` of interface `ifindex` in this thread's network
     /// namespace, with its fill ring full.
+    ///
+    /// # Errors
+    ///
+    /// If the configuration is invalid, or creating, mapping or binding the socket fails.
     pub fn bind(ifindex: u32, queue: u32, cfg: XskConfig) -> io::Result<Self> {
         if !cfg.frames.is_power_of_two() || !cfg.ring_size.is_power_of_two() {
             return Err(io::Error::new(
@@ -320,6 +332,10 @@ impl XskSocket {
 
     /// Hands each received frame to `f` (the slice is only valid during the call) and gives
     /// the frames back to the kernel. Returns how many were received.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "UMEM addresses are offsets into this process's mapping, and frames are at most a UMEM frame long"
+    )]
     pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8])) -> u32 {
         let n = self.rx.available().min(max);
         for _ in 0..n {
@@ -350,6 +366,14 @@ impl XskSocket {
 
     /// Queues one frame for transmission and kicks the kernel. `Ok(false)` means every TX
     /// frame is in flight; the caller may retry after [`XskSocket::reclaim`].
+    ///
+    /// # Errors
+    ///
+    /// If the frame is larger than a UMEM frame, or the kernel's kick fails.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "UMEM addresses are offsets into this process's mapping, and frames are at most a UMEM frame long"
+    )]
     pub fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
         if frame.len() > self.cfg.frame_size as usize {
             return Err(io::Error::new(
@@ -415,6 +439,7 @@ impl XskSocket {
         (self.cfg.frames / 2) as usize - self.tx_free.len()
     }
 
+    #[must_use]
     pub fn stats(&self) -> XskStats {
         let mut s = self.stats;
         if let Ok(k) = sockopt::xdp_statistics(&self.fd) {
@@ -434,7 +459,7 @@ impl AsRawFd for XskSocket {
 }
 
 /// Number of rx queues of an interface, which each need a socket: the larger of its RX and
-/// combined channel counts (ETHTOOL_GCHANNELS), or 1 if the driver does not say. Asked of the
+/// combined channel counts (`ETHTOOL_GCHANNELS`), or 1 if the driver does not say. Asked of the
 /// kernel rather than read from /sys, which may show another network namespace.
 #[must_use]
 pub fn rx_queues(ifname: &str) -> u32 {

@@ -21,6 +21,7 @@ use crate::sip;
 /// `rtpengine_delete` on BYE. `offer_extra` goes into the offer's flags (a `direction=`
 /// pair for a two-armed relay).
 #[must_use]
+#[expect(clippy::format_collect, reason = "a config file built line by line")]
 pub fn config(listen: &[&str], offer_extra: &str) -> String {
     let listens: String = listen
         .iter()
@@ -80,6 +81,14 @@ onreply_route[MEDIA] {{
 /// `rtpengine_sock` set to `sock`. With `pstn_gw`, also its documented PSTN routing
 /// (`WITH_PSTN`, `pstn.gw_ip`): how an enterprise proxy hands calls for numbers to its
 /// carrier. Nothing else is changed.
+///
+/// # Errors
+///
+/// If the sample config cannot be read or does not have the lines this edits.
+#[expect(
+    clippy::similar_names,
+    reason = "each name says what the line holds; only their spelling is alike"
+)]
 pub fn stock_config(sock: &str, pstn_gw: Option<&str>) -> anyhow::Result<String> {
     let sample = std::fs::read_to_string("/etc/kamailio/kamailio.cfg")
         .context("Kamailio's sample config (the kamailio package)")?;
@@ -170,6 +179,9 @@ pub struct Kamailio {
 }
 
 impl Kamailio {
+    /// # Errors
+    ///
+    /// If the config cannot be written or Kamailio does not start and answer.
     pub fn start(ns: &Netns, cfg: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("mp-kam-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
@@ -202,6 +214,10 @@ impl Kamailio {
 
     /// As [`Kamailio::start`], for a config without a `listen=` line: waits until it answers
     /// SIP at `at`.
+    ///
+    /// # Errors
+    ///
+    /// If Kamailio does not start or does not answer at `at`.
     pub fn start_at(ns: &Netns, cfg: &str, at: SocketAddr) -> anyhow::Result<Self> {
         let k = Self::start(ns, cfg)?;
         k.wait_ready(ns, Some(at))?;
@@ -262,10 +278,14 @@ pub struct SipCall {
     pub remote_target: String,
 }
 
+/// # Errors
+///
+/// If a socket cannot be bound, or a step of the call gets no expected answer.
 #[expect(
     clippy::too_many_arguments,
     reason = "the call's parts, at its one call site shape"
 )]
+#[expect(clippy::similar_names, reason = "caller and callee, as SIP names them")]
 pub fn sip_call(
     a_ns: &Netns,
     b_ns: &Netns,

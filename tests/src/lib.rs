@@ -5,6 +5,10 @@ use mediaproxy_lab::testbed::Netns;
 
 /// These tests load XDP programs and create namespaces: they need root. They fail, loudly,
 /// rather than skip.
+///
+/// # Panics
+///
+/// If the process is not root.
 pub fn need_root() {
     // SAFETY: no preconditions.
     assert_eq!(
@@ -15,14 +19,17 @@ pub fn need_root() {
 }
 
 /// One namespace holding the relay's two interfaces and their veth peers, for the
-/// BPF_PROG_TEST_RUN fixtures: `relay0` 10.0.1.1/24 fd00:1::1/64 (peer `peer0`) and
-/// `relay1` 10.0.2.1/24 fd00:2::1/64 (peer `peer1`). The fixtures give each flow its next
+/// `BPF_PROG_TEST_RUN` fixtures: `relay0` 10.0.1.1/24 `fd00:1::1/64` (peer `peer0`) and
+/// `relay1` 10.0.2.1/24 `fd00:2::1/64` (peer `peer1`). The fixtures give each flow its next
 /// hop; nothing here forwards.
 pub struct Env {
     pub ns: Netns,
 }
 
 impl Env {
+    /// # Errors
+    ///
+    /// If the namespace or an interface cannot be set up.
     pub fn fixture(tag: &str) -> anyhow::Result<Self> {
         let ns = Netns::new(tag)?;
         for (i, side) in [(0, "1"), (1, "2")] {
@@ -58,6 +65,10 @@ impl Env {
     }
 
     /// Runs `f` inside the namespace.
+    ///
+    /// # Errors
+    ///
+    /// If the namespace cannot be entered.
     pub fn enter<T: Send>(&self, f: impl FnOnce(&Self) -> T + Send) -> anyhow::Result<T>
     where
         Self: Sync,
@@ -66,6 +77,11 @@ impl Env {
     }
 
     /// Only meaningful inside [`Env::enter`].
+    ///
+    /// # Panics
+    ///
+    /// If the namespace has no interface `name`.
+    #[must_use]
     pub fn ifindex(&self, name: &str) -> u32 {
         proxy_userspace::caps::ifindex(name).unwrap()
     }

@@ -18,6 +18,9 @@ pub struct Message {
 }
 
 impl Message {
+    /// # Errors
+    ///
+    /// If `b` has no end of headers or no start line.
     pub fn parse(b: &[u8]) -> anyhow::Result<Self> {
         let text = String::from_utf8_lossy(b);
         let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
@@ -62,6 +65,10 @@ impl Message {
     }
 
     #[must_use]
+    #[expect(
+        clippy::format_push_string,
+        reason = "a SIP message built line by line"
+    )]
     pub fn render(&self) -> Vec<u8> {
         let mut s = format!("{}\r\n", self.start);
         for (k, v) in &self.headers {
@@ -78,6 +85,9 @@ impl Message {
     }
 }
 
+/// # Errors
+///
+/// If no wanted message arrives `within`, or the socket fails.
 pub fn recv(
     sock: &UdpSocket,
     within: Duration,
@@ -138,6 +148,9 @@ impl Caller {
         }
     }
 
+    /// # Errors
+    ///
+    /// If sending fails, or no 200 OK comes after three tries.
     pub fn invite(&mut self, sdp: &str) -> anyhow::Result<Message> {
         let mut m = self.base("INVITE", &self.callee_uri.clone(), 1, "inv1");
         for r in &self.preloaded {
@@ -145,7 +158,7 @@ impl Caller {
         }
         m.headers
             .push(("Content-Type".into(), "application/sdp".into()));
-        m.body = sdp.to_owned();
+        sdp.clone_into(&mut m.body);
         let mut seen = Vec::new();
         for _ in 0..3 {
             self.sock.send_to(&m.render(), self.proxy)?;
@@ -160,7 +173,9 @@ impl Caller {
                     .flat_map(|v| v.split(','))
                     .map(|s| s.trim().to_owned())
                     .collect();
-                self.to_header = ok.header("To").unwrap_or_default().to_owned();
+                ok.header("To")
+                    .unwrap_or_default()
+                    .clone_into(&mut self.to_header);
                 return Ok(ok);
             }
         }
@@ -175,12 +190,18 @@ impl Caller {
         m
     }
 
+    /// # Errors
+    ///
+    /// If sending fails.
     pub fn ack(&self, remote_target: &str) -> anyhow::Result<()> {
         let m = self.in_dialog("ACK", remote_target, 1, "ack1");
         self.sock.send_to(&m.render(), self.proxy)?;
         Ok(())
     }
 
+    /// # Errors
+    ///
+    /// If sending fails, or no answer to the BYE comes.
     pub fn bye(&self, remote_target: &str) -> anyhow::Result<Message> {
         let m = self.in_dialog("BYE", remote_target, 2, "bye1");
         self.sock.send_to(&m.render(), self.proxy)?;
@@ -193,6 +214,10 @@ impl Caller {
 
 /// Registers `user` at `registrar` from `local` (contact there), for an hour; returns once
 /// the registrar said 200.
+///
+/// # Errors
+///
+/// If sending fails, or no 200 OK comes.
 pub fn register(
     sock: &UdpSocket,
     local: SocketAddr,
@@ -227,6 +252,10 @@ pub fn register(
 }
 
 /// The callee: answers an INVITE with 200 OK and `sdp`, and BYE with 200 OK.
+///
+/// # Errors
+///
+/// If no INVITE comes `within`, or sending fails.
 pub fn answer(
     sock: &UdpSocket,
     local: SocketAddr,
@@ -246,7 +275,7 @@ pub fn answer(
         .push(("Contact".into(), format!("<sip:bob@{local}>")));
     ok.headers
         .push(("Content-Type".into(), "application/sdp".into()));
-    ok.body = sdp.to_owned();
+    sdp.clone_into(&mut ok.body);
     sock.send_to(&ok.render(), from)?;
     Ok(inv)
 }

@@ -288,6 +288,10 @@ struct Sprayer {
 }
 
 impl Sprayer {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "test frames and counts far below the fields' limits"
+    )]
     fn start(ns: &Netns) -> Self {
         let sock = ns
             .enter(|| UdpSocket::bind(addr(ATTACKER)))
@@ -356,6 +360,10 @@ struct Spoofer {
 }
 
 impl Spoofer {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "test frames and counts far below the fields' limits"
+    )]
     fn start(ns: &Netns, relay_mac: [u8; 6]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let fd = ns.enter(|| packet_socket("s0")).unwrap().unwrap();
@@ -415,7 +423,12 @@ impl Drop for Fd {
     }
 }
 
-/// An AF_PACKET socket bound to `ifname` in the calling thread's namespace.
+/// An `AF_PACKET` socket bound to `ifname` in the calling thread's namespace.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "ETH_P_ALL and socket address sizes fit their C fields"
+)]
 fn packet_socket(ifname: &str) -> std::io::Result<Fd> {
     let ifindex = proxy_userspace::caps::ifindex(ifname).map_err(std::io::Error::other)?;
     // SAFETY: plain socket(2).
@@ -485,6 +498,10 @@ struct Figures {
 }
 
 impl Figures {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a ratio of packet counts far below 2^52"
+    )]
     fn pct((got, sent): (u64, u64)) -> f64 {
         if sent == 0 {
             0.0
@@ -592,20 +609,26 @@ fn rtpengine_version() -> String {
     std::process::Command::new("rtpengine")
         .arg("--version")
         .output()
-        .map(|o| {
-            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&o.stderr));
-            text.lines()
-                .find(|l| l.starts_with("Version: "))
-                .unwrap_or_default()
-                .trim()
-                .trim_start_matches("Version: ")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(
+            |_| "unknown".into(),
+            |o| {
+                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&o.stderr));
+                text.lines()
+                    .find(|l| l.starts_with("Version: "))
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches("Version: ")
+                    .to_owned()
+            },
+        )
 }
 
 #[test]
+#[expect(
+    clippy::similar_names,
+    reason = "ping and pong, as the ng protocol names them"
+)]
 fn port_spraying_and_spoofing_win_nothing() {
     need_root();
     let t = Net::build("atk").unwrap();

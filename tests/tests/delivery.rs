@@ -144,6 +144,10 @@ fn assert_kernel_carried(q: &Dict, ab: &StreamReport, ba: &StreamReport, packets
     }
 }
 
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn container(tag: &str, one_armed: bool) {
     need_root();
     let t = Bridged::build(tag, one_armed).unwrap();
@@ -183,10 +187,14 @@ fn container_one_armed() {
     container("dc1", true);
 }
 
-/// A veth whose peer has GRO on advertises NDO_XMIT: native redirects are delivered there,
-/// XDP_TX frames are not (the peer's receive is scheduled for them only when it runs XDP),
-/// which is why the relay never uses XDP_TX on a veth.
+/// A veth whose peer has GRO on advertises `NDO_XMIT`: native redirects are delivered there,
+/// `XDP_TX` frames are not (the peer's receive is scheduled for them only when it runs XDP),
+/// which is why the relay never uses `XDP_TX` on a veth.
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn veth_peer_with_gro() {
     need_root();
     let t = OneRelay::build_plain("dgro").unwrap();
@@ -224,6 +232,10 @@ fn veth_peer_with_gro() {
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn veth_peer_with_xdp() {
     need_root();
     let t = OneRelay::build("dxdp", XdpMode::Driver).unwrap();
@@ -259,6 +271,10 @@ fn veth_peer_with_xdp() {
 /// `--xdp-mode native`, asked for explicitly on a container's veth: obeyed (native XDP
 /// attached), and the flows still delivered, through TC.
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn explicit_native_mode_on_a_container_still_delivers() {
     need_root();
     let t = Bridged::build("dnat", false).unwrap();
@@ -284,6 +300,10 @@ fn explicit_native_mode_on_a_container_still_delivers() {
 
 /// Kamailio 5.6 with its stock rtpengine module, on the container's bridges.
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn container_with_kamailio() {
     need_root();
     let t = Bridged::build("dkam", false).unwrap();
@@ -331,6 +351,10 @@ fn container_with_kamailio() {
 /// than the relay's egress MTU: the kernel fragments it (IPv4), or the relay does as the
 /// source (IPv6). B→A arrives fragmented (B's stack fragments it): the kernel reassembles it,
 /// the fallback socket hands it to userspace, which sends it on whole.
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn mtu(tag: &str, v6: bool) {
     need_root();
     let t = Bridged::build(tag, false).unwrap();

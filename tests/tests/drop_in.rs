@@ -308,6 +308,10 @@ fn dict_bytes(pairs: &[(&str, Value)]) -> Vec<u8> {
 /// own keys, `replace`, `call-id`, `received-from` (always), the tags, `command` last; no
 /// `supports`, no `via-branch` by default; `delete` with no tags; `ping` alone.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn requests_shaped_as_opensips_sends_them_carry_a_call() {
     need_root();
     let (t, relay) = one_relay("os", &[]);

@@ -1,8 +1,8 @@
 //! End to end on veth/netns, in native and in SKB mode: phone A — relay — phone B.
 //!
-//! A flow in HOLD delivers its packets to the AF_XDP socket in userspace; after `set_forward`
+//! A flow in HOLD delivers its packets to the `AF_XDP` socket in userspace; after `set_forward`
 //! the same stream reaches B with valid checksums and the right addresses, and userspace
-//! receives none of its packets (the counters prove it); a frame transmitted over AF_XDP
+//! receives none of its packets (the counters prove it); a frame transmitted over `AF_XDP`
 //! from userspace arrives at B. Everything is torn down by guards, even on failure.
 
 use std::{
@@ -62,6 +62,10 @@ fn recv_n(s: &UdpSocket, n: usize, within: Duration) -> Vec<(Vec<u8>, SocketAddr
     got
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn run(mode: XdpMode, tag: &str) {
     need_root();
     let attach = if mode == XdpMode::Skb {

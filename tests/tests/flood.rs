@@ -62,6 +62,12 @@ fn figure(stats: &Dict, group: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no figure {group}.{key}"))
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    reason = "a percentile's index, within the slice"
+)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -71,6 +77,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test counts far below the fields' limits"
+)]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "a ratio of packet counts far below 2^52"
+)]
 fn a_flood_costs_the_attacker_not_the_calls() {
     need_root();
     let a = Netns::new("fla").unwrap();

@@ -62,6 +62,10 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn rtpengine_ng_client_drives_a_call_to_forward() {
     need_root();
     let t = OneRelay::build("cli", XdpMode::Driver).unwrap();
@@ -264,6 +268,10 @@ fn rtpengine_ng_client_drives_a_call_to_forward() {
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn a_sip_call_through_kamailio_and_mediaproxy() {
     need_root();
     let t = OneRelay::build("kam", XdpMode::Driver).unwrap();
@@ -470,6 +478,10 @@ fn compare(label: &str, theirs: &Dict, ours: &Dict, diffs: &mut BTreeSet<String>
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn parity_with_rtpengine() {
     need_root();
     let t = OneRelay::build("par", XdpMode::Driver).unwrap();

@@ -1,10 +1,10 @@
-//! BPF_PROG_TEST_RUN fixtures for the XDP and TC programs, in the Katran style: one table row
+//! `BPF_PROG_TEST_RUN` fixtures for the XDP and TC programs, in the Katran style: one table row
 //! per rule, each with the flow state (next hop included), the input frame, the expected
 //! action, the exact expected output bytes and the counter that must record it.
 //!
 //! The programs run for real in a private network namespace that holds two veth pairs, so
-//! that the next hops name real devices: `relay0` (10.0.1.1, fd00:1::1) faces side A,
-//! `relay1` (10.0.2.1, fd00:2::1) side B. Nothing in the namespace forwards: the next hop is
+//! that the next hops name real devices: `relay0` (10.0.1.1, `fd00:1::1`) faces side A,
+//! `relay1` (10.0.2.1, `fd00:2::1`) side B. Nothing in the namespace forwards: the next hop is
 //! the flow entry's, as the daemon resolves it.
 
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -32,7 +32,7 @@ const PEER0_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
 const RELAY1_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
 const PEER1_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x02];
 
-/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
+/// `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it in `ctx_in`.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 struct XdpMd {
@@ -97,6 +97,10 @@ fn forward_spec(peer: Option<Endpoint>, out_src: Endpoint, out_dst: Endpoint) ->
 }
 
 /// A next hop out of `ifindex` with these MACs and MTU.
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "the fixture tables' next hop is an Option"
+)]
 fn hop(
     ifindex: u32,
     src_mac: Mac,
@@ -117,7 +121,7 @@ fn hop(
     })
 }
 
-/// `struct __sk_buff` up to `ifindex`, as BPF_PROG_TEST_RUN takes it for a TC program: the
+/// `struct __sk_buff` up to `ifindex`, as `BPF_PROG_TEST_RUN` takes it for a TC program: the
 /// fields it does not allow must be zero.
 #[repr(C)]
 #[derive(Default)]
@@ -140,6 +144,10 @@ fn as_bytes<T>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
 fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
     let relay0 = env.ifindex("relay0");
     let mut dp = Dataplane::load(&DataplaneConfig {
@@ -240,10 +248,15 @@ fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
     );
 }
 
+#[expect(clippy::format_collect, reason = "hex for a failure message")]
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
 fn rtp_payload(len: usize) -> Vec<u8> {
     let mut p = vec![0x80, 0x00, 0x12, 0x34, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
     p.extend((0..len.saturating_sub(12)).map(|i| (i * 7 + 3) as u8));
@@ -251,6 +264,10 @@ fn rtp_payload(len: usize) -> Vec<u8> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn ipv4_fixtures() {
     need_root();
     let env = Env::fixture("fx4").unwrap();
@@ -750,6 +767,10 @@ fn ipv4_fixtures() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn ipv6_fixtures() {
     need_root();
     let env = Env::fixture("fx6").unwrap();
@@ -916,11 +937,15 @@ fn ipv6_fixtures() {
     .unwrap();
 }
 
-/// The kernel's punt budgets under BPF_PROG_TEST_RUN's repeat (thousands of runs within
+/// The kernel's punt budgets under `BPF_PROG_TEST_RUN`'s repeat (thousands of runs within
 /// milliseconds, a flood's rate): an unsignalled source gets its flow's burst through and no
 /// more, the source that signalling named keeps getting through, and probes to the relay's
 /// address have their own budget.
 #[test]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
 fn punt_budgets_hold_a_flood_back_but_not_the_signalled_peer() {
     need_root();
     let env = Env::fixture("fxb").unwrap();
@@ -1018,6 +1043,10 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "random mutations: truncating a random number to a field's width is the point"
+    )]
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
@@ -1029,6 +1058,12 @@ impl Rng {
 
 /// One random frame: a valid RTP frame to a flow (IPv4, IPv4 with options, IPv6), then one to
 /// three mutations aimed at the fields both parsers read.
+#[expect(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    reason = "random mutations: truncating a random number to a field's width is the point"
+)]
 fn mutant(rng: &mut Rng, bases: &[Vec<u8>]) -> Vec<u8> {
     let mut f = bases[rng.below(bases.len())].clone();
     let v6 = f.len() > 13 && f[12..14] == [0x86, 0xdd];
@@ -1102,6 +1137,18 @@ fn mutant(rng: &mut Rng, bases: &[Vec<u8>]) -> Vec<u8> {
 /// endpoints the flow was keyed by; what userspace would accept for a flow, the kernel
 /// punts; and both put a non-relayable frame in the same class.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
+#[expect(
+    clippy::items_after_statements,
+    reason = "the constant belongs to the loop below it"
+)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test counts far below the fields' limits"
+)]
 fn userspace_parser_agrees_with_the_xdp_program() {
     use proxy_userspace::frame::{FrameError, UdpFrame};
     need_root();
@@ -1302,7 +1349,7 @@ fn kernel_events_cost_nothing_when_off_and_reach_the_log_when_asked() {
         frame[38..40].copy_from_slice(&400u16.to_be_bytes()); // UDP length beyond the IP payload
         let md = XdpMd {
             ingress_ifindex: relay0,
-            data_end: frame.len() as u32,
+            data_end: u32::try_from(frame.len()).unwrap(),
             ..XdpMd::default()
         };
         let mut out = vec![0u8; frame.len() + 256];

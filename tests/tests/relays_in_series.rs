@@ -55,6 +55,10 @@ struct Net {
 }
 
 impl Net {
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the namespace is held for its Drop and configured here"
+    )]
     fn build(tag: &str, random_ports: bool) -> anyhow::Result<Self> {
         let n = |s: &str| Netns::new(&format!("{tag}{s}"));
         let t = Self {
@@ -194,6 +198,7 @@ impl Drop for Running {
 }
 
 /// One call through both Kamailios and both relays; returns the two directions' reports.
+#[expect(clippy::similar_names, reason = "caller and callee, as SIP names them")]
 fn call(
     kind: RelayKind,
     config: Config,

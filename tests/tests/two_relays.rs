@@ -187,6 +187,10 @@ fn send_from(ns: &Netns, from: &str, to: SocketAddr, payload: Vec<u8>, times: us
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, read top to bottom as its steps happen"
+)]
 fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
     need_root();
     let t = TwoRelays::build("ho", XdpMode::Driver).unwrap();
@@ -293,7 +297,7 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
         "hostile: bad MAC {bad_mac}, replayed {replayed}, malformed {malformed}, unknown session {unknown}, unmatched ACKs {unmatched}"
     );
     // The flood may overflow the socket or the AF_XDP ring; what arrives is counted.
-    assert!(bad_mac >= 2 && bad_mac <= 20_002, "bad MAC {bad_mac}");
+    assert!((2..=20_002).contains(&bad_mac), "bad MAC {bad_mac}");
     assert_eq!((replayed, malformed, unknown), (1, 1, 1));
     let q_after = query(&r2, &t.mp2, "hostile");
     for key in ["state", "latched", "unblocked by", "forwarding to"] {
@@ -469,7 +473,7 @@ fn with_one_relay_the_probe_times_out_and_the_call_works_once_the_far_end_sends(
     let mut pb = Phone::bind(&t.b, "10.0.2.2:5000".parse().unwrap()).unwrap();
     let t0 = Instant::now();
     pa.start(a_to, a_to, 1, 100);
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
     let q = query(&relay, &t.relay, "solo");
     assert_eq!(
         query_text(&q, "b", "probe").as_deref(),
@@ -493,7 +497,7 @@ fn with_one_relay_the_probe_times_out_and_the_call_works_once_the_far_end_sends(
         "one relay: probe failed, A→B flowed {} ms after A's first packet (B started at 1000 ms)",
         first.as_millis()
     );
-    assert!(first >= Duration::from_millis(1000) && first <= Duration::from_millis(1300));
+    assert!(first >= Duration::from_secs(1) && first <= Duration::from_millis(1300));
     assert!(ba.lost() <= 1, "B→A lost {}", ba.lost());
 }
 

@@ -30,7 +30,7 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: unit, BPF_PROG_TEST_RUN fixtures, end to end, real clients,
+    /// Run the whole test suite: unit, `BPF_PROG_TEST_RUN` fixtures, end to end, real clients,
     /// fuzz smoke runs and the quick benchmark.
     Test {
         /// Only tests whose name contains this (passed to cargo test).
@@ -218,6 +218,17 @@ fn build_release() -> anyhow::Result<PathBuf> {
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let t = Instant::now();
+    // The house rules first: formatted, and the workspace's pedantic lints with every
+    // exception an `#[expect(lint, reason)]` where it happens.
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["build", "--workspace", "--bins", "--tests"]))?;
     let bin = root().join("target/debug/mediaproxy");
     // Host unit tests, the BPF_PROG_TEST_RUN fixtures, the end-to-end and client tests.
@@ -250,14 +261,14 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every fuzz target (fuzz/fuzz_targets): the ng codec and SDP, the probe codec and
+/// Every fuzz target (`fuzz/fuzz_targets`): the ng codec and SDP, the probe codec and
 /// verifier, the userspace frame parser, the ng options, and the stateful call model and
 /// session engine driven by event sequences.
 const FUZZ_TARGETS: [&str; 7] = [
     "bencode", "sdp", "probe", "frame", "flags", "calls", "engine",
 ];
 
-/// The fuzz targets (fuzz/): cargo-fuzz with libFuzzer and AddressSanitizer, on nightly.
+/// The fuzz targets (fuzz/): cargo-fuzz with libFuzzer and `AddressSanitizer`, on nightly.
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     for target in FUZZ_TARGETS {
         let corpus = root().join("fuzz/corpus").join(target);

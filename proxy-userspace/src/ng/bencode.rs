@@ -164,6 +164,10 @@ fn parse_int(d: &[u8]) -> Option<i64> {
 }
 
 /// Decodes exactly one value that spans all of `b`.
+///
+/// # Errors
+///
+/// [`DecodeError`] if `b` is not exactly one well-formed value within the limits.
 pub fn decode(b: &[u8]) -> Result<Value, DecodeError> {
     let mut d = Decoder {
         b,
@@ -178,6 +182,10 @@ pub fn decode(b: &[u8]) -> Result<Value, DecodeError> {
 }
 
 /// Decodes a dictionary at the start of `b`; bytes after it are ignored, as rtpengine does.
+///
+/// # Errors
+///
+/// [`DecodeError`] if `b` does not start with a well-formed dictionary within the limits.
 pub fn decode_dict_prefix(b: &[u8]) -> Result<Dict, DecodeError> {
     let mut d = Decoder {
         b,

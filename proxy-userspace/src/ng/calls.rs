@@ -43,6 +43,10 @@ pub struct Interface {
 
 impl Interface {
     /// `NAME/ADDR[!ADV]` or just `ADDR`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is wrong with `s`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (name, rest) = match s.split_once('/') {
             Some((n, r)) if !n.contains(':') || n.parse::<IpAddr>().is_err() => (n.to_owned(), r),
@@ -100,7 +104,7 @@ fn receives(m: &sdp::Media) -> bool {
 }
 
 /// The longest `delete-delay` taken; larger ones are cut to it (rtpengine's default is 30 s).
-pub const MAX_DELETE_DELAY: Duration = Duration::from_secs(3600);
+pub const MAX_DELETE_DELAY: Duration = Duration::from_hours(1);
 /// The most calls one `list` reply names, whatever `limit` asks: a reply is one datagram.
 pub const MAX_LIST: usize = 256;
 /// Kernel flows per media section: RTP and RTCP, one flow per side each.
@@ -116,7 +120,7 @@ impl Default for CallsConfig {
             probe_port: proxy_common::probe::DEFAULT_PORT,
             // rtpengine's defaults: `delete-delay` 30 s, `timeout` 60 s.
             delete_delay: Duration::from_secs(30),
-            media_timeout: Duration::from_secs(60),
+            media_timeout: Duration::from_mins(1),
             keep_ended: Duration::from_secs(30),
             // Far above what one relay core carries in userspace signalling (~2,300 calls set up
             // per second) times a call's lifetime in tests; operators size it to their box.
@@ -168,6 +172,10 @@ impl PortPool {
         }
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "i counts pairs within the pool's u16 port range"
+    )]
     fn alloc(&mut self, rng: &mut impl rand::Rng) -> Option<u16> {
         let n = self.pairs.len();
         if self.used >= n {
@@ -290,6 +298,10 @@ pub struct Calls {
     /// The host's own addresses: never a media destination, unless they name one of this
     /// relay's own allocated endpoints (a call that loops through the relay twice).
     local_addrs: std::collections::HashSet<IpAddr>,
+    #[expect(
+        clippy::struct_field_names,
+        reason = "the calls of `Calls`, keyed by Call-ID"
+    )]
     calls: HashMap<String, Call>,
     pools: Vec<PortPool>,
     /// Picks ports; seeded by the caller (from the OS in the daemon).
@@ -300,6 +312,10 @@ pub struct Calls {
 
 impl Calls {
     #[must_use]
+    #[expect(
+        clippy::unusual_byte_groupings,
+        reason = "grouped as words: 5eed 0f 9047"
+    )]
     pub fn new(cfg: CallsConfig, seed: u64) -> Self {
         use rand::SeedableRng;
         let pools = cfg
@@ -401,6 +417,10 @@ impl Calls {
 
     /// Runs a parsed request: counted under its command even when malformed, and as an error
     /// when it fails.
+    ///
+    /// # Errors
+    ///
+    /// The [`NgError`] that the reply reports to the call server.
     pub fn execute(
         &mut self,
         engine: &mut Engine,
@@ -679,6 +699,10 @@ impl Calls {
 
     /// A media section the call did not have: its ports and its RTP and RTCP streams (none
     /// for a disabled one).
+    #[expect(
+        clippy::similar_names,
+        reason = "rtp_ and rtcp_ name the two streams of one media section"
+    )]
     fn add_media(
         &mut self,
         engine: &mut Engine,
@@ -1108,6 +1132,10 @@ impl Calls {
 
 /// The RTP and RTCP streams of a media section the call already has, after a re-INVITE or
 /// the answer: the sender's side takes what its SDP says.
+#[expect(
+    clippy::similar_names,
+    reason = "rtp and rtcp name the two streams of one media section"
+)]
 fn update_streams(
     engine: &mut Engine,
     [rtp, rtcp]: [Option<StreamId>; 2],

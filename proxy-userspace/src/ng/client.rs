@@ -27,6 +27,9 @@ pub struct NgClient {
 }
 
 impl NgClient {
+    /// # Errors
+    ///
+    /// If the socket cannot be bound or configured.
     pub fn new(server: SocketAddr) -> anyhow::Result<Self> {
         let bind: SocketAddr = if server.is_ipv4() {
             "0.0.0.0:0"
@@ -54,10 +57,17 @@ impl NgClient {
     }
 
     /// Sends `req` and waits for the reply, retransmitting the same cookie.
+    ///
+    /// # Errors
+    ///
+    /// If sending fails, no valid reply comes after every try, or the reply does not decode.
     pub fn request(&self, req: &Dict) -> anyhow::Result<Dict> {
         self.request_with_cookie(&Self::cookie(), req)
     }
 
+    /// # Errors
+    ///
+    /// If sending fails, no valid reply comes after every try, or the reply does not decode.
     pub fn request_with_cookie(&self, cookie: &str, req: &Dict) -> anyhow::Result<Dict> {
         let mut msg = cookie.as_bytes().to_vec();
         msg.push(b' ');
@@ -95,6 +105,10 @@ impl NgClient {
     }
 
     /// Sends raw bytes and returns the raw reply, if any comes within a second.
+    ///
+    /// # Errors
+    ///
+    /// If sending or receiving fails other than by timing out.
     pub fn raw(&self, msg: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
         self.sock.send_to(msg, self.server)?;
         let mut buf = vec![0u8; MAX_DATAGRAM];

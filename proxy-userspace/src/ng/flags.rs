@@ -19,6 +19,10 @@ fn norm(s: &str) -> String {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one bool per ng flag, as rtpengine's flags are"
+)]
 pub struct Options {
     pub sip_source_address: bool,
     pub asymmetric: bool,
@@ -219,12 +223,12 @@ fn apply_key(o: &mut Options, key: &str, v: &Value) {
             Some(r) => o.next_relay_recipient = Some(r),
             None => o.warnings.push(format!("invalid {key} '{text}'")),
         },
-        "transport-protocol" => {
-            if !text.is_empty() && !text.starts_with("RTP/AVP") && text != "accept" {
-                o.warnings.push(format!(
-                    "transport protocol '{text}' is not supported; the m= protocol is kept"
-                ));
-            }
+        "transport-protocol"
+            if !text.is_empty() && !text.starts_with("RTP/AVP") && text != "accept" =>
+        {
+            o.warnings.push(format!(
+                "transport protocol '{text}' is not supported; the m= protocol is kept"
+            ));
         }
         _ => {}
     }

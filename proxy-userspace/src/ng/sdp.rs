@@ -124,23 +124,20 @@ fn split_lines(b: &[u8]) -> Vec<Line<'_>> {
     let mut out = Vec::new();
     let mut rest = b;
     while !rest.is_empty() {
-        match rest.iter().position(|&c| c == b'\n') {
-            Some(i) => {
-                let (line, ending) = if i > 0 && rest[i - 1] == b'\r' {
-                    (&rest[..i - 1], &rest[i - 1..=i])
-                } else {
-                    (&rest[..i], &rest[i..=i])
-                };
-                out.push(Line { text: line, ending });
-                rest = &rest[i + 1..];
-            }
-            None => {
-                out.push(Line {
-                    text: rest,
-                    ending: &[],
-                });
-                rest = &[];
-            }
+        if let Some(i) = rest.iter().position(|&c| c == b'\n') {
+            let (line, ending) = if i > 0 && rest[i - 1] == b'\r' {
+                (&rest[..i - 1], &rest[i - 1..=i])
+            } else {
+                (&rest[..i], &rest[i..=i])
+            };
+            out.push(Line { text: line, ending });
+            rest = &rest[i + 1..];
+        } else {
+            out.push(Line {
+                text: rest,
+                ending: &[],
+            });
+            rest = &[];
         }
     }
     out
@@ -244,6 +241,14 @@ fn media_attribute(m: &mut Media, v: &[u8], first_pt: Option<&str>) {
 }
 
 /// Parses an SDP body. Parsing stops at the first empty line, as rtpengine does.
+///
+/// # Errors
+///
+/// The first line that is not valid SDP for the relay, as an [`SdpError`].
+#[expect(
+    clippy::missing_panics_doc,
+    reason = "a media section's address slot exists once its m= line is read"
+)]
 pub fn parse(body: &[u8]) -> Result<Sdp<'_>, SdpError> {
     let mut lines = split_lines(body);
     if let Some(blank) = lines.iter().position(|l| l.text.is_empty()) {
@@ -340,6 +345,10 @@ pub struct MediaRewrite {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one bool per SDP attribute the relay looks at"
+)]
 pub struct Rewrite {
     /// The relay's address as written into `c=` (and `o=`, `a=rtcp`).
     pub addr: IpAddr,

@@ -199,6 +199,10 @@ impl Learner {
         clippy::too_many_arguments,
         reason = "one packet and what it is judged by"
     )]
+    #[expect(
+        clippy::similar_names,
+        reason = "ssrc and seq are RTP's own field names"
+    )]
     pub fn observe(
         &mut self,
         cfg: &LearnConfig,
@@ -328,7 +332,7 @@ impl Default for SprayConfig {
         Self {
             ports: 4,
             window: Duration::from_secs(10),
-            ban: Duration::from_secs(60),
+            ban: Duration::from_mins(1),
             tracked: 65_536,
         }
     }
@@ -410,6 +414,10 @@ impl Sprayers {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test sizes far below the types' limits"
+)]
 mod tests {
     use super::*;
 

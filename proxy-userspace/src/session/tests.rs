@@ -294,7 +294,7 @@ fn strict_source_drops_in_the_kernel_and_never_relatches() {
         ep([1, 2, 3, 4], 5),
         b"x",
         None,
-        t0 + Duration::from_secs(60),
+        t0 + Duration::from_mins(1),
     );
     assert!(drain(&mut e).is_empty());
     assert_eq!(e.status(id).unwrap()[0].latched, Some(PHONE_A));
@@ -764,7 +764,7 @@ struct Net {
     nat: HashMap<Endpoint, Endpoint>, // inside -> outside
     nat_rev: HashMap<Endpoint, Endpoint>,
     next_nat_port: u16,
-    /// (deliver at, from, to, payload, is_probe_port)
+    /// (deliver at, from, to, payload, `is_probe_port`)
     wire: Vec<(Instant, Endpoint, Endpoint, Vec<u8>)>,
     delivered_a: Vec<Instant>,
     delivered_b: Vec<Instant>,
@@ -886,9 +886,9 @@ impl Net {
                 }
                 Output::Event { event, .. } => {
                     if which == 1 {
-                        self.events1.push(event)
+                        self.events1.push(event);
                     } else {
-                        self.events2.push(event)
+                        self.events2.push(event);
                     }
                 }
             }
@@ -906,7 +906,7 @@ impl Net {
             };
             match msg.kind {
                 Kind::Probe => {
-                    e.handle_probe(to, from.socket_addr().unwrap(), &msg, self.trust, 2, now)
+                    e.handle_probe(to, from.socket_addr().unwrap(), &msg, self.trust, 2, now);
                 }
                 Kind::Ack => e.handle_ack(&msg, from.socket_addr().unwrap(), self.trust, now),
             }
@@ -1222,6 +1222,10 @@ fn an_unsignalled_source_wins_only_by_a_consistent_stream() {
 
 /// RTCP is learnt only from the address its RTP stream latched to.
 #[test]
+#[expect(
+    clippy::similar_names,
+    reason = "rtp_ and rtcp_ name the two streams of one media section"
+)]
 fn rtcp_is_learnt_only_from_its_rtp_streams_address() {
     let mut e = Engine::new(EngineConfig::default(), 1);
     let mut rtp_cfg = StreamConfig::new(LOCAL_A, LOCAL_B);

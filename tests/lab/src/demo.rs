@@ -28,6 +28,9 @@ fn mode(a: &DemoArgs) -> XdpMode {
     }
 }
 
+/// # Errors
+///
+/// If the host lacks what the relay needs, or a scenario fails.
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     proxy_userspace::caps::require()?;
     let packets = a.seconds * 50;
@@ -84,6 +87,10 @@ fn paths(stats: &Dict) -> String {
 /// The container shape: the relay's interfaces are veths into bridges on the host's side, as
 /// Docker, Kubernetes and LXC connect a container; nothing but the relay runs XDP. Default
 /// daemon options, as a new user runs it.
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn container(packets: u16, one_armed: bool) -> anyhow::Result<()> {
     if one_armed {
         println!(
@@ -145,6 +152,10 @@ enum Variant {
     Default,
 }
 
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
+)]
 fn two_relays(a: &DemoArgs, packets: u16, v: Variant) -> anyhow::Result<()> {
     let (title, tag, probing, extra, named): (&str, &str, bool, &[&str], bool) = match v {
         Variant::Deadlock => (

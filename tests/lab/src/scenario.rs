@@ -30,12 +30,20 @@ use crate::{
 };
 
 /// The relay's `mediaproxy` binary: `MEDIAPROXY_BIN`, else the one beside this executable.
+///
+/// # Errors
+///
+/// If no such binary is found.
 pub fn binary() -> anyhow::Result<PathBuf> {
     sibling("MEDIAPROXY_BIN", "mediaproxy", "proxy-userspace")
 }
 
 /// The lab's own `mediaproxy-lab` binary (the benchmark's socket relay runs as one):
 /// `MEDIAPROXY_LAB_BIN`, else the one beside this executable.
+///
+/// # Errors
+///
+/// If no such binary is found.
 pub fn lab_binary() -> anyhow::Result<PathBuf> {
     sibling("MEDIAPROXY_LAB_BIN", "mediaproxy-lab", "mediaproxy-lab")
 }
@@ -82,6 +90,10 @@ pub const SECRET: &str = "demo-deployment-secret-0123456789";
 impl Relay {
     /// Starts `mediaproxy run` in `ns` with these media addresses and extra arguments, and
     /// waits until it answers an ng ping.
+    ///
+    /// # Errors
+    ///
+    /// If the binary is missing, its files cannot be written, or it does not start and answer.
     pub fn start(
         ns: &Netns,
         interfaces: &[&str],
@@ -155,11 +167,19 @@ impl Relay {
 
     /// The daemon's process id.
     #[must_use]
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the child is held for its Drop and only asked its pid here"
+    )]
     pub fn pid(&self) -> u32 {
         self._child.0.id()
     }
 
     /// The daemon's resident memory, in bytes (`VmRSS`).
+    ///
+    /// # Errors
+    ///
+    /// If `/proc/<pid>/status` cannot be read or has no `VmRSS`.
     pub fn rss(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let kb: u64 = status
@@ -173,6 +193,10 @@ impl Relay {
     }
 
     /// An ng client inside the relay's namespace.
+    ///
+    /// # Errors
+    ///
+    /// If the client cannot be created in `ns`.
     pub fn ng(&self, ns: &Netns) -> anyhow::Result<NgClient> {
         let addr = self.ng;
         ns.enter(move || NgClient::new(addr))?
@@ -228,6 +252,9 @@ pub struct Phone {
 }
 
 impl Phone {
+    /// # Errors
+    ///
+    /// If the socket cannot be bound in `ns` or configured.
     pub fn bind(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Self> {
         let sock = ns.enter(move || UdpSocket::bind(addr))??;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -247,6 +274,10 @@ impl Phone {
     }
 
     /// As [`Phone::start`], with `payload` bytes after each RTP header.
+    ///
+    /// # Panics
+    ///
+    /// If one of the phone's threads panicked holding its counters (a poisoned lock).
     pub fn start_sized(
         &mut self,
         to: SocketAddr,
@@ -304,11 +335,20 @@ impl Phone {
 
     /// What the far phone received from this one is in *its* report; this is what arrived
     /// here, combined with what was sent from here.
+    ///
+    /// # Panics
+    ///
+    /// If one of the phone's threads panicked holding its counters (a poisoned lock).
     #[must_use]
     pub fn received(&self) -> StreamReport {
         self.report_rx.lock().expect("not poisoned").clone()
     }
 
+    /// How many packets were sent from here, and when the first was.
+    ///
+    /// # Panics
+    ///
+    /// If one of the phone's threads panicked holding its counters (a poisoned lock).
     #[must_use]
     pub fn sent(&self) -> (u64, Option<Instant>) {
         *self.sent.lock().expect("not poisoned")
@@ -348,6 +388,10 @@ pub fn sdp(ip: &str, port: u16) -> String {
 }
 
 /// Runs one ng command; fails on an error reply.
+///
+/// # Errors
+///
+/// If the request fails or the reply is an error.
 pub fn ng(client: &NgClient, command: &str, pairs: &[(&str, Value)]) -> anyhow::Result<Dict> {
     let mut d = Dict::new();
     d.push("command", Value::str(command));
@@ -365,6 +409,10 @@ pub fn ng(client: &NgClient, command: &str, pairs: &[(&str, Value)]) -> anyhow::
 }
 
 /// The `c=` address and the `m=audio` port of an SDP body.
+///
+/// # Errors
+///
+/// If the body has no `c=` line or `m=audio` port, or they do not parse.
 pub fn sdp_media(sdp: &[u8]) -> anyhow::Result<SocketAddr> {
     let s = String::from_utf8_lossy(sdp);
     let ip = s
@@ -382,6 +430,9 @@ pub fn sdp_media(sdp: &[u8]) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip.trim().parse()?, port.parse()?))
 }
 
+/// # Errors
+///
+/// If the reply has no `sdp`.
 pub fn sdp_of(reply: &Dict) -> anyhow::Result<Vec<u8>> {
     Ok(reply
         .get("sdp")
@@ -440,6 +491,10 @@ pub fn query_text(q: &Dict, tag: &str, key: &str) -> Option<String> {
 /// Sets one call up over ng the way a call server does (offer from A, answer from B) and
 /// returns where each phone must send: `(a_sends_to, b_sends_to)`. `direction` names the
 /// relay's interfaces toward A and toward B.
+///
+/// # Errors
+///
+/// If an ng command fails or a reply has no usable SDP.
 pub fn call(
     client: &NgClient,
     call_id: &str,
@@ -488,6 +543,9 @@ pub struct Bridged {
 }
 
 impl Bridged {
+    /// # Errors
+    ///
+    /// If a namespace, link or bridge cannot be set up.
     pub fn build(tag: &str, one_armed: bool) -> anyhow::Result<Self> {
         let relay = Netns::new(&format!("{tag}r"))?;
         let host = Netns::new(&format!("{tag}h"))?;
@@ -531,6 +589,10 @@ impl Bridged {
 
     /// A veth from `ns` (`ifname`, with these addresses) into `bridge` on the host side
     /// (`host_if`): what a container runtime does. Also used to re-create a deleted link.
+    ///
+    /// # Errors
+    ///
+    /// If a command that sets the link up fails.
     pub fn plug(
         &self,
         ns: &Netns,
@@ -564,6 +626,10 @@ impl Bridged {
 
     /// The phones' media addresses.
     #[must_use]
+    #[expect(
+        clippy::missing_panics_doc,
+        reason = "parses only literals that are addresses"
+    )]
     pub fn phones(&self, v6: bool) -> (SocketAddr, SocketAddr) {
         let s = |x: &str| x.parse().expect("a literal address");
         match (self.one_armed, v6) {
@@ -592,6 +658,14 @@ pub struct OneRelay {
 impl OneRelay {
     /// With an `XDP_PASS` program on each phone's end, so that native XDP frames are
     /// delivered there (a test rig's helper; see [`Bridged`] for what a container is).
+    ///
+    /// # Errors
+    ///
+    /// If a namespace or link cannot be set up, or a pass program cannot be attached.
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the programs are held for their Drop"
+    )]
     pub fn build(tag: &str, mode: XdpMode) -> anyhow::Result<Self> {
         let mut t = Self::build_plain(tag)?;
         t._pass = vec![
@@ -602,6 +676,10 @@ impl OneRelay {
     }
 
     /// Without anything on the phones' ends.
+    ///
+    /// # Errors
+    ///
+    /// If a namespace or link cannot be set up.
     pub fn build_plain(tag: &str) -> anyhow::Result<Self> {
         let a = Netns::new(&format!("{tag}a"))?;
         let relay = Netns::new(&format!("{tag}r"))?;
@@ -634,6 +712,9 @@ pub const NAT_PUBLIC: &str = "192.0.2.1";
 pub const MP2_PUBLIC: &str = "192.0.2.10";
 
 impl TwoRelays {
+    /// # Errors
+    ///
+    /// If a namespace, link or route cannot be set up.
     pub fn build(tag: &str, mode: XdpMode) -> anyhow::Result<Self> {
         let a = Netns::new(&format!("{tag}a"))?;
         let mp1 = Netns::new(&format!("{tag}m1"))?;
@@ -678,6 +759,10 @@ impl TwoRelays {
     }
 
     /// Starts both relays.
+    ///
+    /// # Errors
+    ///
+    /// If a relay does not start.
     pub fn relays(
         &self,
         probing: bool,
@@ -711,6 +796,10 @@ pub struct TwoRelayCall {
 /// Sets up one call through MP1 and MP2 the way two call servers would: offer through MP1
 /// then MP2, answer through MP2 then MP1. MP2's call server tells it the next relay (MP1) is
 /// behind the NAT's public address; MP1's learns MP2 from the answer.
+///
+/// # Errors
+///
+/// If an ng command fails or a reply has no usable SDP.
 pub fn two_relay_call(
     t: &TwoRelays,
     r1: &Relay,

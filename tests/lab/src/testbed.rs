@@ -17,6 +17,10 @@ use anyhow::{Context as _, bail};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, failing with its stderr if it fails.
+///
+/// # Errors
+///
+/// If the command cannot be run or exits unsuccessfully (with its stderr).
 pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
     let out = Command::new(cmd)
         .args(args)
@@ -39,6 +43,10 @@ pub struct Netns {
 
 impl Netns {
     /// Creates a fresh namespace with its loopback up.
+    ///
+    /// # Errors
+    ///
+    /// If `ip netns add` or bringing the loopback up fails.
     pub fn new(tag: &str) -> anyhow::Result<Self> {
         sweep_stale();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -55,6 +63,10 @@ impl Netns {
     }
 
     /// `ip -n <ns> <args>`.
+    ///
+    /// # Errors
+    ///
+    /// If `ip` fails.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<Output> {
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
@@ -62,6 +74,10 @@ impl Netns {
     }
 
     /// Runs a command inside the namespace and waits for it.
+    ///
+    /// # Errors
+    ///
+    /// If the command cannot be run or fails.
     pub fn exec(&self, cmd: &[&str]) -> anyhow::Result<Output> {
         let mut full = vec!["netns", "exec", &self.name];
         full.extend_from_slice(cmd);
@@ -69,6 +85,10 @@ impl Netns {
     }
 
     /// Starts a command inside the namespace.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for checks.
     pub fn spawn(&self, cmd: &[&str]) -> anyhow::Result<Command> {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]).args(cmd);
@@ -76,6 +96,10 @@ impl Netns {
     }
 
     /// Sets a sysctl inside the namespace (`net.ipv4.conf.x.forwarding=1` style).
+    ///
+    /// # Errors
+    ///
+    /// If `kv` has no `=`, or the value cannot be written inside the namespace.
     pub fn sysctl(&self, kv: &str) -> anyhow::Result<()> {
         let (key, value) = kv
             .split_once('=')
@@ -89,6 +113,10 @@ impl Netns {
     /// Runs `f` on a thread that has entered the namespace. Sockets and BPF objects created
     /// there stay in the namespace and may be used from any thread afterwards; threads that
     /// `f` spawns inherit the namespace.
+    ///
+    /// # Errors
+    ///
+    /// If the namespace cannot be opened or entered, or the thread cannot be started or panics.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
         let path = format!("/run/netns/{}", self.name);
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
@@ -143,6 +171,10 @@ fn sweep_stale() {
 }
 
 /// Creates a veth pair with one end in each namespace, both up.
+///
+/// # Errors
+///
+/// If `ip` fails.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
     run(
         "ip",
@@ -170,6 +202,7 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> 
 pub struct Guarded(pub Child);
 
 impl Drop for Guarded {
+    #[expect(clippy::cast_possible_wrap, reason = "a pid fits in pid_t")]
     fn drop(&mut self) {
         // SIGTERM first, so a daemon detaches cleanly; then make sure.
         // SAFETY: kill(2) on our own child.
@@ -187,6 +220,10 @@ impl Drop for Guarded {
 
 /// Joins two namespaces with a veth pair and gives each end an address (`10.0.1.1/24`
 /// style); IPv6 addresses (`fd00::1/64`) go on without duplicate address detection.
+///
+/// # Errors
+///
+/// If `ip` fails.
 pub fn link(
     a: &Netns,
     a_if: &str,
@@ -209,6 +246,10 @@ pub fn link(
 }
 
 /// Reads one counter of the namespace's UDP MIB (`/proc/net/snmp`), e.g. `InCsumErrors`.
+///
+/// # Errors
+///
+/// If the MIB cannot be read or has no such field.
 pub fn udp_mib(ns: &Netns, field: &str) -> anyhow::Result<u64> {
     let out = ns.exec(&["cat", "/proc/net/snmp"])?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -232,6 +273,7 @@ pub struct TapTunnel {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+#[expect(clippy::cast_possible_wrap, reason = "interface names are ASCII")]
 fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -268,6 +310,11 @@ fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
 
 impl TapTunnel {
     /// Creates `ifname` in both namespaces, with these addresses, up, and joins them.
+    ///
+    /// # Errors
+    ///
+    /// If a tap device cannot be created or set up.
+    #[expect(clippy::cast_sign_loss, reason = "n is positive here")]
     pub fn new(
         a: &Netns,
         a_addr: &str,

@@ -41,6 +41,10 @@ pub struct GenConfig {
     pub src_ip: [u8; 4],
     /// Destination base address; flow `i` goes to `dst_ip + i / ports_per_ip`.
     pub dst_ip: [u8; 4],
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding of the C layout shared with userspace"
+    )]
     pub _pad: [u8; 4],
 }
 
@@ -62,12 +66,28 @@ pub mod histogram {
     pub const FINE_UNTIL_NS: u64 = 100_000;
     pub const COARSE_NS: u64 = 10_000;
     pub const COARSE_UNTIL_NS: u64 = 10_000_000;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a bucket count below a thousand"
+    )]
     pub const FINE: u32 = (FINE_UNTIL_NS / FINE_NS) as u32;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a bucket count below a thousand"
+    )]
     pub const COARSE: u32 = ((COARSE_UNTIL_NS - FINE_UNTIL_NS) / COARSE_NS) as u32;
     pub const BUCKETS: u32 = FINE + COARSE + 1;
 
     #[inline(always)]
     #[must_use]
+    #[expect(
+        clippy::inline_always,
+        reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
+    )]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "bucket indices below BUCKETS"
+    )]
     pub const fn bucket(ns: u64) -> u32 {
         if ns < FINE_UNTIL_NS {
             (ns / FINE_NS) as u32

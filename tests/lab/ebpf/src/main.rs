@@ -1,4 +1,4 @@
-//! The benchmark's XDP programs: a traffic generator run with BPF_PROG_TEST_RUN in live-frames
+//! The benchmark's XDP programs: a traffic generator run with `BPF_PROG_TEST_RUN` in live-frames
 //! mode (as xdp-trafficgen does), and a sink that counts frames and their latency. Not part of
 //! the relay; the lab's `bench` loads them.
 #![cfg_attr(target_arch = "bpf", no_std)]

@@ -24,6 +24,10 @@ pub struct Flood {
 impl Flood {
     /// Loads the generator in `ns` (which the flood owns from then on), sending out of
     /// `ifname` toward `dst_mac`.
+    ///
+    /// # Errors
+    ///
+    /// If the generator cannot be loaded or the interface looked up in `ns`.
     pub fn new(
         ns: Netns,
         ifname: &'static str,
@@ -48,6 +52,10 @@ impl Flood {
 
     /// Sends to `ports` consecutive ports from `dst` for `window`, at `rate_pps` (0: as fast
     /// as the generator goes); returns the frames sent.
+    ///
+    /// # Errors
+    ///
+    /// If the generator's configuration cannot be written or its run fails.
     pub fn run(
         &self,
         dst: Endpoint,

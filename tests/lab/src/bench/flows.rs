@@ -71,6 +71,14 @@ pub(super) fn bench_egress(from: Endpoint, to: Endpoint) -> anyhow::Result<Egres
 /// Times the relay program with `BPF_PROG_TEST_RUN`. A FORWARD packet is rewritten in place and
 /// the next repeat runs on the result, so two flows forward into each other: gen → sink →
 /// gen ... and every repeat is a FORWARD.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "flow counts and indices of a benchmark, far below 2^32"
+)]
 pub(super) fn program_timing(dp: &mut Dataplane, ingress: u32) -> anyhow::Result<(f64, f64)> {
     use proxy_userspace::frame::FrameBuilder;
     let g = Endpoint::v4(GEN_IP, GEN_PORT);
@@ -120,6 +128,14 @@ pub(super) fn program_timing(dp: &mut Dataplane, ingress: u32) -> anyhow::Result
 }
 
 /// Installs `n` FORWARD flows and measures the loss-free rate through them.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "flow counts and indices of a benchmark, far below 2^32"
+)]
 pub(super) fn scale_point(
     h: &Harness,
     sinks: &mut [&mut Ebpf],

@@ -106,6 +106,10 @@ pub(super) fn load_bench(prog: &str, attach: Option<(&str, XdpMode)>) -> anyhow:
 impl Harness {
     /// The harness, and the sinks' programs (their counters): at the sink, and for
     /// bidirectional runs at the generator too.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one measurement, read top to bottom as its steps happen"
+    )]
     pub(super) fn build(bidirectional: bool) -> anyhow::Result<(Self, Ebpf, Option<Ebpf>)> {
         let generator_ns = Netns::new("bg")?;
         let relay = Netns::new("br")?;
@@ -278,6 +282,10 @@ pub(super) struct TrialResult {
 }
 
 impl TrialResult {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+    )]
     pub(super) fn loss(&self) -> f64 {
         if self.sent == 0 {
             return 1.0;
@@ -285,12 +293,22 @@ impl TrialResult {
         self.sent.saturating_sub(self.received) as f64 / self.sent as f64
     }
 
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+    )]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive packet rate far below 2^64"
+    )]
     pub(super) fn rate(&self) -> u64 {
         (self.received as f64 / self.seconds) as u64
     }
 }
 
 /// Busy jiffies of one CPU from /proc/stat, in ns.
+#[expect(clippy::cast_sign_loss, reason = "clock ticks per second, at least 1")]
 pub(super) fn cpu_busy_ns(cpu: usize) -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let name = format!("cpu{cpu} ");
@@ -492,6 +510,10 @@ pub(super) fn run_generators(
 }
 
 /// One long live-frames test run of `g`'s program, until a signal ends it.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a benchmark's counts, far below 2^32"
+)]
 pub(super) fn run_generator(g: &Generator, tid: &AtomicU64) -> anyhow::Result<()> {
     pin_to(GEN_CPU)?;
     // SAFETY: pthread_self has no preconditions.

@@ -109,6 +109,39 @@ impl Mode {
     }
 }
 
+/// Runs the benchmark `a` asks for, or checks a report (`--check`).
+///
+/// # Errors
+///
+/// When the testbed cannot be built or a measurement fails.
+#[expect(
+    clippy::missing_panics_doc,
+    reason = "each mode's entry is pushed before it is looked up"
+)]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "a is the arguments, as in every command of the lab; the rest are one step each"
+)]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "the benchmark's steps, read top to bottom as they happen"
+)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "benchmark durations and rates far below 2^64"
+)]
+#[expect(
+    clippy::cast_sign_loss,
+    reason = "benchmark durations and rates are positive"
+)]
+#[expect(
+    clippy::match_wildcard_for_single_variants,
+    reason = "every relay but the drop program is measured the same way"
+)]
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.check {
         return check(p);

@@ -13,6 +13,10 @@ use super::relays::{out_dir, spawn_pinned, wait_ng};
 use super::report::NgFigures;
 
 /// Sets up `calls` calls through the daemon, one offer/answer pair at a time, and keeps them.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
 pub(super) fn ng_load(h: &Harness, calls: u64) -> anyhow::Result<NgFigures> {
     eprintln!("  ng: setting up {calls} calls ...");
     let bin = binary()?;
@@ -114,6 +118,10 @@ pub(super) fn ng_load(h: &Harness, calls: u64) -> anyhow::Result<NgFigures> {
 
 // ---------------------------------------------------------------------------------------
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
 pub(super) fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }

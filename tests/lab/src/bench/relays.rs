@@ -112,6 +112,10 @@ pub(super) fn out_dir() -> PathBuf {
 
 impl Harness {
     /// Starts `mode`'s relay and returns it with the generator's target.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one relay's setup, read top to bottom as its steps happen"
+    )]
     pub(super) fn start(&self, mode: Mode) -> anyhow::Result<(RelayUnderTest, Target)> {
         let dir = out_dir();
         std::fs::create_dir_all(&dir)?;

@@ -130,6 +130,10 @@ pub(super) fn kernel() -> String {
         .to_owned()
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
 pub(super) fn rate_of(r: &Report, m: Mode) -> f64 {
     r.modes
         .iter()
@@ -145,6 +149,10 @@ pub(super) fn p99_of(r: &Report, m: Mode) -> f64 {
         .map_or(0.0, |l| l.p99_us)
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
 pub(super) fn compute_ratios(r: &mut Report) {
     let native = rate_of(r, Mode::XdpNative);
     let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -180,6 +188,10 @@ pub(super) fn compute_ratios(r: &mut Report) {
     );
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
 pub(super) fn print_table(r: &Report) {
     println!(
         "
@@ -267,6 +279,15 @@ machine: {} | kernel {}",
 }
 
 /// A plot of loss-free rate and p99 latency per mode.
+#[expect(
+    clippy::many_single_char_names,
+    reason = "SVG geometry: w, h, x, y as the SVG attributes name them"
+)]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+#[expect(clippy::format_push_string, reason = "an SVG built element by element")]
 pub(super) fn svg(r: &Report) -> String {
     let w = 900.0;
     let row = 34.0;

@@ -19,6 +19,10 @@ pub(super) struct Plan {
 /// The highest loss-free rate in `(0, hi]`: halve from `hi` until a trial passes, then bisect
 /// between the last pass and the last failure. `after_overload` may restart the relay and
 /// return a new target.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
 pub(super) fn loss_free(
     h: &Harness,
     sinks: &mut [&mut Ebpf],
@@ -112,6 +116,10 @@ pub(super) fn loss_free(
 
 /// Accumulated run time and count of every loaded program called `name` (`BPF_ENABLE_STATS` is
 /// held for the whole benchmark).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "benchmark durations far below 2^64 nanoseconds"
+)]
 pub(super) fn prog_stats(name: &str) -> (u64, u64) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -122,6 +130,10 @@ pub(super) fn prog_stats(name: &str) -> (u64, u64) {
 }
 
 /// Nanoseconds per run of the relay's and the sink's XDP programs between two snapshots.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
 pub(super) fn prog_ns(before: [(u64, u64); 2], after: [(u64, u64); 2]) -> [Option<f64>; 2] {
     [0, 1].map(|i| {
         let runs = after[i].1.saturating_sub(before[i].1);

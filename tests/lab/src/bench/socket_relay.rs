@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 
 /// The classic userspace relay, as a baseline: one socket in, one out, recvmmsg/sendmmsg in
 /// batches of 64. Runs as `mediaproxy bench-socket-relay` in the relay's namespace.
+///
+/// # Errors
+///
+/// If a socket cannot be bound or configured, or receiving or sending fails.
 pub fn socket_relay(
     listen: SocketAddr,
     from: SocketAddr,
@@ -37,6 +41,11 @@ pub fn socket_relay(
 }
 
 /// Moves datagrams from `rx` to `to` through `tx` in batches of 64 (recvmmsg/sendmmsg).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "socket address sizes and datagram counts fit their C fields"
+)]
+#[expect(clippy::cast_sign_loss, reason = "n is positive here")]
 pub(super) fn relay_loop(rx: &std::net::UdpSocket, tx: &std::net::UdpSocket, to: SocketAddr) {
     use std::os::fd::AsRawFd as _;
     const BATCH: usize = 64;
@@ -97,6 +106,10 @@ pub(super) fn relay_loop(rx: &std::net::UdpSocket, tx: &std::net::UdpSocket, to:
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "socket address sizes and datagram counts fit their C fields"
+)]
 pub(super) fn sockaddr(sa: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data and large enough for either family.
     let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
