@@ -7,10 +7,6 @@
 /// Adds `bytes` to `sum` as big-endian 16-bit words; an odd trailing byte is padded with zero.
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn add_bytes(mut sum: u64, bytes: &[u8]) -> u64 {
     let mut chunks = bytes.chunks_exact(2);
     for pair in &mut chunks {
@@ -25,10 +21,6 @@ pub fn add_bytes(mut sum: u64, bytes: &[u8]) -> u64 {
 /// Folds a one's-complement accumulator into 16 bits (end-around carry).
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "four folds leave at most 16 bits"
@@ -46,10 +38,6 @@ pub const fn fold(mut sum: u64) -> u16 {
 /// because zero in the field means "no checksum".
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub const fn udp_field(sum: u64) -> u16 {
     match !fold(sum) {
         0 => 0xffff,
@@ -60,10 +48,6 @@ pub const fn udp_field(sum: u64) -> u16 {
 /// The IPv4 pseudo-header sum for UDP (RFC 768).
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn pseudo_header_v4(src: &[u8; 4], dst: &[u8; 4], udp_len: u16) -> u64 {
     let sum = add_bytes(add_bytes(0, src), dst);
     sum + u64::from(crate::wire::ip_proto::UDP) + u64::from(udp_len)
@@ -72,10 +56,6 @@ pub fn pseudo_header_v4(src: &[u8; 4], dst: &[u8; 4], udp_len: u16) -> u64 {
 /// The IPv6 pseudo-header sum for UDP (RFC 8200 section 8.1).
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], udp_len: u32) -> u64 {
     let sum = add_bytes(add_bytes(0, src), dst);
     sum + u64::from(crate::wire::ip_proto::UDP)
@@ -95,10 +75,6 @@ pub fn fill_ipv4(ip: &mut crate::wire::Ipv4Hdr, options: &[u8]) {
 /// Checksum over a whole header or message: `!fold(sum)`.
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn of_bytes(bytes: &[u8]) -> u16 {
     !fold(add_bytes(0, bytes))
 }
@@ -112,10 +88,6 @@ pub struct Incremental {
     sum: u64,
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl Incremental {
     #[inline(always)]
     pub const fn new(check: u16) -> Self {

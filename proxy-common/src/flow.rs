@@ -31,10 +31,6 @@ pub struct Endpoint {
     _pad: u8,
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl Endpoint {
     pub const UNSET: Self = Self {
         addr: [0; 16],
@@ -245,10 +241,6 @@ pub struct FlowEntry {
     pub hint_ip: Endpoint,
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl FlowEntry {
     /// A flow in HOLD, with its rewrite target already known (it may still be unset).
     #[must_use]
@@ -470,10 +462,6 @@ pub struct Budget {
     pub burst_ns: u64,
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl Budget {
     /// `rate` packets a second, with bursts of `burst` packets.
     #[must_use]

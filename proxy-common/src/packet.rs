@@ -80,10 +80,6 @@ pub struct Parsed {
     pub ttl: u8,
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl Parsed {
     #[inline(always)]
     #[must_use]
@@ -106,10 +102,6 @@ impl Parsed {
 /// [`NotUdp`]: why the frame is not a UDP datagram these rules take (truncated, VLAN-tagged, not
 /// IP, not UDP, a fragment).
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn parse<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
     let eth = p.header::<EthHdr>(0).ok_or(NotUdp::Truncated)?;
     match eth.ether_type() {
@@ -121,10 +113,6 @@ pub fn parse<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
 }
 
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 fn parse_v4<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
     let ip = p.header::<Ipv4Hdr>(L3_OFF).ok_or(NotUdp::Truncated)?;
     if ip.version() != 4 {
@@ -164,10 +152,6 @@ fn parse_v4<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
 }
 
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 fn parse_v6<P: Packet + ?Sized>(p: &P) -> Result<Parsed, NotUdp> {
     let ip = p.header::<Ipv6Hdr>(L3_OFF).ok_or(NotUdp::Truncated)?;
     if ip.version() != 6 {

@@ -35,10 +35,6 @@ pub enum UdpChecksum {
 
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn classify_v4(ip: &Ipv4Hdr, udp: &UdpHdr) -> UdpChecksum {
     let check = udp.check();
     if check == 0 {
@@ -52,10 +48,6 @@ pub fn classify_v4(ip: &Ipv4Hdr, udp: &UdpHdr) -> UdpChecksum {
 
 #[inline(always)]
 #[must_use]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn classify_v6(ip: &Ipv6Hdr, udp: &UdpHdr) -> UdpChecksum {
     let check = udp.check();
     if check == 0 {
@@ -74,20 +66,12 @@ pub fn classify_v6(ip: &Ipv6Hdr, udp: &UdpHdr) -> UdpChecksum {
 }
 
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 fn set_ports(udp: &mut UdpHdr, src: &Endpoint, dst: &Endpoint) {
     udp.src_port = *src.port_be();
     udp.dst_port = *dst.port_be();
 }
 
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 fn udp_header_sum(udp: &UdpHdr) -> u64 {
     // The checksum field itself counts as zero.
     u64::from(udp.src_port()) + u64::from(udp.dst_port()) + u64::from(udp.len())
@@ -101,10 +85,6 @@ fn udp_header_sum(udp: &UdpHdr) -> u64 {
 /// `payload_sum` returns the one's-complement sum (see [`csum::add_bytes`]) of the UDP payload,
 /// the bytes after the UDP header; it is called only for a partial checksum.
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn rewrite_v4(
     ip: &mut Ipv4Hdr,
     udp: &mut UdpHdr,
@@ -153,10 +133,6 @@ pub fn rewrite_v4(
 /// limit one lower (see [`rewrite_v4`]). The caller has already rejected a zero checksum,
 /// which IPv6 forbids (RFC 8200 section 8.1), and a hop limit of 1 or less.
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 pub fn rewrite_v6(
     ip: &mut Ipv6Hdr,
     udp: &mut UdpHdr,
@@ -189,10 +165,6 @@ pub fn rewrite_v6(
 
 /// RFC 768: a UDP checksum that computes to zero is sent as all ones.
 #[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 const fn nonzero(check: u16) -> u16 {
     if check == 0 { 0xffff } else { check }
 }

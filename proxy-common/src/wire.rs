@@ -63,10 +63,6 @@ pub struct EthHdr {
     pub ether_type: [u8; 2],
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl EthHdr {
     #[inline(always)]
     #[must_use]
@@ -93,10 +89,6 @@ pub struct VlanHdr {
     pub ether_type: [u8; 2],
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl VlanHdr {
     #[inline(always)]
     #[must_use]
@@ -122,10 +114,6 @@ pub struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl Ipv4Hdr {
     const MORE_FRAGMENTS: u16 = 0x2000;
     const OFFSET_MASK: u16 = 0x1fff;
@@ -213,10 +201,6 @@ pub struct Ipv6Hdr {
     pub dst: [u8; 16],
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl Ipv6Hdr {
     /// A header for a UDP datagram of `udp_len` bytes: traffic class and flow label zero.
     #[inline(always)]
@@ -254,10 +238,6 @@ pub struct UdpHdr {
     pub check: [u8; 2],
 }
 
-#[expect(
-    clippy::inline_always,
-    reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-)]
 impl UdpHdr {
     #[inline(always)]
     #[must_use]

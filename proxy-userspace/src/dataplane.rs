@@ -594,6 +594,18 @@ impl Dataplane {
             self.free_slots.push(slot);
             return Err(e).with_context(|| format!("adding flow {:?}", key.local));
         }
+        self.remember(key, spec, egress, entry);
+        Ok(())
+    }
+
+    /// Userspace's copy of what the kernel now holds for `key`.
+    fn remember(
+        &mut self,
+        key: FlowKey,
+        spec: &FlowSpec,
+        egress: Option<Egress>,
+        entry: FlowEntry,
+    ) {
         self.mirror.insert(
             key,
             Flow {
@@ -602,7 +614,6 @@ impl Dataplane {
                 entry,
             },
         );
-        Ok(())
     }
 
     /// Replaces a flow's settings in one map update; its counters carry on.
@@ -625,14 +636,7 @@ impl Dataplane {
                 .insert(key, entry, 0)
                 .with_context(|| format!("updating flow {:?}", key.local))?;
         }
-        self.mirror.insert(
-            key,
-            Flow {
-                spec: *spec,
-                egress,
-                entry,
-            },
-        );
+        self.remember(key, spec, egress, entry);
         Ok(())
     }
 

@@ -604,6 +604,10 @@ impl AsRawFd for Monitor {
 }
 
 fn event(m: RouteNetlinkMessage) -> Option<NetEvent> {
+    let new = matches!(
+        m,
+        RouteNetlinkMessage::NewNeighbour(_) | RouteNetlinkMessage::NewAddress(_)
+    );
     Some(match m {
         RouteNetlinkMessage::NewLink(l) => NetEvent::Link(parse_link(&l)?),
         RouteNetlinkMessage::DelLink(l) => {
@@ -613,32 +617,21 @@ fn event(m: RouteNetlinkMessage) -> Option<NetEvent> {
                 name: link.name,
             }
         }
-        RouteNetlinkMessage::NewNeighbour(n) => {
+        // A deleted neighbour has no MAC address any more, whatever its last message said.
+        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
             let (ifindex, ip, mac) = parse_neighbour(&n)?;
-            NetEvent::Neighbour { ifindex, ip, mac }
-        }
-        RouteNetlinkMessage::DelNeighbour(n) => {
-            let (ifindex, ip, _) = parse_neighbour(&n)?;
             NetEvent::Neighbour {
                 ifindex,
                 ip,
-                mac: None,
+                mac: mac.filter(|_| new),
             }
         }
-        RouteNetlinkMessage::NewAddress(a) => {
+        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
             let (ifindex, ip) = parse_address(&a)?;
             NetEvent::Address {
                 ifindex,
                 ip,
-                added: true,
-            }
-        }
-        RouteNetlinkMessage::DelAddress(a) => {
-            let (ifindex, ip) = parse_address(&a)?;
-            NetEvent::Address {
-                ifindex,
-                ip,
-                added: false,
+                added: new,
             }
         }
         RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => NetEvent::Route,

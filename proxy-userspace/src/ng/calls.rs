@@ -809,6 +809,24 @@ impl Calls {
     }
 
     /// Tears a call's media down: streams, flows and ports. The record stays for `query`.
+    /// Removes media streams from the engine and gives their port pairs back to the pools.
+    fn release(
+        &mut self,
+        engine: &mut Engine,
+        ifaces: [usize; 2],
+        streams: Vec<StreamId>,
+        ports: Vec<[u16; 2]>,
+    ) {
+        for id in streams {
+            let _ = engine.remove_stream(id);
+        }
+        for p in ports {
+            for side in 0..2 {
+                self.pools[ifaces[side]].free(p[side]);
+            }
+        }
+    }
+
     fn teardown(&mut self, engine: &mut Engine, call_id: &str, why: Ended, now: Instant) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
@@ -826,14 +844,7 @@ impl Calls {
                 to_free.push(m.ports);
             }
         }
-        for id in streams {
-            let _ = engine.remove_stream(id);
-        }
-        for ports in to_free {
-            for side in 0..2 {
-                self.pools[ifaces[side]].free(ports[side]);
-            }
-        }
+        self.release(engine, ifaces, streams, to_free);
         match why {
             Ended::Deleted => self.counters.deleted_sessions += 1,
             Ended::Timeout => self.counters.timeout_sessions += 1,
@@ -1116,14 +1127,7 @@ impl Calls {
             ports.push(std::mem::take(&mut m.ports));
         }
         let all = call.medias.iter().all(|m| m.timed_out || m.ports == [0, 0]);
-        for id in streams {
-            let _ = engine.remove_stream(id);
-        }
-        for p in ports {
-            for side in 0..2 {
-                self.pools[ifaces[side]].free(p[side]);
-            }
-        }
+        self.release(engine, ifaces, streams, ports);
         if all {
             self.teardown(engine, call_id, Ended::Timeout, now);
         }

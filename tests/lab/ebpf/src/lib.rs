@@ -2,6 +2,10 @@
 //! `main.rs`) and the lab's `bench`. `no_std` for the kernel side; the `user` feature adds the
 //! `aya::Pod` impls that userspace needs for map access.
 #![cfg_attr(not(test), no_std)]
+#![expect(
+    clippy::inline_always,
+    reason = "the generator's per-frame path: inlined into the XDP program"
+)]
 
 /// Marks benchmark frames (after the RTP header), so the sink counts only those.
 pub const MAGIC: [u8; 4] = *b"MPBG";
@@ -80,10 +84,6 @@ pub mod histogram {
 
     #[inline(always)]
     #[must_use]
-    #[expect(
-        clippy::inline_always,
-        reason = "on the eBPF programs' per-packet path: inlined, the verifier checks it with its caller's bounds checks and no BPF-to-BPF call"
-    )]
     #[expect(
         clippy::cast_possible_truncation,
         reason = "bucket indices below BUCKETS"
