@@ -57,6 +57,7 @@ fn v6(last: u16, net: u8, p: u16) -> Endpoint {
 }
 
 /// What a row expects back.
+#[derive(Clone)]
 enum Out {
     /// The input, unchanged.
     Same,
@@ -74,8 +75,9 @@ enum Prog {
 /// A flow to install: its key, what the session logic asked, and its next hop.
 type Flow = (Endpoint, FlowSpec, Option<Egress>);
 
+#[derive(Clone)]
 struct Case {
-    name: &'static str,
+    name: String,
     /// Flows to install before the run.
     flows: Vec<Flow>,
     input: Vec<u8>,
@@ -263,676 +265,644 @@ fn rtp_payload(len: usize) -> Vec<u8> {
     p
 }
 
-#[test]
+/// One address family's fixture: phone A behind relay0, phone B behind relay1, and the
+/// relay's two ports between them.
+struct Family {
+    tag: &'static str,
+    a: Endpoint,
+    relay_a: Endpoint,
+    relay_b: Endpoint,
+    b: Endpoint,
+    /// Another host on A's side.
+    spoofer: Endpoint,
+    /// A destination of the other family.
+    elsewhere: Endpoint,
+    /// A second port of the relay facing A, and a second port of A: a call back out of
+    /// the interface media came in on.
+    relay_a2: Endpoint,
+    a2: Endpoint,
+    /// A host on A's side that is not the relay (its probe port is not ours).
+    neighbour: Endpoint,
+    ip_len: usize,
+}
+
+impl Family {
+    fn v4() -> Self {
+        Family {
+            tag: "v4",
+            a: v4([10, 0, 1, 2], 4000),
+            relay_a: v4([10, 0, 1, 1], 30000),
+            relay_b: v4([10, 0, 2, 1], 30002),
+            b: v4([10, 0, 2, 2], 5000),
+            spoofer: v4([10, 0, 1, 66], 4000),
+            elsewhere: v6(2, 2, 5000),
+            relay_a2: v4([10, 0, 1, 1], 30004),
+            a2: v4([10, 0, 1, 2], 4002),
+            neighbour: v4([10, 0, 1, 77], PROBE_PORT),
+            ip_len: 20,
+        }
+    }
+
+    fn v6() -> Self {
+        Family {
+            tag: "v6",
+            a: v6(2, 1, 4000),
+            relay_a: v6(1, 1, 30000),
+            relay_b: v6(1, 2, 30002),
+            b: v6(2, 2, 5000),
+            spoofer: v6(66, 1, 4000),
+            elsewhere: v4([10, 0, 2, 2], 5000),
+            relay_a2: v6(1, 1, 30004),
+            a2: v6(2, 1, 4002),
+            neighbour: v6(77, 1, PROBE_PORT),
+            ip_len: 40,
+        }
+    }
+
+    /// A frame from A to the relay.
+    fn input(&self, p: &[u8]) -> FrameBuilder {
+        FrameBuilder::udp(self.a, self.relay_a)
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(p)
+    }
+
+    /// What leaves toward B: one hop, TTL (hop limit) 64 in, 63 out.
+    fn forwarded(&self, p: &[u8]) -> FrameBuilder {
+        FrameBuilder::udp(self.relay_b, self.b)
+            .macs(RELAY1_MAC, PEER1_MAC)
+            .ttl(63)
+            .payload(p)
+    }
+
+    /// A frame from `src` to the relay.
+    fn from(&self, src: Endpoint, p: &[u8]) -> Vec<u8> {
+        FrameBuilder::udp(src, self.relay_a)
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(p)
+            .build()
+    }
+}
+
+impl Case {
+    /// A row whose output is its input, unchanged.
+    fn same(name: String, flows: Vec<Flow>, input: Vec<u8>, action: u32, counter: Counter) -> Self {
+        Case {
+            name,
+            flows,
+            input,
+            action,
+            output: Out::Same,
+            counter,
+        }
+    }
+
+    /// A row that must produce exactly `output`.
+    fn bytes(
+        name: String,
+        flows: Vec<Flow>,
+        input: Vec<u8>,
+        action: u32,
+        output: Vec<u8>,
+        counter: Counter,
+    ) -> Self {
+        Case {
+            output: Out::Bytes(output),
+            ..Case::same(name, flows, input, action, counter)
+        }
+    }
+}
+
+/// The rows both families share, one table per program (native XDP, generic XDP, TC): the
+/// same situation gets the same verdict whatever the family.
 #[expect(
     clippy::too_many_lines,
-    reason = "one scenario, read top to bottom as its steps happen"
+    reason = "a table: one row per situation, read top to bottom"
 )]
-fn ipv4_fixtures() {
-    need_root();
-    let env = Env::fixture("fx4").unwrap();
-    env.enter(|env| {
-        let (relay0, relay1) = (env.ifindex("relay0"), env.ifindex("relay1"));
-        let a = v4([10, 0, 1, 2], 4000); // phone A
-        let relay_a = v4([10, 0, 1, 1], 30000); // the relay's port facing A
-        let relay_b = v4([10, 0, 2, 1], 30002); // ... facing B
-        let b = v4([10, 0, 2, 2], 5000); // phone B
-        let payload = rtp_payload(172);
-        let input = |p: &[u8]| {
-            FrameBuilder::udp(a, relay_a)
-                .macs(PEER0_MAC, RELAY0_MAC)
-                .payload(p)
-        };
-        // One hop: TTL (hop limit) 64 in, 63 out.
-        let forwarded = |p: &[u8]| {
-            FrameBuilder::udp(relay_b, b)
-                .macs(RELAY1_MAC, PEER1_MAC)
-                .ttl(63)
-                .payload(p)
-        };
-        // Toward B through relay1: native frames delivered; the same with jumbo MTU; an
-        // egress that drops native frames (a container's veth); back out of relay0.
-        let to_b = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true);
-        let to_b_jumbo = hop(relay1, RELAY1_MAC, PEER1_MAC, 9000, true, true);
-        let to_b_skb = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, false, true);
-        let to_b_1280 = hop(relay1, RELAY1_MAC, PEER1_MAC, 1280, true, true);
-        let fwd = forward_spec(Some(a), relay_b, b);
-        let hold = FlowSpec::hold();
-        let hold_strict = FlowSpec {
-            peer: Some(a),
-            mismatch: MismatchPolicy::Drop,
-            ..FlowSpec::hold()
-        };
-        let mut mismatch_drop = fwd;
-        mismatch_drop.mismatch = MismatchPolicy::Drop;
-        let mut other_family = fwd;
-        other_family.out_dst = v6(2, 2, 5000);
-        // Back out of the interface it came in on.
-        let hairpin = forward_spec(Some(a), v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002));
-        let hairpin_nic = hop(relay0, RELAY0_MAC, PEER0_MAC, 1500, true, false);
-        let hairpin_veth = hop(relay0, RELAY0_MAC, PEER0_MAC, 1500, true, true);
-        let hairpinned = FrameBuilder::udp(v4([10, 0, 1, 1], 30004), v4([10, 0, 1, 2], 4002))
-            .macs(RELAY0_MAC, PEER0_MAC)
-            .ttl(63)
-            .payload(&payload)
-            .build();
+fn shared_tables(f: &Family, relay0: u32, relay1: u32) -> [(Prog, Vec<Case>); 3] {
+    let n = |what: &str| format!("{} {what}", f.tag);
+    // Toward B through relay1: native frames delivered; the same with jumbo MTU; an egress
+    // that drops native frames (a container's veth); an MTU of 1280.
+    let to_b = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true);
+    let to_b_jumbo = hop(relay1, RELAY1_MAC, PEER1_MAC, 9000, true, true);
+    let to_b_skb = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, false, true);
+    let to_b_1280 = hop(relay1, RELAY1_MAC, PEER1_MAC, 1280, true, true);
+    let fwd = forward_spec(Some(f.a), f.relay_b, f.b);
+    let hold = FlowSpec::hold();
+    let hold_strict = FlowSpec {
+        peer: Some(f.a),
+        mismatch: MismatchPolicy::Drop,
+        ..FlowSpec::hold()
+    };
+    let mismatch_drop = FlowSpec {
+        mismatch: MismatchPolicy::Drop,
+        ..fwd
+    };
+    let other_family = FlowSpec {
+        out_dst: f.elsewhere,
+        ..fwd
+    };
+    // Back out of the interface it came in on: a NIC (XDP_TX) or a veth (a redirect).
+    let hairpin = forward_spec(Some(f.a), f.relay_a2, f.a2);
+    let hairpin_nic = hop(relay0, RELAY0_MAC, PEER0_MAC, 1500, true, false);
+    let hairpin_veth = hop(relay0, RELAY0_MAC, PEER0_MAC, 1500, true, true);
+    let payload = rtp_payload(172);
+    let hairpinned = FrameBuilder::udp(f.relay_a2, f.a2)
+        .macs(RELAY0_MAC, PEER0_MAC)
+        .ttl(63)
+        .payload(&payload)
+        .build();
+    let base = f.input(&payload).build();
+    let out = f.forwarded(&payload).build();
+    let udp = 14 + f.ip_len;
+    let mut bad_udp_len = base.clone();
+    bad_udp_len[udp + 4..udp + 6].copy_from_slice(&500u16.to_be_bytes());
+    let big = rtp_payload(1400);
+    let mtu_payload = rtp_payload(1280 - f.ip_len - 8);
+    let probe = |to: Endpoint| {
+        FrameBuilder::udp(f.a.with_port(PROBE_PORT), to)
+            .payload(b"MPRB")
+            .build()
+    };
+    let partial = |p: &[u8]| f.input(p).checksum(UdpChecksumMode::Partial).build();
+    let xdp = vec![
+        Case::same(
+            n("no entry: passed untouched"),
+            vec![],
+            base.clone(),
+            XDP_PASS,
+            Counter::PassNoFlow,
+        ),
+        Case::same(
+            n("HOLD: punted to AF_XDP"),
+            vec![(f.relay_a, hold, None)],
+            base.clone(),
+            XDP_REDIRECT,
+            Counter::PuntHold,
+        ),
+        Case::same(
+            n("HOLD, latched, strict: a spoofer is dropped before userspace"),
+            vec![(f.relay_a, hold_strict, None)],
+            f.from(f.spoofer, &payload),
+            XDP_DROP,
+            Counter::DropMismatch,
+        ),
+        Case::same(
+            n("HOLD, latched, strict: the peer is punted"),
+            vec![(f.relay_a, hold_strict, None)],
+            base.clone(),
+            XDP_REDIRECT,
+            Counter::PuntHold,
+        ),
+        Case::bytes(
+            n("FORWARD: rewritten and redirected out of relay1"),
+            vec![(f.relay_a, fwd, to_b)],
+            base.clone(),
+            XDP_REDIRECT,
+            out.clone(),
+            Counter::FwdRedirect,
+        ),
+        Case::bytes(
+            n("FORWARD: partial checksum completed"),
+            vec![(f.relay_a, fwd, to_b)],
+            partial(&payload),
+            XDP_REDIRECT,
+            out.clone(),
+            Counter::FwdRedirect,
+        ),
+        Case::bytes(
+            n("FORWARD: partial checksum, odd 1401-byte payload (22 chunks and a tail)"),
+            vec![(f.relay_a, fwd, to_b)],
+            partial(&rtp_payload(1401)),
+            XDP_REDIRECT,
+            f.forwarded(&rtp_payload(1401)).build(),
+            Counter::FwdRedirect,
+        ),
+        Case::bytes(
+            n("FORWARD: partial checksum, empty payload"),
+            vec![(f.relay_a, fwd, to_b)],
+            partial(&[]),
+            XDP_REDIRECT,
+            f.forwarded(&[]).build(),
+            Counter::FwdRedirect,
+        ),
+        Case::same(
+            n("FORWARD: partial checksum over a payload too long for XDP: punted"),
+            vec![(f.relay_a, fwd, to_b_jumbo)],
+            partial(&rtp_payload(1600)),
+            XDP_REDIRECT,
+            Counter::PuntOversize,
+        ),
+        Case::same(
+            n("FORWARD: TTL 1 (a forwarding loop): dropped"),
+            vec![(f.relay_a, fwd, to_b)],
+            f.input(&payload).ttl(1).build(),
+            XDP_DROP,
+            Counter::DropTtl,
+        ),
+        Case::same(
+            n("probe port to another host's address: not ours, passed"),
+            vec![],
+            probe(f.neighbour),
+            XDP_PASS,
+            Counter::PassNoFlow,
+        ),
+        Case::same(
+            n("probe port: punted"),
+            vec![],
+            probe(f.relay_a.with_port(PROBE_PORT)),
+            XDP_REDIRECT,
+            Counter::PuntProbe,
+        ),
+        Case::bytes(
+            n("FORWARD: back out of the ingress NIC with XDP_TX"),
+            vec![(f.relay_a, hairpin, hairpin_nic)],
+            base.clone(),
+            XDP_TX,
+            hairpinned.clone(),
+            Counter::FwdTx,
+        ),
+        Case::bytes(
+            n(
+                "FORWARD: back out of an ingress veth with a redirect (XDP_TX frames stall behind a GRO peer)",
+            ),
+            vec![(f.relay_a, hairpin, hairpin_veth)],
+            base.clone(),
+            XDP_REDIRECT,
+            hairpinned,
+            Counter::FwdRedirect,
+        ),
+        Case::same(
+            n("FORWARD, egress drops native frames: passed untouched to the TC program"),
+            vec![(f.relay_a, fwd, to_b_skb)],
+            base.clone(),
+            XDP_PASS,
+            Counter::PassSkbPath,
+        ),
+        Case::same(
+            n("FORWARD, wrong source, punt policy: punted untouched"),
+            vec![(f.relay_a, fwd, to_b)],
+            f.from(f.spoofer, &payload),
+            XDP_REDIRECT,
+            Counter::PuntMismatch,
+        ),
+        Case::same(
+            n("FORWARD, wrong source port, drop policy: dropped"),
+            vec![(f.relay_a, mismatch_drop, to_b)],
+            f.from(f.a.with_port(4001), &payload),
+            XDP_DROP,
+            Counter::DropMismatch,
+        ),
+        Case::same(
+            n("FORWARD, next hop not resolved: punted untouched for the kernel's stack"),
+            vec![(f.relay_a, fwd, None)],
+            base.clone(),
+            XDP_REDIRECT,
+            Counter::PuntNoNextHop,
+        ),
+        Case::same(
+            n(&format!(
+                "FORWARD, larger than the egress MTU ({} > 1280): punted for the kernel to fragment",
+                f.ip_len + 8 + 1400
+            )),
+            vec![(f.relay_a, fwd, to_b_1280)],
+            f.input(&big).build(),
+            XDP_REDIRECT,
+            Counter::PuntTooBig,
+        ),
+        Case::bytes(
+            n("FORWARD, exactly the egress MTU: forwarded"),
+            vec![(f.relay_a, fwd, to_b_1280)],
+            f.input(&mtu_payload).build(),
+            XDP_REDIRECT,
+            f.forwarded(&mtu_payload).build(),
+            Counter::FwdRedirect,
+        ),
+        Case::same(
+            n("FORWARD to another family: punted"),
+            vec![(f.relay_a, other_family, to_b)],
+            base.clone(),
+            XDP_REDIRECT,
+            Counter::PuntFamily,
+        ),
+        Case::same(
+            n("flow's packet with UDP length beyond the IP payload: dropped"),
+            vec![(f.relay_a, fwd, to_b)],
+            bad_udp_len.clone(),
+            XDP_DROP,
+            Counter::DropMalformed,
+        ),
+        Case::same(
+            n("same malformed packet without a flow: left to the kernel"),
+            vec![],
+            bad_udp_len,
+            XDP_PASS,
+            Counter::PassNoFlow,
+        ),
+        Case::same(
+            n("VLAN-tagged: passed to the kernel's VLAN devices"),
+            vec![(f.relay_a, fwd, to_b)],
+            f.input(&payload).vlan(100).build(),
+            XDP_PASS,
+            Counter::PassVlan,
+        ),
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, as do drivers.
+        Case::same(
+            n("Ethernet header only"),
+            vec![],
+            base[..14].to_vec(),
+            XDP_PASS,
+            Counter::PassTruncated,
+        ),
+        Case::same(
+            n("truncated in the IP header"),
+            vec![(f.relay_a, fwd, to_b)],
+            base[..udp - 1].to_vec(),
+            XDP_PASS,
+            Counter::PassTruncated,
+        ),
+        Case::same(
+            n("truncated in the UDP header"),
+            vec![(f.relay_a, fwd, to_b)],
+            base[..udp + 7].to_vec(),
+            XDP_PASS,
+            Counter::PassTruncated,
+        ),
+        Case::same(
+            n("truncated in the payload (IP length beyond the frame): dropped"),
+            vec![(f.relay_a, fwd, to_b)],
+            base[..base.len() - 1].to_vec(),
+            XDP_DROP,
+            Counter::DropMalformed,
+        ),
+    ];
+    // Generic (SKB) XDP: forwards whatever the egress, but leaves a partial checksum (an skb
+    // in CHECKSUM_PARTIAL) to TC, whose helpers know the skb's state.
+    let skb = vec![
+        Case::bytes(
+            n("SKB mode, FORWARD to an egress that drops native frames: forwarded"),
+            vec![(f.relay_a, fwd, to_b_skb)],
+            base.clone(),
+            XDP_REDIRECT,
+            out.clone(),
+            Counter::FwdRedirect,
+        ),
+        Case::same(
+            n("SKB mode, partial checksum: passed untouched to TC"),
+            vec![(f.relay_a, fwd, to_b)],
+            partial(&payload),
+            XDP_PASS,
+            Counter::PassSkbPath,
+        ),
+        Case::same(
+            n("SKB mode, HOLD: punted"),
+            vec![(f.relay_a, hold, None)],
+            base.clone(),
+            XDP_REDIRECT,
+            Counter::PuntHold,
+        ),
+    ];
+    // TC: the skb path. The kernel's helpers update the checksums; BPF_PROG_TEST_RUN's skb
+    // has no checksum state (CHECKSUM_NONE), so a complete checksum is updated in place,
+    // exactly as XDP does it.
+    let tc = vec![
+        Case::bytes(
+            n("TC, FORWARD: rewritten and redirected"),
+            vec![(f.relay_a, fwd, to_b_skb)],
+            base.clone(),
+            TC_ACT_REDIRECT,
+            out,
+            Counter::TcFwd,
+        ),
+        Case::same(
+            n("TC, TTL 1: dropped"),
+            vec![(f.relay_a, fwd, to_b_skb)],
+            f.input(&payload).ttl(1).build(),
+            TC_ACT_SHOT,
+            Counter::DropTtl,
+        ),
+        Case::same(
+            n("TC, larger than the egress MTU: left to the stack (the fallback socket)"),
+            vec![(f.relay_a, fwd, to_b_1280)],
+            f.input(&big).build(),
+            TC_ACT_OK,
+            Counter::TcToUserspace,
+        ),
+        Case::same(
+            n("TC, no next hop: left to the stack"),
+            vec![(f.relay_a, fwd, None)],
+            base.clone(),
+            TC_ACT_OK,
+            Counter::TcToUserspace,
+        ),
+        Case::same(
+            n("TC, HOLD: left to the stack"),
+            vec![(f.relay_a, hold, None)],
+            base.clone(),
+            TC_ACT_OK,
+            Counter::TcToUserspace,
+        ),
+        Case::same(
+            n("TC, wrong source, drop policy: dropped"),
+            vec![(f.relay_a, mismatch_drop, to_b_skb)],
+            f.from(f.a.with_port(4001), &payload),
+            TC_ACT_SHOT,
+            Counter::TcDropMismatch,
+        ),
+        Case::same(
+            n("TC, no flow: left alone, uncounted"),
+            vec![],
+            base,
+            TC_ACT_OK,
+            Counter::Frames,
+        ),
+    ];
+    [
+        (Prog::Xdp(AttachMode::Native), xdp),
+        (Prog::Xdp(AttachMode::Skb), skb),
+        (Prog::Tc, tc),
+    ]
+}
 
-        let base = input(&payload).build();
-        let mut bad_udp_len = base.clone();
-        bad_udp_len[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&500u16.to_be_bytes());
-        let mut fragment = base.clone();
-        fragment[14 + 6] = 0x20; // MF
-        let mut tcp = base.clone();
-        tcp[14 + 9] = 6;
-        let mut arp = base[..42].to_vec();
-        arp[12..14].copy_from_slice(&[0x08, 0x06]);
-
-        let cases = vec![
-            Case {
-                name: "no entry: passed untouched",
-                flows: vec![],
-                input: base.clone(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNoFlow,
-            },
-            Case {
-                name: "HOLD: punted to AF_XDP",
-                flows: vec![(relay_a, hold, None)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntHold,
-            },
-            Case {
-                name: "HOLD, latched, strict: a spoofer is dropped before userspace",
-                flows: vec![(relay_a, hold_strict, None)],
-                input: FrameBuilder::udp(v4([10, 0, 1, 66], 4000), relay_a)
-                    .macs(PEER0_MAC, RELAY0_MAC)
-                    .payload(&payload)
-                    .build(),
-                action: XDP_DROP,
-                output: Out::Same,
-                counter: Counter::DropMismatch,
-            },
-            Case {
-                name: "HOLD, latched, strict: the peer is punted",
-                flows: vec![(relay_a, hold_strict, None)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntHold,
-            },
-            Case {
-                name: "FORWARD: rewritten and redirected out of relay1",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "FORWARD: partial checksum completed",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&payload).checksum(UdpChecksumMode::Partial).build(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "FORWARD: partial checksum, odd 1401-byte payload (22 chunks and a tail)",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&rtp_payload(1401))
-                    .checksum(UdpChecksumMode::Partial)
-                    .build(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&rtp_payload(1401)).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "FORWARD: partial checksum, empty payload",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&[]).checksum(UdpChecksumMode::Partial).build(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&[]).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "FORWARD: partial checksum over a payload too long for XDP: punted",
-                flows: vec![(relay_a, fwd, to_b_jumbo)],
-                input: input(&rtp_payload(1600))
-                    .checksum(UdpChecksumMode::Partial)
-                    .build(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntOversize,
-            },
-            Case {
-                name: "FORWARD: zero UDP checksum stays zero",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).checksum(UdpChecksumMode::Zero).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "FORWARD: IPv4 options (loose source route here): punted, userspace sends clean",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&payload)
-                    .ip_options(&[0x83, 0x07, 0x04, 10, 0, 9, 9, 0x00])
-                    .build(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntIpOptions,
-            },
-            Case {
-                name: "FORWARD: TTL 1 (a forwarding loop): dropped",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&payload).ttl(1).build(),
-                action: XDP_DROP,
-                output: Out::Same,
-                counter: Counter::DropTtl,
-            },
-            Case {
-                name: "probe port to another host's address: not ours, passed",
-                flows: vec![],
-                input: FrameBuilder::udp(v4([10, 0, 1, 2], 7999), v4([10, 0, 1, 77], PROBE_PORT))
-                    .payload(b"MPRB")
-                    .build(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNoFlow,
-            },
-            Case {
-                name: "FORWARD: back out of the ingress NIC with XDP_TX",
-                flows: vec![(relay_a, hairpin, hairpin_nic)],
-                input: base.clone(),
-                action: XDP_TX,
-                output: Out::Bytes(hairpinned.clone()),
-                counter: Counter::FwdTx,
-            },
-            Case {
-                name: "FORWARD: back out of an ingress veth with a redirect (XDP_TX frames stall behind a GRO peer)",
-                flows: vec![(relay_a, hairpin, hairpin_veth)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(hairpinned),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "FORWARD, egress drops native frames: passed untouched to the TC program",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: base.clone(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassSkbPath,
-            },
-            Case {
-                name: "FORWARD, wrong source, punt policy: punted untouched",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: FrameBuilder::udp(v4([10, 0, 1, 3], 4000), relay_a)
-                    .macs(PEER0_MAC, RELAY0_MAC)
-                    .payload(&payload)
-                    .build(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntMismatch,
-            },
-            Case {
-                name: "FORWARD, wrong source port, drop policy: dropped",
-                flows: vec![(relay_a, mismatch_drop, to_b)],
-                input: FrameBuilder::udp(v4([10, 0, 1, 2], 4001), relay_a)
-                    .macs(PEER0_MAC, RELAY0_MAC)
-                    .payload(&payload)
-                    .build(),
-                action: XDP_DROP,
-                output: Out::Same,
-                counter: Counter::DropMismatch,
-            },
-            Case {
-                name: "FORWARD, next hop not resolved: punted untouched for the kernel's stack",
-                flows: vec![(relay_a, fwd, None)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntNoNextHop,
-            },
-            Case {
-                name: "FORWARD, larger than the egress MTU (1428 > 1280): punted for the kernel to fragment",
-                flows: vec![(relay_a, fwd, to_b_1280)],
-                input: input(&rtp_payload(1400)).build(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntTooBig,
-            },
-            Case {
-                name: "FORWARD, exactly the egress MTU: forwarded",
-                flows: vec![(relay_a, fwd, to_b_1280)],
-                input: input(&rtp_payload(1280 - 28)).build(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&rtp_payload(1280 - 28)).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "FORWARD to another family: punted",
-                flows: vec![(relay_a, other_family, to_b)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntFamily,
-            },
-            Case {
-                name: "probe port: punted",
-                flows: vec![],
-                input: FrameBuilder::udp(v4([10, 0, 1, 2], 7999), v4([10, 0, 1, 1], PROBE_PORT))
-                    .payload(b"MPRB")
-                    .build(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntProbe,
-            },
-            Case {
-                name: "flow's packet with UDP length beyond the IP payload: dropped",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: bad_udp_len.clone(),
-                action: XDP_DROP,
-                output: Out::Same,
-                counter: Counter::DropMalformed,
-            },
-            Case {
-                name: "same malformed packet without a flow: left to the kernel",
-                flows: vec![],
-                input: bad_udp_len,
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNoFlow,
-            },
-            Case {
-                name: "IPv4 fragment: passed (the kernel reassembles; the fallback socket gets it)",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: fragment,
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassFragment,
-            },
-            Case {
-                name: "TCP: passed",
-                flows: vec![],
-                input: tcp,
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNotUdp,
-            },
-            Case {
-                name: "ARP: passed",
-                flows: vec![],
-                input: arp,
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNotIp,
-            },
-            Case {
-                name: "VLAN-tagged: passed to the kernel's VLAN devices",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&payload).vlan(100).build(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassVlan,
-            },
-            // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, as do drivers.
-            Case {
-                name: "Ethernet header only",
-                flows: vec![],
-                input: base[..14].to_vec(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassTruncated,
-            },
-            Case {
-                name: "truncated in the IPv4 header",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: base[..14 + 19].to_vec(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassTruncated,
-            },
-            Case {
-                name: "truncated in the UDP header",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: base[..14 + 20 + 7].to_vec(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassTruncated,
-            },
-            Case {
-                name: "truncated in the payload (IP length beyond the frame): dropped",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: base[..base.len() - 1].to_vec(),
-                action: XDP_DROP,
-                output: Out::Same,
-                counter: Counter::DropMalformed,
-            },
-            Case {
-                name: "IHL below 5: passed",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: {
-                    let mut f = base.clone();
-                    f[14] = 0x44;
-                    f
-                },
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassTruncated,
-            },
-            Case {
-                name: "IPv4 options pushing the UDP header past the frame",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: {
-                    let mut f = base[..14 + 20 + 8].to_vec();
-                    f[14] = 0x4f;
-                    f
-                },
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassTruncated,
-            },
-        ];
-        run_table(env, Prog::Xdp(AttachMode::Native), cases);
-
-        // Generic (SKB) XDP: forwards whatever the egress, but leaves a partial checksum
-        // (an skb in CHECKSUM_PARTIAL) to TC, whose helpers know the skb's state.
-        let skb_cases = vec![
-            Case {
-                name: "SKB mode, FORWARD to an egress that drops native frames: forwarded",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "SKB mode, partial checksum: passed untouched to TC",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&payload).checksum(UdpChecksumMode::Partial).build(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassSkbPath,
-            },
-            Case {
-                name: "SKB mode, HOLD: punted",
-                flows: vec![(relay_a, hold, None)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntHold,
-            },
-        ];
-        run_table(env, Prog::Xdp(AttachMode::Skb), skb_cases);
-
-        // TC: the skb path. The kernel's helpers update the checksums; BPF_PROG_TEST_RUN's
-        // skb has no checksum state (CHECKSUM_NONE), so a complete checksum is updated in
-        // place, exactly as XDP does it.
-        let tc_cases = vec![
-            Case {
-                name: "TC, FORWARD: rewritten and redirected",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: base.clone(),
-                action: TC_ACT_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).build()),
-                counter: Counter::TcFwd,
-            },
-            Case {
-                name: "TC, FORWARD, zero UDP checksum stays zero",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
-                action: TC_ACT_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).checksum(UdpChecksumMode::Zero).build()),
-                counter: Counter::TcFwd,
-            },
-            Case {
-                name: "TC, FORWARD with IPv4 options: left to userspace, which sends clean",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: input(&payload).ip_options(&[0x01, 0x01, 0x01, 0x00]).build(),
-                action: TC_ACT_OK,
-                output: Out::Same,
-                counter: Counter::TcToUserspace,
-            },
-            Case {
-                name: "TC, TTL 1: dropped",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: input(&payload).ttl(1).build(),
-                action: TC_ACT_SHOT,
-                output: Out::Same,
-                counter: Counter::DropTtl,
-            },
-            Case {
-                name: "TC, larger than the egress MTU: left to the stack (the fallback socket)",
-                flows: vec![(relay_a, fwd, to_b_1280)],
-                input: input(&rtp_payload(1400)).build(),
-                action: TC_ACT_OK,
-                output: Out::Same,
-                counter: Counter::TcToUserspace,
-            },
-            Case {
-                name: "TC, no next hop: left to the stack",
-                flows: vec![(relay_a, fwd, None)],
-                input: base.clone(),
-                action: TC_ACT_OK,
-                output: Out::Same,
-                counter: Counter::TcToUserspace,
-            },
-            Case {
-                name: "TC, HOLD: left to the stack",
-                flows: vec![(relay_a, hold, None)],
-                input: base.clone(),
-                action: TC_ACT_OK,
-                output: Out::Same,
-                counter: Counter::TcToUserspace,
-            },
-            Case {
-                name: "TC, wrong source, drop policy: dropped",
-                flows: vec![(relay_a, mismatch_drop, to_b_skb)],
-                input: FrameBuilder::udp(v4([10, 0, 1, 2], 4001), relay_a)
-                    .macs(PEER0_MAC, RELAY0_MAC)
-                    .payload(&payload)
-                    .build(),
-                action: TC_ACT_SHOT,
-                output: Out::Same,
-                counter: Counter::TcDropMismatch,
-            },
-            Case {
-                name: "TC, no flow: left alone, uncounted",
-                flows: vec![],
-                input: base.clone(),
-                action: TC_ACT_OK,
-                output: Out::Same,
-                counter: Counter::Frames,
-            },
-            Case {
-                name: "TC, fragment: left alone, uncounted",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: {
-                    let mut f = base.clone();
-                    f[14 + 6] = 0x20;
-                    f
-                },
-                action: TC_ACT_OK,
-                output: Out::Same,
-                counter: Counter::Frames,
-            },
-        ];
-        run_table(env, Prog::Tc, tc_cases);
-    })
-    .unwrap();
+/// Runs the shared tables for `f`, with the family's own rows added to the native XDP and
+/// the TC tables.
+fn run_family(env: &Env, f: &Family, native_only: &[Case], tc_only: &[Case]) {
+    let (relay0, relay1) = (env.ifindex("relay0"), env.ifindex("relay1"));
+    for (prog, mut cases) in shared_tables(f, relay0, relay1) {
+        match prog {
+            Prog::Xdp(AttachMode::Native) => cases.extend_from_slice(native_only),
+            Prog::Tc => cases.extend_from_slice(tc_only),
+            Prog::Xdp(_) => {}
+        }
+        run_table(env, prog, cases);
+    }
 }
 
 #[test]
 #[expect(
     clippy::too_many_lines,
-    reason = "one scenario, read top to bottom as its steps happen"
+    reason = "the rows only IPv4 has (options, fragments, zero checksums), one after the other"
 )]
+fn ipv4_fixtures() {
+    need_root();
+    let env = Env::fixture("fx4").unwrap();
+    env.enter(|env| {
+        let f = Family::v4();
+        let relay1 = env.ifindex("relay1");
+        let to_b = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true);
+        let to_b_skb = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, false, true);
+        let fwd = forward_spec(Some(f.a), f.relay_b, f.b);
+        let payload = rtp_payload(172);
+        let base = f.input(&payload).build();
+        let zero = |b: FrameBuilder| b.checksum(UdpChecksumMode::Zero).build();
+        let edit = |at: usize, byte: u8| {
+            let mut frame = base.clone();
+            frame[at] = byte;
+            frame
+        };
+        let mut arp = base[..42].to_vec();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let mut options_past_the_frame = base[..14 + 20 + 8].to_vec();
+        options_past_the_frame[14] = 0x4f;
+        let native = [
+            Case::bytes(
+                "v4 FORWARD: zero UDP checksum stays zero".into(),
+                vec![(f.relay_a, fwd, to_b)],
+                zero(f.input(&payload)),
+                XDP_REDIRECT,
+                zero(f.forwarded(&payload)),
+                Counter::FwdRedirect,
+            ),
+            Case::same(
+                "v4 FORWARD: IPv4 options (loose source route here): punted, userspace sends clean"
+                    .into(),
+                vec![(f.relay_a, fwd, to_b)],
+                f.input(&payload)
+                    .ip_options(&[0x83, 0x07, 0x04, 10, 0, 9, 9, 0x00])
+                    .build(),
+                XDP_REDIRECT,
+                Counter::PuntIpOptions,
+            ),
+            Case::same(
+                "v4 IPv4 fragment: passed (the kernel reassembles; the fallback socket gets it)"
+                    .into(),
+                vec![(f.relay_a, fwd, to_b)],
+                edit(14 + 6, 0x20), // MF
+                XDP_PASS,
+                Counter::PassFragment,
+            ),
+            Case::same(
+                "v4 TCP: passed".into(),
+                vec![],
+                edit(14 + 9, 6),
+                XDP_PASS,
+                Counter::PassNotUdp,
+            ),
+            Case::same(
+                "v4 ARP: passed".into(),
+                vec![],
+                arp,
+                XDP_PASS,
+                Counter::PassNotIp,
+            ),
+            Case::same(
+                "v4 IHL below 5: passed".into(),
+                vec![(f.relay_a, fwd, to_b)],
+                edit(14, 0x44),
+                XDP_PASS,
+                Counter::PassTruncated,
+            ),
+            Case::same(
+                "v4 IPv4 options pushing the UDP header past the frame".into(),
+                vec![(f.relay_a, fwd, to_b)],
+                options_past_the_frame,
+                XDP_PASS,
+                Counter::PassTruncated,
+            ),
+        ];
+        let tc = [
+            Case::bytes(
+                "v4 TC, FORWARD, zero UDP checksum stays zero".into(),
+                vec![(f.relay_a, fwd, to_b_skb)],
+                zero(f.input(&payload)),
+                TC_ACT_REDIRECT,
+                zero(f.forwarded(&payload)),
+                Counter::TcFwd,
+            ),
+            Case::same(
+                "v4 TC, FORWARD with IPv4 options: left to userspace, which sends clean".into(),
+                vec![(f.relay_a, fwd, to_b_skb)],
+                f.input(&payload)
+                    .ip_options(&[0x01, 0x01, 0x01, 0x00])
+                    .build(),
+                TC_ACT_OK,
+                Counter::TcToUserspace,
+            ),
+            Case::same(
+                "v4 TC, fragment: left alone, uncounted".into(),
+                vec![(f.relay_a, fwd, to_b_skb)],
+                edit(14 + 6, 0x20),
+                TC_ACT_OK,
+                Counter::Frames,
+            ),
+        ];
+        run_family(env, &f, &native, &tc);
+    })
+    .unwrap();
+}
+
+#[test]
 fn ipv6_fixtures() {
     need_root();
     let env = Env::fixture("fx6").unwrap();
     env.enter(|env| {
-        let relay1 = env.ifindex("relay1");
-        let a = v6(2, 1, 4000);
-        let relay_a = v6(1, 1, 30000);
-        let relay_b = v6(1, 2, 30002);
-        let b = v6(2, 2, 5000);
+        let f = Family::v6();
+        let to_b = hop(
+            env.ifindex("relay1"),
+            RELAY1_MAC,
+            PEER1_MAC,
+            1500,
+            true,
+            true,
+        );
+        let fwd = forward_spec(Some(f.a), f.relay_b, f.b);
         let payload = rtp_payload(172);
-        let input = |p: &[u8]| {
-            FrameBuilder::udp(a, relay_a)
-                .macs(PEER0_MAC, RELAY0_MAC)
-                .payload(p)
+        let base = f.input(&payload).build();
+        let next_header = |h: u8| {
+            let mut frame = base.clone();
+            frame[14 + 6] = h;
+            frame
         };
-        // One hop: TTL (hop limit) 64 in, 63 out.
-        let forwarded = |p: &[u8]| {
-            FrameBuilder::udp(relay_b, b)
-                .macs(RELAY1_MAC, PEER1_MAC)
-                .ttl(63)
-                .payload(p)
-        };
-        let to_b = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true);
-        let to_b_skb = hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, false, true);
-        let to_b_1280 = hop(relay1, RELAY1_MAC, PEER1_MAC, 1280, true, true);
-        let fwd = forward_spec(Some(a), relay_b, b);
-        let base = input(&payload).build();
-        let mut ext_hdr = base.clone();
-        ext_hdr[14 + 6] = 0; // hop-by-hop options header
-        let mut frag_hdr = base.clone();
-        frag_hdr[14 + 6] = 44; // fragment header
-        let cases = vec![
-            Case {
-                name: "v6 no entry",
-                flows: vec![],
-                input: base.clone(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNoFlow,
-            },
-            Case {
-                name: "v6 HOLD",
-                flows: vec![(relay_a, FlowSpec::hold(), None)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntHold,
-            },
-            Case {
-                name: "v6 FORWARD",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: base.clone(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "v6 FORWARD, partial checksum",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&rtp_payload(333))
-                    .checksum(UdpChecksumMode::Partial)
-                    .build(),
-                action: XDP_REDIRECT,
-                output: Out::Bytes(forwarded(&rtp_payload(333)).build()),
-                counter: Counter::FwdRedirect,
-            },
-            Case {
-                name: "v6 FORWARD, egress drops native frames: to TC",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: base.clone(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassSkbPath,
-            },
-            Case {
-                name: "v6 FORWARD, larger than the egress MTU (1448 > 1280): punted",
-                flows: vec![(relay_a, fwd, to_b_1280)],
-                input: input(&rtp_payload(1400)).build(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntTooBig,
-            },
-            Case {
-                name: "v6 FORWARD, wrong source",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: FrameBuilder::udp(v6(3, 1, 4000), relay_a)
-                    .macs(PEER0_MAC, RELAY0_MAC)
-                    .payload(&payload)
-                    .build(),
-                action: XDP_REDIRECT,
-                output: Out::Same,
-                counter: Counter::PuntMismatch,
-            },
-            Case {
-                name: "v6 zero UDP checksum (forbidden): dropped",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: input(&payload).checksum(UdpChecksumMode::Zero).build(),
-                action: XDP_DROP,
-                output: Out::Same,
-                counter: Counter::DropMalformed,
-            },
-            Case {
-                name: "v6 extension header: passed",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: ext_hdr,
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNotUdp,
-            },
-            Case {
-                name: "v6 fragment header: passed (the kernel reassembles)",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: frag_hdr,
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassNotUdp,
-            },
-            Case {
-                name: "v6 truncated in the IPv6 header",
-                flows: vec![],
-                input: base[..14 + 39].to_vec(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassTruncated,
-            },
-            Case {
-                name: "v6 truncated in the UDP header",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: base[..14 + 40 + 5].to_vec(),
-                action: XDP_PASS,
-                output: Out::Same,
-                counter: Counter::PassTruncated,
-            },
-            Case {
-                name: "v6 payload length beyond the frame: dropped",
-                flows: vec![(relay_a, fwd, to_b)],
-                input: base[..base.len() - 3].to_vec(),
-                action: XDP_DROP,
-                output: Out::Same,
-                counter: Counter::DropMalformed,
-            },
+        let native = [
+            Case::same(
+                "v6 zero UDP checksum (forbidden): dropped".into(),
+                vec![(f.relay_a, fwd, to_b)],
+                f.input(&payload).checksum(UdpChecksumMode::Zero).build(),
+                XDP_DROP,
+                Counter::DropMalformed,
+            ),
+            Case::same(
+                "v6 extension header (hop-by-hop options): passed".into(),
+                vec![(f.relay_a, fwd, to_b)],
+                next_header(0),
+                XDP_PASS,
+                Counter::PassNotUdp,
+            ),
+            Case::same(
+                "v6 fragment header: passed (the kernel reassembles)".into(),
+                vec![(f.relay_a, fwd, to_b)],
+                next_header(44),
+                XDP_PASS,
+                Counter::PassNotUdp,
+            ),
+            Case::same(
+                "v6 TCP: passed".into(),
+                vec![],
+                next_header(6),
+                XDP_PASS,
+                Counter::PassNotUdp,
+            ),
         ];
-        run_table(env, Prog::Xdp(AttachMode::Native), cases);
-        let tc_cases = vec![
-            Case {
-                name: "v6 TC, FORWARD",
-                flows: vec![(relay_a, fwd, to_b_skb)],
-                input: base.clone(),
-                action: TC_ACT_REDIRECT,
-                output: Out::Bytes(forwarded(&payload).build()),
-                counter: Counter::TcFwd,
-            },
-            Case {
-                name: "v6 TC, too big: to the stack",
-                flows: vec![(relay_a, fwd, to_b_1280)],
-                input: input(&rtp_payload(1400)).build(),
-                action: TC_ACT_OK,
-                output: Out::Same,
-                counter: Counter::TcToUserspace,
-            },
-        ];
-        run_table(env, Prog::Tc, tc_cases);
+        run_family(env, &f, &native, &[]);
     })
     .unwrap();
 }
