@@ -191,81 +191,50 @@ fn container_one_armed() {
 /// `XDP_TX` frames are not (the peer's receive is scheduled for them only when it runs XDP),
 /// which is why the relay never uses `XDP_TX` on a veth.
 #[test]
-#[expect(
-    clippy::many_single_char_names,
-    reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
-)]
 fn veth_peer_with_gro() {
     need_root();
     let t = OneRelay::build_plain("dgro").unwrap();
     for (ns, ifname) in [(&t.a, "a0"), (&t.b, "b0")] {
         ns.exec(&["ethtool", "-K", ifname, "gro", "on"]).unwrap();
     }
-    let relay = Relay::start(
-        &t.relay,
-        &["internal/10.0.1.1", "external/10.0.2.1"],
-        &[],
-        false,
-        XdpMode::Default,
-    )
-    .unwrap();
-    let (a, b): (SocketAddr, SocketAddr) = (
-        "10.0.1.2:4000".parse().unwrap(),
-        "10.0.2.2:5000".parse().unwrap(),
-    );
-    let (a_to, b_to) = scenario::call(
-        &relay.ng(&t.relay).unwrap(),
-        "gro",
-        a,
-        b,
-        Some(("internal", "external")),
-    )
-    .unwrap();
-    let (ab, ba) = talk(&t.a, &t.b, a, b, a_to, b_to, PACKETS, 160);
-    let q = query(&relay, &t.relay, "gro");
-    let s = statistics(&relay, &t.relay);
-    report("veth, peer with GRO on", &egress_path(&s, "r1"), &ab, &ba);
-    assert_kernel_carried(&q, &ab, &ba, PACKETS);
-    assert_eq!(egress_path(&s, "r1"), "native XDP");
-    assert!(xdp(&s, "fwd_redirect") >= 2 * u64::from(PACKETS) - 2);
-    assert_eq!(xdp(&s, "tc_fwd"), 0);
+    native_redirect(&t, "gro", "veth, peer with GRO on");
 }
 
 #[test]
+fn veth_peer_with_xdp() {
+    need_root();
+    let t = OneRelay::build("dxdp", XdpMode::Driver).unwrap();
+    native_redirect(&t, "xdp", "veth, peer runs XDP");
+}
+
+/// A call through `t` whose egress veths take native frames: the kernel carries it, by a
+/// native redirect, and nothing goes the TC way.
 #[expect(
     clippy::many_single_char_names,
     reason = "one letter per endpoint of the scenario (phones a and b, ...), as the other tests name them"
 )]
-fn veth_peer_with_xdp() {
-    need_root();
-    let t = OneRelay::build("dxdp", XdpMode::Driver).unwrap();
-    let relay = Relay::start(
-        &t.relay,
-        &["internal/10.0.1.1", "external/10.0.2.1"],
-        &[],
-        false,
-        XdpMode::Default,
-    )
-    .unwrap();
+fn native_redirect(t: &OneRelay, call: &str, label: &str) {
+    let relay = t.start_relay(XdpMode::Default).unwrap();
     let (a, b): (SocketAddr, SocketAddr) = (
         "10.0.1.2:4000".parse().unwrap(),
         "10.0.2.2:5000".parse().unwrap(),
     );
     let (a_to, b_to) = scenario::call(
         &relay.ng(&t.relay).unwrap(),
-        "xdp",
+        call,
         a,
         b,
         Some(("internal", "external")),
     )
     .unwrap();
     let (ab, ba) = talk(&t.a, &t.b, a, b, a_to, b_to, PACKETS, 160);
-    let q = query(&relay, &t.relay, "xdp");
+    let q = query(&relay, &t.relay, call);
     let s = statistics(&relay, &t.relay);
-    report("veth, peer runs XDP", &egress_path(&s, "r1"), &ab, &ba);
+    report(label, &egress_path(&s, "r1"), &ab, &ba);
     assert_kernel_carried(&q, &ab, &ba, PACKETS);
     assert_eq!(egress_path(&s, "r1"), "native XDP");
     assert!(xdp(&s, "fwd_redirect") >= 2 * u64::from(PACKETS) - 2);
+    assert_eq!(xdp(&s, "tc_fwd"), 0);
 }
 
 /// `--xdp-mode native`, asked for explicitly on a container's veth: obeyed (native XDP

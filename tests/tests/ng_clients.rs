@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::SocketAddr, path::Path, process::Stdio, ti
 
 use aya::programs::XdpMode;
 use mediaproxy_lab::{
-    scenario::{self, OneRelay, Phone, Relay, query_figure, query_text, stream},
+    scenario::{self, OneRelay, Phone, query_figure, query_text, stream},
     testbed::{Guarded, Netns},
 };
 use mediaproxy_tests::{
@@ -69,14 +69,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 fn rtpengine_ng_client_drives_a_call_to_forward() {
     need_root();
     let t = OneRelay::build("cli", XdpMode::Driver).unwrap();
-    let relay = Relay::start(
-        &t.relay,
-        &["internal/10.0.1.1", "external/10.0.2.1"],
-        &[],
-        false,
-        XdpMode::Driver,
-    )
-    .unwrap();
+    let relay = t.start_relay(XdpMode::Driver).unwrap();
     let dir = std::env::temp_dir().join(format!("mp-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let offer = write(&dir, "offer.sdp", &scenario::sdp("10.0.1.2", 4000));
@@ -275,14 +268,7 @@ fn rtpengine_ng_client_drives_a_call_to_forward() {
 fn a_sip_call_through_kamailio_and_mediaproxy() {
     need_root();
     let t = OneRelay::build("kam", XdpMode::Driver).unwrap();
-    let relay = Relay::start(
-        &t.relay,
-        &["internal/10.0.1.1", "external/10.0.2.1"],
-        &[],
-        false,
-        XdpMode::Driver,
-    )
-    .unwrap();
+    let relay = t.start_relay(XdpMode::Driver).unwrap();
     let kam = Kamailio::start(
         &t.relay,
         &kamailio::config(
@@ -485,14 +471,7 @@ fn compare(label: &str, theirs: &Dict, ours: &Dict, diffs: &mut BTreeSet<String>
 fn parity_with_rtpengine() {
     need_root();
     let t = OneRelay::build("par", XdpMode::Driver).unwrap();
-    let relay = Relay::start(
-        &t.relay,
-        &["internal/10.0.1.1", "external/10.0.2.1"],
-        &[],
-        false,
-        XdpMode::Driver,
-    )
-    .unwrap();
+    let relay = t.start_relay(XdpMode::Driver).unwrap();
     let dir = std::env::temp_dir().join(format!("mp-par-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join("rtpengine.log")).unwrap();

@@ -656,6 +656,22 @@ pub struct OneRelay {
 }
 
 impl OneRelay {
+    /// The two-armed relay of this topology, `internal/10.0.1.1` toward A and
+    /// `external/10.0.2.1` toward B, probing off, attached in `mode`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Relay::start`].
+    pub fn start_relay(&self, mode: XdpMode) -> anyhow::Result<Relay> {
+        Relay::start(
+            &self.relay,
+            &["internal/10.0.1.1", "external/10.0.2.1"],
+            &[],
+            false,
+            mode,
+        )
+    }
+
     /// With an `XDP_PASS` program on each phone's end, so that native XDP frames are
     /// delivered there (a test rig's helper; see [`Bridged`] for what a container is).
     ///
