@@ -33,6 +33,15 @@ impl Relay {
     fn engine_ref(&self) -> &Engine {
         &self.engine
     }
+
+    /// What the relay holds: calls, ports, and the engine's streams.
+    fn held(&self) -> (usize, usize, usize) {
+        (
+            self.calls.call_count(),
+            self.calls.ports_in_use(),
+            self.engine.stream_count(),
+        )
+    }
 }
 
 impl std::ops::Deref for Relay {
@@ -321,14 +330,7 @@ fn errors_have_precise_reasons_and_allocate_nothing() {
             .unwrap()
             .starts_with("Failed to parse SDP")
     );
-    assert_eq!(
-        (
-            c.call_count(),
-            c.ports_in_use(),
-            c.engine_ref().stream_count()
-        ),
-        (0, 0, 0)
-    );
+    assert_eq!(c.held(), (0, 0, 0));
 }
 
 #[test]
@@ -356,14 +358,7 @@ fn an_exhausted_port_range_fails_cleanly_and_leaks_nothing() {
         ]),
     );
     assert_eq!(r.get_str("error-reason"), Some("Ran out of ports"));
-    assert_eq!(
-        (
-            c.call_count(),
-            c.ports_in_use(),
-            c.engine_ref().stream_count()
-        ),
-        (2, 4, 4)
-    );
+    assert_eq!(c.held(), (2, 4, 4));
     run(
         &mut c,
         &req(&[
@@ -561,14 +556,7 @@ fn delete_with_delay_keeps_media_until_it_expires() {
         "one port pair per side, kept during the delay"
     );
     c.housekeeping(t0 + Duration::from_secs(5), &no_kernel);
-    assert_eq!(
-        (
-            c.call_count(),
-            c.ports_in_use(),
-            c.engine_ref().stream_count()
-        ),
-        (0, 0, 0)
-    );
+    assert_eq!(c.held(), (0, 0, 0));
     let r = run(
         &mut c,
         &req(&[("command", s("delete")), ("call-id", s("c1"))]),
@@ -616,14 +604,7 @@ fn silent_media_times_out_and_is_reported() {
     c.housekeeping(t0 + Duration::from_secs(5), &idle(t0));
     assert_eq!(c.call_count(), 1);
     c.housekeeping(t0 + Duration::from_secs(11), &idle(t0));
-    assert_eq!(
-        (
-            c.call_count(),
-            c.ports_in_use(),
-            c.engine_ref().stream_count()
-        ),
-        (0, 0, 0)
-    );
+    assert_eq!(c.held(), (0, 0, 0));
     let r = run(
         &mut c,
         &req(&[("command", s("query")), ("call-id", s("c1"))]),
