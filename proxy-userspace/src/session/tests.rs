@@ -76,6 +76,20 @@ fn one_relay(cfg: EngineConfig) -> (Engine, StreamId) {
     (e, id)
 }
 
+/// A signed probe from `sender` for our endpoint `target`, to this relay (192.0.2.10).
+fn probe_to(target: Endpoint, sender: Endpoint, nonce: u64, timestamp_ms: u64) -> ProbeMessage {
+    ProbeMessage {
+        kind: Kind::Probe,
+        nonce,
+        timestamp_ms,
+        session: 0,
+        target,
+        sender,
+        receiver: Endpoint::v4([192, 0, 2, 10], 7999),
+        unsigned: false,
+    }
+}
+
 #[test]
 fn new_streams_hold_both_ways() {
     let (mut e, _) = one_relay(EngineConfig::default());
@@ -543,16 +557,7 @@ fn a_probe_for_one_of_our_endpoints_is_acked_and_unblocks_that_side() {
     drain(&mut e);
     // No NAT in between: the probe comes from the signalled address.
     let from: SocketAddr = "10.1.0.2:7999".parse().unwrap();
-    let probe = ProbeMessage {
-        kind: Kind::Probe,
-        nonce: 99,
-        timestamp_ms: 5,
-        session: 0,
-        target: LOCAL_A,
-        sender: mp1_media,
-        receiver: Endpoint::v4([192, 0, 2, 10], 7999),
-        unsigned: false,
-    };
+    let probe = probe_to(LOCAL_A, mp1_media, 99, 5);
     let here = ep([192, 0, 2, 10], 7999);
     e.handle_probe(
         here,
@@ -597,16 +602,7 @@ fn a_probe_through_a_nat_is_acked_but_the_signalled_address_is_not_trusted() {
     e.handle_media(LOCAL_B, PHONE_B, b"b1", None, t0);
     drain(&mut e);
     let from: SocketAddr = "198.51.100.7:61000".parse().unwrap();
-    let probe = ProbeMessage {
-        kind: Kind::Probe,
-        nonce: 5,
-        timestamp_ms: 5,
-        session: 0,
-        target: LOCAL_A,
-        sender: mp1_media,
-        receiver: Endpoint::v4([192, 0, 2, 10], 7999),
-        unsigned: false,
-    };
+    let probe = probe_to(LOCAL_A, mp1_media, 5, 5);
     e.handle_probe(
         ep([192, 0, 2, 10], 7999),
         from,
@@ -637,16 +633,7 @@ fn a_probe_for_an_unknown_endpoint_changes_nothing() {
     let (mut e, id) = one_relay(EngineConfig::default());
     drain(&mut e);
     let before = e.status(id);
-    let probe = ProbeMessage {
-        kind: Kind::Probe,
-        nonce: 1,
-        timestamp_ms: 0,
-        session: 0,
-        target: ep([10, 9, 9, 9], 1),
-        sender: ep([10, 9, 9, 8], 1),
-        receiver: Endpoint::v4([192, 0, 2, 10], 7999),
-        unsigned: false,
-    };
+    let probe = probe_to(ep([10, 9, 9, 9], 1), ep([10, 9, 9, 8], 1), 1, 0);
     e.handle_probe(
         ep([10, 0, 1, 1], 7999),
         "10.9.9.8:7999".parse().unwrap(),
