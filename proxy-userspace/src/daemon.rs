@@ -429,6 +429,9 @@ impl Control {
         Ok(())
     }
 
+    /// The control loop. Long (about 100 lines) on purpose: one `select!` over everything
+    /// that wakes the control thread, and what runs after each wake-up, read best in one
+    /// place; each arm calls one handler.
     fn run(mut self, commands: &Receiver<Command>) {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut next_kick = Instant::now() + NEIGHBOUR_KICK;

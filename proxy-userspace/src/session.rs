@@ -437,6 +437,38 @@ struct SideState {
 }
 
 impl SideState {
+    /// Forgets `ip` as a candidate, and drops what it had held.
+    fn forget(&mut self, ip: IpAddr) {
+        self.learner.forget(ip);
+        let before = self.held.len();
+        self.held.retain(|(s, _)| s.ip() != Some(ip));
+        self.counters.held_dropped += (before - self.held.len()) as u64;
+    }
+
+    /// Latches `src`, won at `rank`: the winner's held packets go on, everything else held
+    /// was a loser's. The event to report.
+    fn latch(&mut self, x: Side, src: Endpoint, rank: Rank, now: Instant) -> Event {
+        let old = self.latched.replace(src);
+        self.latched_at.get_or_insert(now);
+        self.latch_rank = Some(rank);
+        self.learner.reset();
+        let before = self.held.len();
+        self.held.retain(|(s, _)| *s == src);
+        self.counters.held_dropped += (before - self.held.len()) as u64;
+        match old {
+            None => Event::Latched {
+                side: x,
+                peer: src,
+                rank,
+            },
+            Some(old) => Event::Relatched {
+                side: x,
+                old,
+                new: src,
+            },
+        }
+    }
+
     /// Latched to a source that matched nothing signalling said, although signalling said
     /// something (a sprayer that got there first, or a phone whose media comes from neither
     /// its SDP address nor its SIP source). Such a latch stays open to any better-ranked
@@ -655,6 +687,26 @@ impl std::fmt::Display for StreamError {
 }
 
 impl std::error::Error for StreamError {}
+
+/// A media packet as `handle_media` got it.
+#[derive(Clone, Copy)]
+struct Packet<'a> {
+    local: Endpoint,
+    from: Endpoint,
+    payload: &'a [u8],
+    kernel_last_seen: Option<Instant>,
+}
+
+/// What learning made of a packet's source.
+enum Learnt {
+    /// The side's peer (latched before, or not a latching side).
+    Peer,
+    /// Latched now.
+    Latched,
+    /// Held while the learning rule decides.
+    Held,
+    Refused,
+}
 
 impl Engine {
     #[must_use]
@@ -896,10 +948,9 @@ impl Engine {
     /// `kernel_last_seen` is when the kernel last accepted a packet on that flow (it forwards
     /// without telling us), so that a busy latched peer is never mistaken for a silent one;
     /// only asked for when the operator allows re-latching after silence.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one packet's decision, read top to bottom in the order the checks apply"
-    )]
+    ///
+    /// Three steps: is the source the side's peer (learning it if need be), what a new latch
+    /// releases, and where the packet goes.
     pub fn handle_media(
         &mut self,
         local: Endpoint,
@@ -916,6 +967,37 @@ impl Engine {
             self.counters.martian_sources += 1;
             return;
         }
+        let packet = Packet {
+            local,
+            from,
+            payload,
+            kernel_last_seen,
+        };
+        match self.learn(id, x, &packet, now) {
+            Learnt::Refused | Learnt::Held => return,
+            Learnt::Peer => {}
+            Learnt::Latched => {
+                if !self.on_latched(id, x, from, now) {
+                    return;
+                }
+            }
+        }
+        self.relay_packet(id, x, from, payload, now);
+    }
+
+    /// Whether `packet`'s source is side `x`'s peer: the latched one, or one that the
+    /// learning rule latches now; else the packet is refused or held while it decides.
+    ///
+    /// Long (about 90 lines) on purpose: the rule's order (rank, sprayer, first latch or a
+    /// better one, then the verdict) is the security argument of the README, and reads as one
+    /// sequence here; its parts live in `learning.rs` and in `SideState`.
+    fn learn(&mut self, id: StreamId, x: Side, packet: &Packet<'_>, now: Instant) -> Learnt {
+        let Packet {
+            local,
+            from,
+            payload,
+            kernel_last_seen,
+        } = *packet;
         let rtp_peer = self.rtp_peer(id, x);
         let (learn, spraying, relatch_after, cap) = (
             self.cfg.learning,
@@ -924,139 +1006,135 @@ impl Engine {
             self.cfg.held_capacity,
         );
         let Some(stream) = self.streams.get_mut(&id) else {
-            return;
+            return Learnt::Refused;
         };
         let y = x.other();
         let symmetric = stream.cfg.latching[x.idx()] == Latching::Symmetric;
         let strict = stream.cfg.strict_source;
         let rtcp = stream.cfg.rtp_stream.is_some();
         let other_latched = stream.side(y).latched_at;
-        let stream_id = id;
         let side = stream.side_mut(x);
-        let mut latched_now = false;
-        if symmetric && side.latched != Some(from) {
-            let expect = Expect {
-                signalled: side.remote,
-                sip_source: side.sip_source,
-                rtp_peer,
-                relay: side.relay(),
-                rtcp,
-            };
-            let rank = expect.rank(&from);
-            // An unmatched source that reaches endpoint after endpoint sweeps the range: it is
-            // refused everywhere, and forgotten where it was a candidate.
-            let sprayer = rank == Some(Rank::Unknown)
-                && from.ip().is_some_and(|ip| {
-                    let hit =
-                        self.sprayers
-                            .observe(&spraying, ip, (local, stream_id, x as u8), now);
-                    if hit {
-                        side.learner.forget(ip);
-                        let before = side.held.len();
-                        side.held.retain(|(s, _)| s.ip() != Some(ip));
-                        side.counters.held_dropped += (before - side.held.len()) as u64;
-                    }
-                    hit
-                });
-            if sprayer {
-                self.counters.sprayer_refused += 1;
+        if !symmetric || side.latched == Some(from) {
+            return Learnt::Peer;
+        }
+        let expect = Expect {
+            signalled: side.remote,
+            sip_source: side.sip_source,
+            rtp_peer,
+            relay: side.relay(),
+            rtcp,
+        };
+        let rank = expect.rank(&from);
+        // An unmatched source that reaches endpoint after endpoint sweeps the range: it is
+        // refused everywhere, and forgotten where it was a candidate.
+        let sprayer = rank == Some(Rank::Unknown)
+            && from.ip().is_some_and(|ip| {
+                let hit = self
+                    .sprayers
+                    .observe(&spraying, ip, (local, id, x as u8), now);
+                if hit {
+                    side.forget(ip);
+                }
+                hit
+            });
+        if sprayer {
+            self.counters.sprayer_refused += 1;
+        }
+        let verdict = match (side.latched, rank) {
+            (_, None) => Verdict::Refuse,
+            _ if sprayer => Verdict::Refuse,
+            (None, Some(r)) => {
+                side.learner
+                    .observe(&learn, &expect, from, r, payload, other_latched, now)
             }
-            let verdict = match (side.latched, rank) {
-                (_, None) => Verdict::Refuse,
-                _ if sprayer => Verdict::Refuse,
-                (None, Some(r)) => {
+            // Latched: only a strictly better-ranked source, only while the window after
+            // signalling is open or the latch is provisional; or, if the operator allows
+            // it, any after silence.
+            (Some(_), Some(r)) => {
+                let provisional = side.provisional();
+                let better = (side.learning_until.is_some() || provisional)
+                    && side.latch_rank.is_none_or(|lr| r < lr);
+                let last = side.last_packet.max(kernel_last_seen);
+                let silent = last.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+                let after_silence = relatch_after.is_some_and(|after| silent >= after);
+                if strict && !provisional {
+                    Verdict::Refuse
+                } else if after_silence {
+                    Verdict::Latch { src: from, rank: r }
+                } else if better {
                     side.learner
                         .observe(&learn, &expect, from, r, payload, other_latched, now)
+                } else {
+                    Verdict::Refuse
                 }
-                // Latched: only a strictly better-ranked source, only while the window after
-                // signalling is open or the latch is provisional; or, if the operator allows
-                // it, any after silence.
-                (Some(_), Some(r)) => {
-                    let provisional = side.provisional();
-                    let better = (side.learning_until.is_some() || provisional)
-                        && side.latch_rank.is_none_or(|lr| r < lr);
-                    let last = side.last_packet.max(kernel_last_seen);
-                    let silent = last.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
-                    let after_silence = relatch_after.is_some_and(|after| silent >= after);
-                    if strict && !provisional {
-                        Verdict::Refuse
-                    } else if after_silence {
-                        Verdict::Latch { src: from, rank: r }
-                    } else if better {
-                        side.learner
-                            .observe(&learn, &expect, from, r, payload, other_latched, now)
-                    } else {
-                        Verdict::Refuse
-                    }
-                }
-            };
-            match verdict {
-                Verdict::Refuse => {
+            }
+        };
+        match verdict {
+            Verdict::Refuse => {
+                side.counters.rejected += 1;
+                Learnt::Refused
+            }
+            Verdict::Wait => {
+                let leader = side.learner.leader();
+                hold(side, from, payload, cap, leader);
+                Learnt::Held
+            }
+            Verdict::Latch { src, rank } => {
+                let event = side.latch(x, src, rank, now);
+                self.out.push_back(Output::Event { stream: id, event });
+                if src != from {
+                    // Another candidate won: this packet's source lost.
                     side.counters.rejected += 1;
-                    return;
                 }
-                Verdict::Wait => {
-                    let leader = side.learner.leader();
-                    hold(side, from, payload, cap, leader);
-                    return;
-                }
-                Verdict::Latch { src, rank } => {
-                    let old = side.latched.replace(src);
-                    side.latched_at.get_or_insert(now);
-                    side.latch_rank = Some(rank);
-                    side.learner.reset();
-                    // The winner's held packets go on; everything else held was a loser's.
-                    let before = side.held.len();
-                    side.held.retain(|(s, _)| *s == src);
-                    side.counters.held_dropped += (before - side.held.len()) as u64;
-                    latched_now = true;
-                    let event = match old {
-                        None => Event::Latched {
-                            side: x,
-                            peer: src,
-                            rank,
-                        },
-                        Some(old) => Event::Relatched {
-                            side: x,
-                            old,
-                            new: src,
-                        },
-                    };
-                    self.out.push_back(Output::Event { stream: id, event });
-                    if src != from {
-                        // Another candidate won: this packet's source lost.
-                        stream.side_mut(x).counters.rejected += 1;
-                    }
-                }
+                Learnt::Latched
             }
         }
+    }
+
+    /// Side `x` just latched: its held packets count, probes toward it stop, and what either
+    /// side held goes on. False if the winner was another source than `from`'s (whose
+    /// packet then goes nowhere).
+    fn on_latched(&mut self, id: StreamId, x: Side, from: Endpoint, now: Instant) -> bool {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        let side = stream.side_mut(x);
+        let won = side.latched;
+        // Held packets of the winner count as accepted now.
+        let held: Vec<usize> = side.held.iter().map(|(_, p)| p.len()).collect();
+        side.counters.packets += held.len() as u64;
+        side.counters.bytes += held.iter().sum::<usize>() as u64;
+        if side.first_packet.is_none() && !held.is_empty() {
+            side.first_packet = Some(now);
+        }
+        // X spoke: nobody needs to probe toward it any more.
+        self.cancel_probe(id, x);
+        // Whatever Y was holding for X can go now, and X's held packets toward Y if Y's
+        // destination is known.
+        self.flush_held(id, x.other(), now);
+        self.flush_held(id, x, now);
+        if won != Some(from) {
+            self.sync_flows(id);
+            return false;
+        }
+        true
+    }
+
+    /// A packet from side `x`'s peer: counted, then sent toward the other side, or held (and
+    /// blocking suspected) while that side's destination is unknown.
+    fn relay_packet(
+        &mut self,
+        id: StreamId,
+        x: Side,
+        from: Endpoint,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let cap = self.cfg.held_capacity;
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        if latched_now {
-            let side = stream.side_mut(x);
-            let won = side.latched;
-            // Held packets of the winner count as accepted now.
-            let held: Vec<usize> = side.held.iter().map(|(_, p)| p.len()).collect();
-            side.counters.packets += held.len() as u64;
-            side.counters.bytes += held.iter().sum::<usize>() as u64;
-            if side.first_packet.is_none() && !held.is_empty() {
-                side.first_packet = Some(now);
-            }
-            // X spoke: nobody needs to probe toward it any more.
-            self.cancel_probe(id, x);
-            // Whatever Y was holding for X can go now, and X's held packets toward Y if
-            // Y's destination is known.
-            self.flush_held(id, y, now);
-            self.flush_held(id, x, now);
-            if won != Some(from) {
-                self.sync_flows(id);
-                return;
-            }
-        }
-        let Some(stream) = self.streams.get_mut(&id) else {
-            return;
-        };
+        let y = x.other();
         let side = stream.side_mut(x);
         side.counters.packets += 1;
         side.counters.bytes += payload.len() as u64;
