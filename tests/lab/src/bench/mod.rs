@@ -31,7 +31,7 @@ use relays::{RelayUnderTest, out_dir};
 use report::{
     Latency, ModeResult, Report, check, compute_ratios, kernel, machine, print_table, svg,
 };
-use search::{Plan, loss_free};
+use search::{Plan, Search, loss_free};
 pub use socket_relay::socket_relay;
 
 use std::{
@@ -109,38 +109,16 @@ impl Mode {
     }
 }
 
-/// Runs the benchmark `a` asks for, or checks a report (`--check`).
+/// Runs the benchmark `a` asks for, or checks a report (`--check`): the generator's ceiling,
+/// each mode's loss-free rate, latency and CPU at a common load, flow scaling, the ng load,
+/// then the report.
 ///
 /// # Errors
 ///
 /// When the testbed cannot be built or a measurement fails.
 #[expect(
     clippy::missing_panics_doc,
-    reason = "each mode's entry is pushed before it is looked up"
-)]
-#[expect(
-    clippy::many_single_char_names,
-    reason = "a is the arguments, as in every command of the lab; the rest are one step each"
-)]
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
-)]
-#[expect(
-    clippy::too_many_lines,
-    reason = "the benchmark's steps, read top to bottom as they happen"
-)]
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "benchmark durations and rates far below 2^64"
-)]
-#[expect(
-    clippy::cast_sign_loss,
-    reason = "benchmark durations and rates are positive"
-)]
-#[expect(
-    clippy::match_wildcard_for_single_variants,
-    reason = "every relay but the drop program is measured the same way"
+    reason = "the program facts' lock is only poisoned if a measurement panicked, which ends the run"
 )]
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.check {
@@ -153,24 +131,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     install_signal_handler();
     // Per-program run time and count, while this fd lives.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let mut plan = if a.quick {
-        Plan {
-            window: Duration::from_millis(a.window_ms.unwrap_or(200)),
-            repeats: 3,
-            bisections: 3,
-            flows: vec![1, 1_000, 100_000, 1_000_000],
-        }
-    } else {
-        Plan {
-            window: Duration::from_millis(a.window_ms.unwrap_or(400)),
-            repeats: 5,
-            bisections: 7,
-            flows: vec![1, 1_000, 100_000, 1_000_000],
-        }
-    };
-    if !a.flows.is_empty() {
-        plan.flows.clone_from(&a.flows);
-    }
+    let plan = Plan::of(a);
     let started = Instant::now();
     eprintln!(
         "mediaproxy bench ({} profile, {} ms windows): building the topology",
@@ -178,58 +139,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         plan.window.as_millis()
     );
     let (h, mut sink, mut rsink) = Harness::build(a.bidirectional)?;
-    let mut report = Report {
-        machine: machine(),
-        kernel: kernel(),
-        cpus: nr_cpus().unwrap_or(0),
-        profile: if a.quick {
-            "quick".into()
-        } else {
-            "full".into()
-        },
-        window_ms: plan.window.as_millis() as u64,
-        windows_per_trial: plan.repeats,
-        frame_bytes: FRAME_LEN,
-        bidirectional: a.bidirectional,
-        ..Report::default()
-    };
-
-    // The generator's own ceiling: flat out, into XDP_DROP at the relay's ingress.
-    let (drop_relay, drop_target) = h.start(Mode::XdpDropCeiling)?;
-    let RelayUnderTest::Drop(mut drop_progs) = drop_relay else {
-        unreachable!()
-    };
-    let mut drop_sinks: Vec<&mut Ebpf> = drop_progs.iter_mut().collect();
-    let flat = h.trial(&mut drop_sinks, drop_target, 0, plan.window)?;
-    report.generator_ceiling_pps = (flat.sent as f64 / flat.seconds) as u64;
-    let ceiling = report.generator_ceiling_pps;
-    eprintln!(
-        "  generator ceiling: {:.3} Mpps sent, {:.3} Mpps seen by XDP_DROP at the relay",
-        ceiling as f64 / 1e6,
-        flat.rate() as f64 / 1e6
-    );
-    let s = loss_free(
-        &h,
-        &mut drop_sinks,
-        drop_target,
-        ceiling,
-        &plan,
-        || Ok(None),
-        Mode::XdpDropCeiling.label(),
-    )?;
-    report.modes.push(ModeResult {
-        mode: format!("{:?}", Mode::XdpDropCeiling),
-        label: Mode::XdpDropCeiling.label().into(),
-        loss_free_pps: s.rate,
-        cpu_ns_per_packet_at_loss_free: s.cpu_ns,
-        xdp_program_ns: s.prog_ns[0],
-        sink_program_ns: s.prog_ns[1],
-        trials: s.trials,
-        ..ModeResult::default()
-    });
-    drop(drop_sinks);
-    drop(drop_progs);
-
+    let mut report = Report::new(a, &plan);
+    let ceiling = drop_ceiling(&h, &plan, &mut report)?;
     let wanted = |m: Mode| {
         m == Mode::XdpDropCeiling
             || a.modes.is_empty()
@@ -241,63 +152,150 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|m| *m != Mode::XdpDropCeiling && wanted(*m))
     {
-        eprintln!("  {} ...", mode.label());
-        let (relay, target) = h.start(mode)?;
-        let mut relay = Some(relay);
-        // Warm up (and latch the generator's side).
-        h.trial(
-            &mut both(&mut sink, &mut rsink),
-            target,
-            1000,
-            Duration::from_millis(200),
-        )?;
-        let note = h.check_state(mode)?;
-        let s = loss_free(
-            &h,
-            &mut both(&mut sink, &mut rsink),
-            target,
-            ceiling,
-            &plan,
-            || {
-                // rtpengine 10.5 stalls a stream for good after an overload: start it afresh,
-                // with its session set up again.
-                if mode != Mode::Rtpengine {
-                    return Ok(None);
-                }
-                drop(relay.take());
-                std::thread::sleep(Duration::from_millis(300));
-                let (r, t) = h.start(mode)?;
-                relay = Some(r);
-                Ok(Some(t))
-            },
-            mode.label(),
-        )?;
-        report.modes.push(ModeResult {
-            mode: format!("{mode:?}"),
-            label: mode.label().into(),
-            loss_free_pps: s.rate,
-            cpu_ns_per_packet_at_loss_free: s.cpu_ns,
-            xdp_program_ns: s.prog_ns[0],
-            sink_program_ns: s.prog_ns[1],
-            trials: s.trials,
-            note,
-            ..ModeResult::default()
-        });
-        drop(relay);
-        std::thread::sleep(Duration::from_millis(200));
+        let sinks = &mut both(&mut sink, &mut rsink);
+        report
+            .modes
+            .push(loss_free_of(&h, sinks, mode, ceiling, &plan)?);
     }
+    latency_and_cpu(&h, &mut sink, &mut rsink, &plan, &wanted, &mut report)?;
+    // How the rate holds as flows grow (XDP native).
+    for &n in &plan.flows {
+        eprintln!("  XDP native with {n} flows ...");
+        report
+            .scaling
+            .push(scale_point(&h, &mut [&mut sink], n, ceiling, &plan)?);
+    }
+    report.ng = ng_load(&h, if a.quick { 2_000 } else { 30_000 })?;
+    report.program = PROGRAM_FACTS.lock().expect("not poisoned").clone();
+    compute_ratios(&mut report);
+    print_table(&report);
+    write(a, &report)?;
+    println!(
+        "
+wrote {} and {} ({:.0} s)",
+        a.json.display(),
+        a.svg.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(out_dir());
+    Ok(())
+}
 
-    // Latency and CPU at one load that every mode sustains.
-    let common = report
+impl Plan {
+    /// The quick or the full profile, with the command line's overrides.
+    fn of(a: &BenchArgs) -> Self {
+        let (window_ms, repeats, bisections) = if a.quick { (200, 3, 3) } else { (400, 5, 7) };
+        Plan {
+            window: Duration::from_millis(a.window_ms.unwrap_or(window_ms)),
+            repeats,
+            bisections,
+            flows: if a.flows.is_empty() {
+                vec![1, 1_000, 100_000, 1_000_000]
+            } else {
+                a.flows.clone()
+            },
+        }
+    }
+}
+
+/// The generator's own ceiling, flat out into `XDP_DROP` at the relay's ingress, and the
+/// drop program's loss-free rate (the harness's ceiling): the first row of the report.
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "benchmark rates: positive, far below 2^52"
+)]
+fn drop_ceiling(h: &Harness, plan: &Plan, report: &mut Report) -> anyhow::Result<u64> {
+    let (drop_relay, drop_target) = h.start(Mode::XdpDropCeiling)?;
+    let RelayUnderTest::Drop(mut drop_progs) = drop_relay else {
+        bail!("the XDP_DROP ceiling started a relay process");
+    };
+    let mut drop_sinks: Vec<&mut Ebpf> = drop_progs.iter_mut().collect();
+    let flat = h.trial(&mut drop_sinks, drop_target, 0, plan.window)?;
+    report.generator_ceiling_pps = (flat.sent as f64 / flat.seconds) as u64;
+    let ceiling = report.generator_ceiling_pps;
+    eprintln!(
+        "  generator ceiling: {:.3} Mpps sent, {:.3} Mpps seen by XDP_DROP at the relay",
+        ceiling as f64 / 1e6,
+        flat.rate() as f64 / 1e6
+    );
+    let s = loss_free(
+        h,
+        &mut drop_sinks,
+        drop_target,
+        ceiling,
+        plan,
+        || Ok(None),
+        Mode::XdpDropCeiling.label(),
+    )?;
+    report
+        .modes
+        .push(ModeResult::of(Mode::XdpDropCeiling, &s, String::new()));
+    Ok(ceiling)
+}
+
+/// `mode`'s loss-free rate: its relay started, warmed up (the generator's side latched) and
+/// checked to forward where it says, then the search.
+fn loss_free_of(
+    h: &Harness,
+    sinks: &mut [&mut Ebpf],
+    mode: Mode,
+    ceiling: u64,
+    plan: &Plan,
+) -> anyhow::Result<ModeResult> {
+    eprintln!("  {} ...", mode.label());
+    let (relay, target) = h.start(mode)?;
+    let mut relay = Some(relay);
+    h.trial(sinks, target, 1000, Duration::from_millis(200))?;
+    let note = h.check_state(mode)?;
+    let s = loss_free(
+        h,
+        sinks,
+        target,
+        ceiling,
+        plan,
+        || {
+            // rtpengine 10.5 stalls a stream for good after an overload: start it afresh,
+            // with its session set up again.
+            if mode != Mode::Rtpengine {
+                return Ok(None);
+            }
+            drop(relay.take());
+            std::thread::sleep(Duration::from_millis(300));
+            let (r, t) = h.start(mode)?;
+            relay = Some(r);
+            Ok(Some(t))
+        },
+        mode.label(),
+    )?;
+    drop(relay);
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(ModeResult::of(mode, &s, note))
+}
+
+/// Latency and CPU per packet of every mode at one load that every mode sustains: 80 % of
+/// the lowest loss-free rate.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+fn latency_and_cpu(
+    h: &Harness,
+    sink: &mut Ebpf,
+    rsink: &mut Option<Ebpf>,
+    plan: &Plan,
+    wanted: &dyn Fn(Mode) -> bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let lowest = report
         .modes
         .iter()
         .map(|m| m.loss_free_pps)
         .filter(|r| *r > 0)
         .min()
-        .unwrap_or(1000)
-        * 8
-        / 10;
-    let common = common.max(1000);
+        .unwrap_or(1000);
+    let common = (lowest * 8 / 10).max(1000);
     eprintln!(
         "  latency and CPU at {:.1} kpps (80 % of the lowest loss-free rate)",
         common as f64 / 1e3
@@ -330,51 +328,69 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 r.relay_busy_ns.saturating_sub(idle_busy) as f64 / r.received.max(1) as f64,
             ))
         };
-        let (lat, cpu) = match relay {
-            RelayUnderTest::Drop(mut p) => measure(&mut p.iter_mut().collect::<Vec<_>>())?,
-            other => {
-                let m = measure(&mut both(&mut sink, &mut rsink))?;
-                drop(other);
-                m
-            }
+        let (lat, cpu) = if let RelayUnderTest::Drop(mut p) = relay {
+            measure(&mut p.iter_mut().collect::<Vec<_>>())?
+        } else {
+            let m = measure(&mut both(sink, rsink))?;
+            drop(relay);
+            m
         };
-        let entry = report
-            .modes
-            .iter_mut()
-            .find(|m| m.mode == format!("{mode:?}"))
-            .expect("measured above");
+        let label = format!("{mode:?}");
+        let Some(entry) = report.modes.iter_mut().find(|m| m.mode == label) else {
+            bail!("{label}: no loss-free result to add latency to");
+        };
         entry.latency = Some(lat);
         entry.cpu_ns_per_packet = Some(cpu);
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
+}
 
-    // How the rate holds as flows grow (XDP native).
-    for &n in &plan.flows {
-        eprintln!("  XDP native with {n} flows ...");
-        report
-            .scaling
-            .push(scale_point(&h, &mut [&mut sink], n, ceiling, &plan)?);
+impl ModeResult {
+    /// `mode`'s row from its loss-free search.
+    fn of(mode: Mode, s: &Search, note: String) -> Self {
+        ModeResult {
+            mode: format!("{mode:?}"),
+            label: mode.label().into(),
+            loss_free_pps: s.rate,
+            cpu_ns_per_packet_at_loss_free: s.cpu_ns,
+            xdp_program_ns: s.prog_ns[0],
+            sink_program_ns: s.prog_ns[1],
+            trials: s.trials.clone(),
+            note,
+            ..ModeResult::default()
+        }
     }
+}
 
-    report.ng = ng_load(&h, if a.quick { 2_000 } else { 30_000 })?;
-    report.program = PROGRAM_FACTS.lock().expect("not poisoned").clone();
-    compute_ratios(&mut report);
-    print_table(&report);
-    if let Some(parent) = a.json.parent() {
-        std::fs::create_dir_all(parent)?;
+impl Report {
+    /// An empty report of this machine and this run's settings.
+    #[expect(clippy::cast_possible_truncation, reason = "a window of milliseconds")]
+    fn new(a: &BenchArgs, plan: &Plan) -> Self {
+        Report {
+            machine: machine(),
+            kernel: kernel(),
+            cpus: nr_cpus().unwrap_or(0),
+            profile: if a.quick { "quick" } else { "full" }.into(),
+            window_ms: plan.window.as_millis() as u64,
+            windows_per_trial: plan.repeats,
+            frame_bytes: FRAME_LEN,
+            bidirectional: a.bidirectional,
+            ..Report::default()
+        }
     }
-    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)?;
-    if let Some(parent) = a.svg.parent() {
-        std::fs::create_dir_all(parent)?;
+}
+
+/// Writes the report's JSON and its plot where `a` says.
+fn write(a: &BenchArgs, report: &Report) -> anyhow::Result<()> {
+    for (path, text) in [
+        (&a.json, serde_json::to_string_pretty(report)?),
+        (&a.svg, svg(report)),
+    ] {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
     }
-    std::fs::write(&a.svg, svg(&report))?;
-    println!(
-        "
-wrote {} and {} ({:.0} s)",
-        a.json.display(),
-        a.svg.display(),
-        started.elapsed().as_secs_f64()
-    );
-    let _ = std::fs::remove_dir_all(out_dir());
     Ok(())
 }
