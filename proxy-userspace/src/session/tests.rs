@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use proxy_common::probe::{Kind, ProbeMessage, Trust};
+
 use super::*;
 
 fn ep(a: [u8; 4], p: u16) -> Endpoint {
