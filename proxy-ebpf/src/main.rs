@@ -95,14 +95,6 @@ mod programs {
     pub fn mediaproxy_lookup(ctx: SkLookupContext) -> u32 {
         lookup::handle(&ctx)
     }
-
-    /// Attached to the far end of a veth that the relay redirects into: a native-mode
-    /// redirect into a veth only delivers when its peer runs an XDP program. For test rigs
-    /// and the benchmark; a container's peer never has one, which the relay handles itself.
-    #[xdp]
-    pub fn pass(_ctx: XdpContext) -> u32 {
-        xdp_action::XDP_PASS
-    }
 }
 
 #[cfg(target_arch = "bpf")]

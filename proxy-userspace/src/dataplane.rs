@@ -13,10 +13,6 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     os::fd::AsRawFd,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -34,6 +30,10 @@ use proxy_common::{
 };
 
 use crate::nexthop::NextHop;
+
+mod kernel_log;
+
+use kernel_log::KernelLog;
 
 /// The compiled programs, built by build.rs.
 #[cfg(feature = "ebpf")]
@@ -220,75 +220,6 @@ pub struct Dataplane {
     next_slot: u32,
     max_flows: u32,
     _kernel_log: Option<KernelLog>,
-}
-
-/// The thread that forwards the kernel program's events to the log while the dataplane lives.
-struct KernelLog {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// How often the event reader checks whether the dataplane went away.
-const KERNEL_LOG_POLL_MS: i32 = 200;
-
-impl KernelLog {
-    fn start(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut logger = aya_log::EbpfLogger::init_with_logger(ebpf, &KernelTarget)
-            .context("the kernel program's event ring (AYA_LOGS)")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("kernel-log".into())
-            .spawn(move || {
-                while !stopped.load(Ordering::Relaxed) {
-                    let mut fds = [libc::pollfd {
-                        fd: logger.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    }];
-                    if matches!(crate::sys::poll(&mut fds, KERNEL_LOG_POLL_MS), Ok(n) if n > 0) {
-                        logger.flush();
-                    }
-                }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for KernelLog {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Logs the kernel's events under their own target, so that an operator can tell them from
-/// the daemon's (and filter them: `RUST_LOG=mediaproxy::kernel=debug`).
-struct KernelTarget;
-
-impl log::Log for KernelTarget {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        log::logger().log(
-            &log::Record::builder()
-                .args(*record.args())
-                .level(record.level())
-                .target("mediaproxy::kernel")
-                .build(),
-        );
-    }
-
-    fn flush(&self) {
-        log::logger().flush();
-    }
 }
 
 /// The program `name` of the object, as its type.
@@ -760,30 +691,4 @@ impl Dataplane {
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
-}
-
-/// The `XDP_PASS` program, for the far end of a veth that a test rig redirects into natively.
-/// Detaches when dropped.
-pub struct PassProgram {
-    _ebpf: Ebpf,
-}
-
-impl PassProgram {
-    /// # Errors
-    /// When the program does not load or the interface refuses it.
-    pub fn attach(ifname: &str, mode: XdpMode) -> anyhow::Result<Self> {
-        crate::caps::raise_memlock();
-        let mut ebpf = EbpfLoader::new()
-            // The maps are created anyway; keep them tiny.
-            .map_max_entries("FLOWS", 1)
-            .map_max_entries("FLOW_COUNTERS", 1)
-            .load(object()?)
-            .map_err(|e| crate::caps::explain_load_error(&e))?;
-        let prog: &mut Xdp = program(&mut ebpf, "pass")?;
-        prog.load()?;
-        let ifindex = crate::caps::ifindex(ifname)?;
-        prog.attach_to_if_index(ifindex, mode)
-            .map_err(|e| crate::caps::explain_attach_error(&e, ifname, mode))?;
-        Ok(Self { _ebpf: ebpf })
-    }
 }

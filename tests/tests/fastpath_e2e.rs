@@ -12,13 +12,14 @@ use std::{
 
 use aya::programs::XdpMode;
 use mediaproxy_lab::{
+    programs::PassProgram,
     rtp::RtpHeader,
     testbed::{Netns, link, udp_mib},
 };
 use mediaproxy_tests::need_root;
 use proxy_common::{Endpoint, FlowKey};
 use proxy_userspace::{
-    dataplane::{AttachMode, Dataplane, DataplaneConfig, Egress, FlowSpec, PassProgram},
+    dataplane::{AttachMode, Dataplane, DataplaneConfig, Egress, FlowSpec},
     frame::{FrameBuilder, UdpFrame},
     io::{self, Packet, TxFrame},
     netlink::interface_mac,

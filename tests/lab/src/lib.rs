@@ -5,6 +5,7 @@
 //! * [`scenario`]: phones, relays and topologies (one relay, a bridge, two relays behind a NAT),
 //!   the ng requests a call server would send, and what each stream delivered.
 //! * [`rtp`]: the RTP packets the phones send.
+//! * [`programs`]: the lab's XDP programs (generator, sink, and the test rigs' `XDP_PASS`).
 //! * [`demo`]: `mediaproxy demo`.
 //! * [`bench`]: `mediaproxy bench`, the packet-rate benchmark, and [`bench::Flood`], its
 //!   generator as a hostile sender for the flood tests.
@@ -13,6 +14,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod programs;
 pub mod rtp;
 pub mod scenario;
 pub mod testbed;

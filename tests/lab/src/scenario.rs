@@ -16,15 +16,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
 
-use proxy_userspace::{
-    dataplane::PassProgram,
-    ng::{
-        bencode::{Dict, Value},
-        client::NgClient,
-    },
+use proxy_userspace::ng::{
+    bencode::{Dict, Value},
+    client::NgClient,
 };
 
 use crate::{
+    programs::PassProgram,
     rtp::RtpHeader,
     testbed::{Guarded, Netns, link},
 };

@@ -121,6 +121,13 @@ mod programs {
         unsafe { bpf_redirect(cfg.ifindex, 0) as u32 }
     }
 
+    /// Attached to the far end of a veth that a relay redirects into: a native-mode redirect
+    /// into a veth is delivered only when its peer runs an XDP program. For test rigs.
+    #[xdp]
+    pub fn pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
     /// Counts benchmark frames and their one-way latency, and drops everything. Attached at
     /// the sink, or at the relay's ingress for the XDP_DROP ceiling.
     #[xdp]

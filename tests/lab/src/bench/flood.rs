@@ -12,7 +12,7 @@ use proxy_userspace::netlink::interface_mac;
 
 use crate::testbed::Netns;
 
-use super::harness::{Generator, install_signal_handler, load_bench, run_generators};
+use super::harness::{Generator, install_signal_handler, run_generators};
 
 /// The benchmark's generator aimed at a relay, for the flood test: frames from `src` out of
 /// one interface of a namespace, at a paced rate or flat out.
@@ -35,7 +35,7 @@ impl Flood {
         dst_mac: [u8; 6],
     ) -> anyhow::Result<Self> {
         install_signal_handler();
-        let ebpf = ns.enter(|| load_bench("bench_gen", None))??;
+        let ebpf = ns.enter(|| crate::programs::load("bench_gen", None))??;
         let ifindex = ns.enter(move || proxy_userspace::caps::ifindex(ifname))??;
         let src_mac = ns.enter(move || interface_mac(ifname))??;
         Ok(Self {

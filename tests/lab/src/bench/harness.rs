@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, PerCpuArray, PerCpuValues},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     util::nr_cpus,
@@ -31,13 +31,6 @@ use crate::{
 };
 
 use super::Mode;
-
-/// The benchmark's XDP programs, built by build.rs.
-#[cfg(feature = "ebpf")]
-pub(super) static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mediaproxy-bench"));
-#[cfg(not(feature = "ebpf"))]
-pub(super) static BENCH_OBJECT: &[u8] = &[];
 
 pub(super) const GEN_IP: [u8; 4] = [10, 0, 1, 2];
 pub(super) const SINK_IP: [u8; 4] = [10, 0, 2, 2];
@@ -84,23 +77,6 @@ pub(super) fn pin_pid(pid: i32, cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &raw const set);
     }
-}
-
-pub(super) fn load_bench(prog: &str, attach: Option<(&str, XdpMode)>) -> anyhow::Result<Ebpf> {
-    if BENCH_OBJECT.is_empty() {
-        bail!("this build carries no benchmark programs (built without the `ebpf` feature)");
-    }
-    let mut ebpf = EbpfLoader::new().load(BENCH_OBJECT)?;
-    let p: &mut Xdp = ebpf
-        .program_mut(prog)
-        .context("bench program missing")?
-        .try_into()?;
-    p.load()?;
-    if let Some((ifname, mode)) = attach {
-        p.attach(ifname, mode)
-            .with_context(|| format!("attaching {prog} to {ifname}"))?;
-    }
-    Ok(ebpf)
 }
 
 impl Harness {
@@ -198,10 +174,10 @@ impl Harness {
             pin_napi_threads(i, RELAY_CPU);
         }
         let sink_prog =
-            sink.enter(|| load_bench("bench_sink", Some(("s0", XdpMode::Driver))))??;
+            sink.enter(|| crate::programs::load("bench_sink", Some(("s0", XdpMode::Driver))))??;
         let forward = Generator {
             ebpf: Arc::new(Mutex::new(
-                generator_ns.enter(|| load_bench("bench_gen", None))??,
+                generator_ns.enter(|| crate::programs::load("bench_gen", None))??,
             )),
             ifindex: generator_ns.enter(|| proxy_userspace::caps::ifindex("g0"))??,
             src_mac: gen_mac,
@@ -210,14 +186,16 @@ impl Harness {
         };
         let (reverse, reverse_sink) = if bidirectional {
             let g = Generator {
-                ebpf: Arc::new(Mutex::new(sink.enter(|| load_bench("bench_gen", None))??)),
+                ebpf: Arc::new(Mutex::new(
+                    sink.enter(|| crate::programs::load("bench_gen", None))??,
+                )),
                 ifindex: sink.enter(|| proxy_userspace::caps::ifindex("s0"))??,
                 src_mac: sink_mac,
                 dst_mac: relay_out_mac,
                 src: Endpoint::v4(SINK_IP, SINK_PORT),
             };
             let counter = generator_ns
-                .enter(|| load_bench("bench_sink", Some(("g0", XdpMode::Driver))))??;
+                .enter(|| crate::programs::load("bench_sink", Some(("g0", XdpMode::Driver))))??;
             (Some(g), Some(counter))
         } else {
             (None, None)

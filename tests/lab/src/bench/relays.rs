@@ -20,9 +20,7 @@ use crate::{
 };
 
 use super::Mode;
-use super::harness::{
-    GEN_PORT, Harness, RELAY_CPU, SINK_PORT, Target, load_bench, pin_napi_threads,
-};
+use super::harness::{GEN_PORT, Harness, RELAY_CPU, SINK_PORT, Target, pin_napi_threads};
 
 /// What runs as the relay; dropping it stops it.
 pub(super) enum RelayUnderTest {
@@ -212,15 +210,13 @@ impl Harness {
                 RelayUnderTest::Process { _child: g }
             }
             Mode::XdpDropCeiling => {
-                let mut progs = vec![
-                    self.relay
-                        .enter(|| load_bench("bench_sink", Some(("r0", XdpMode::Driver))))??,
-                ];
+                let mut progs = vec![self.relay.enter(|| {
+                    crate::programs::load("bench_sink", Some(("r0", XdpMode::Driver)))
+                })??];
                 if self.reverse.is_some() {
-                    progs.push(
-                        self.relay
-                            .enter(|| load_bench("bench_sink", Some(("r1", XdpMode::Driver))))??,
-                    );
+                    progs.push(self.relay.enter(|| {
+                        crate::programs::load("bench_sink", Some(("r1", XdpMode::Driver)))
+                    })??);
                 }
                 RelayUnderTest::Drop(progs)
             }
