@@ -264,23 +264,15 @@ impl Rtnl {
     ///
     /// If the rtnetlink request fails.
     pub fn neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<Mac>> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family_of(ip);
-        m.header.ifindex = ifindex;
-        m.attributes.push(NeighbourAttribute::Destination(match ip {
-            IpAddr::V4(a) => NeighbourAddress::Inet(a),
-            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-        }));
-        match self.request(RouteNetlinkMessage::GetNeighbour(m), Req::One) {
-            Ok(r) => Ok(r.into_iter().find_map(|m| match m {
+        Ok(self
+            .get_neighbour(ifindex, ip)?
+            .into_iter()
+            .find_map(|m| match m {
                 RouteNetlinkMessage::NewNeighbour(n) => {
                     parse_neighbour(&n).and_then(|(_, _, mac)| mac)
                 }
                 _ => None,
-            })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+            }))
     }
 
     /// Whether `ip`'s neighbour entry on `ifindex` is STALE: the kernel still sends to its MAC
@@ -290,6 +282,13 @@ impl Rtnl {
     ///
     /// If the rtnetlink request fails.
     pub fn neighbour_is_stale(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<bool> {
+        Ok(self.get_neighbour(ifindex, ip)?.iter().any(|m| {
+            matches!(m, RouteNetlinkMessage::NewNeighbour(n) if n.header.state == NeighbourState::Stale)
+        }))
+    }
+
+    /// `ip`'s neighbour entry on `ifindex` (`RTM_GETNEIGH`): none if there is no such entry.
+    fn get_neighbour(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Vec<RouteNetlinkMessage>> {
         let mut m = NeighbourMessage::default();
         m.header.family = family_of(ip);
         m.header.ifindex = ifindex;
@@ -298,11 +297,8 @@ impl Rtnl {
             IpAddr::V6(a) => NeighbourAddress::Inet6(a),
         }));
         match self.request(RouteNetlinkMessage::GetNeighbour(m), Req::One) {
-            Ok(r) => Ok(r.iter().any(|m| {
-                matches!(m, RouteNetlinkMessage::NewNeighbour(n) if n.header.state == NeighbourState::Stale)
-            })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            r => r,
         }
     }
 
