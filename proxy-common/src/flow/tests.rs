@@ -1,0 +1,109 @@
+use super::*;
+use core::mem::{align_of, size_of};
+
+/// Size equals the sum of the field sizes, so there is no padding the kernel and userspace
+/// could disagree on (or leak through).
+macro_rules! assert_packed {
+    ($ty:ty, $size:expr, $align:expr, [$($field:ty),+ $(,)?]) => {{
+        assert_eq!(size_of::<$ty>(), $size, "size of {}", stringify!($ty));
+        assert_eq!(align_of::<$ty>(), $align, "align of {}", stringify!($ty));
+        assert_eq!(0 $(+ size_of::<$field>())+, size_of::<$ty>(), "padding in {}", stringify!($ty));
+    }};
+}
+
+#[test]
+fn layouts_have_no_padding() {
+    assert_packed!(Endpoint, 20, 1, [[u8; 16], [u8; 2], u8, u8]);
+    assert_packed!(FlowKey, 20, 1, [Endpoint]);
+    assert_packed!(
+        FlowEntry,
+        124,
+        4,
+        [
+            u8, u8, u16, u32, Endpoint, Endpoint, Endpoint, u32, [u8; 6], [u8; 6], Endpoint,
+            Endpoint
+        ]
+    );
+    assert_packed!(FlowCounters, 56, 8, [u64, u64, u64, u64, u64, u64, u64]);
+    assert_packed!(Budget, 16, 8, [u64, u64]);
+    assert_packed!(RelayConfig, 72, 8, [[u8; 2], [u8; 6], Budget, [Budget; 3]]);
+}
+
+#[test]
+fn field_offsets_are_stable() {
+    assert_eq!(core::mem::offset_of!(FlowEntry, counter_slot), 4);
+    assert_eq!(core::mem::offset_of!(FlowEntry, peer), 8);
+    assert_eq!(core::mem::offset_of!(FlowEntry, out_src), 28);
+    assert_eq!(core::mem::offset_of!(FlowEntry, out_dst), 48);
+    assert_eq!(core::mem::offset_of!(FlowEntry, egress_ifindex), 68);
+    assert_eq!(core::mem::offset_of!(FlowEntry, src_mac), 72);
+    assert_eq!(core::mem::offset_of!(FlowEntry, dst_mac), 78);
+    assert_eq!(core::mem::offset_of!(Endpoint, port), 16);
+}
+
+#[test]
+fn endpoint_roundtrips_and_stores_network_order() {
+    let sa: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+    let ep = Endpoint::from(sa);
+    assert_eq!(ep.family(), family::V4);
+    assert_eq!(ep.addr_v4(), &[10, 1, 2, 3]);
+    assert_eq!(ep.port_be(), &[0x9c, 0x40]);
+    assert_eq!(ep.socket_addr(), Some(sa));
+    let v6: SocketAddr = "[2001:db8::1]:5004".parse().unwrap();
+    assert_eq!(Endpoint::from(v6).socket_addr(), Some(v6));
+    let mapped: SocketAddr = "[::ffff:10.0.0.1]:7".parse().unwrap();
+    assert_eq!(Endpoint::from(mapped), Endpoint::v4([10, 0, 0, 1], 7));
+    assert!(!Endpoint::UNSET.is_set());
+}
+
+#[test]
+fn unknown_state_bytes_read_as_hold() {
+    let mut e = FlowEntry::hold(3);
+    assert_eq!(e.state(), FlowState::Hold);
+    e.set_state(FlowState::Forward);
+    assert_eq!(e.state(), FlowState::Forward);
+    e.state = 7;
+    assert_eq!(e.state(), FlowState::Hold);
+}
+
+#[test]
+fn budgets_pass_their_rate_and_bursts_and_no_more() {
+    let b = Budget::per_second(1000, 10);
+    let mut tat = 0;
+    let t0 = 5_000_000_000;
+    // A burst of 10 passes at once, the 11th does not.
+    let passed = (0..20).filter(|_| b.take(&mut tat, t0)).count();
+    assert_eq!(passed, 10);
+    // Over a second at a steady 10,000 offered, about 1000 pass.
+    let mut n = 0;
+    for i in 0..10_000u64 {
+        if b.take(&mut tat, t0 + 1_000_000 + i * 100_000) {
+            n += 1;
+        }
+    }
+    assert!((990..=1011).contains(&n), "{n}");
+    // A zero rate still works (one a second), never a division by zero.
+    let z = Budget::per_second(0, 0);
+    let mut tat = 0;
+    assert!(z.take(&mut tat, 1));
+    assert!(!z.take(&mut tat, 2));
+}
+
+#[test]
+fn hints_match_the_endpoint_or_the_address() {
+    let mut e = FlowEntry::hold(0);
+    let phone = Endpoint::v4([192, 0, 2, 1], 4000);
+    assert!(!e.hinted(&phone));
+    e.hint = phone;
+    assert!(e.hinted(&phone));
+    assert!(!e.hinted(&phone.with_port(4001)));
+    e.hint_ip = Endpoint::v4([198, 51, 100, 7], 0);
+    assert!(e.hinted(&Endpoint::v4([198, 51, 100, 7], 61_000)));
+}
+
+#[test]
+fn counter_table_is_complete() {
+    for (i, c) in Counter::ALL.iter().enumerate() {
+        assert_eq!(*c as usize, i, "{} out of order", c.name());
+    }
+}
