@@ -16,6 +16,11 @@
 //! The daemon changes nothing on the host but its own programs and sockets: no sysctl. The
 //! fast path needs no `forwarding=1` because next hops come from userspace, not from
 //! `bpf_fib_lookup`.
+//!
+//! [`Engine`]: crate::session::Engine
+//! [`Calls`]: crate::ng::calls::Calls
+//! [`Dataplane`]: crate::dataplane::Dataplane
+//! [`Egresses`]: crate::egress::Egresses
 
 mod control;
 mod kernel;
