@@ -1,7 +1,8 @@
 //! The relay's media logic as a sans-IO state machine: latching, blocking detection, and the
 //! probe/ACK exchange that breaks the deadlock of two relays in series.
 //!
-//! Events go in ([`Engine::handle`], [`Engine::handle_timeout`] and the stream commands);
+//! Events go in ([`Engine::handle_media`], [`Engine::handle_probe`], [`Engine::handle_ack`],
+//! [`Engine::handle_timeout`] and the stream commands);
 //! commands come out of [`Engine::poll_output`]: install or replace a kernel flow, send a media
 //! packet from userspace, send a probe or an ACK, report an event. Nothing here touches a
 //! socket, a map or a clock: the caller passes `now`. That is what lets the tests below walk
@@ -13,7 +14,7 @@
 //! from it. Packets arriving at `local[X]` go out of `local[Y]` (Y the other side).
 //!
 //! With symmetric latching (RFC 4961), the relay learns side X's real address from the packets
-//! X sends (the learning rule, [`learning`]), accepts X's packets only from there, and sends
+//! X sends (the learning rule, `learning.rs`), accepts X's packets only from there, and sends
 //! toward X only there. The direction X→Y is forwarded once X is latched and Y's destination
 //! is known: Y latched, or, before Y spoke, Y's signalled (SDP) address. By default
 //! ([`FarSide::Signalled`], rtpengine's behaviour) the signalled address is used from X's

@@ -86,7 +86,7 @@ impl StreamConfig {
     }
 }
 
-/// New signalling for an existing stream; see [`Engine::update_stream`].
+/// New signalling for an existing stream; see [`super::Engine::update_stream`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamUpdate {
     pub remote: [Option<Endpoint>; 2],
@@ -143,9 +143,9 @@ pub struct EngineConfig {
     /// RTCP's 5 s interval) is exactly the window a port-spraying attacker waits for. An
     /// operator option, documented as that risk.
     pub relatch_after: Option<Duration>,
-    /// How a side picks its source (see [`learning`]).
+    /// How a side picks its source (see [`LearnConfig`]).
     pub learning: LearnConfig,
-    /// Who counts as spraying the port range (see [`learning`]).
+    /// Who counts as spraying the port range (see [`SprayConfig`]).
     pub spraying: SprayConfig,
     /// After a signalling event, how long a latched side may still move to a better-ranked
     /// source (a re-INVITE from a phone that moved); rtpengine's window is the same 3 s.
