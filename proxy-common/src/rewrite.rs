@@ -179,26 +179,27 @@ mod tests {
     use crate::wire::Header;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
-    fn udp_checksum_v4(ip: &Ipv4Hdr, seg: &[u8]) -> u16 {
+    /// The UDP checksum of `seg` from scratch, its checksum field taken as zero, over the
+    /// pseudo-header sum `pseudo`.
+    fn udp_checksum(pseudo: u64, seg: &[u8]) -> u16 {
         let mut s = seg.to_vec();
         s[6] = 0;
         s[7] = 0;
-        let sum = csum::add_bytes(
+        csum::udp_field(csum::add_bytes(pseudo, &s))
+    }
+
+    fn udp_checksum_v4(ip: &Ipv4Hdr, seg: &[u8]) -> u16 {
+        udp_checksum(
             csum::pseudo_header_v4(&ip.src, &ip.dst, seg.len() as u16),
-            &s,
-        );
-        csum::udp_field(sum)
+            seg,
+        )
     }
 
     fn udp_checksum_v6(ip: &Ipv6Hdr, seg: &[u8]) -> u16 {
-        let mut s = seg.to_vec();
-        s[6] = 0;
-        s[7] = 0;
-        let sum = csum::add_bytes(
+        udp_checksum(
             csum::pseudo_header_v6(&ip.src, &ip.dst, seg.len() as u32),
-            &s,
-        );
-        csum::udp_field(sum)
+            seg,
+        )
     }
 
     /// A random IPv4/UDP packet (IP header without options followed by the UDP segment) whose
