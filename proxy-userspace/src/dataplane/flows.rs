@@ -1,0 +1,202 @@
+//! The flow table: what userspace writes for each flow (the entry from the session's
+//! [`FlowSpec`] and the next hop), its counters' slots, and userspace's mirror of it.
+
+use anyhow::{Context as _, anyhow, bail};
+use proxy_common::{Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags};
+
+use super::{Dataplane, Egress, Flow, FlowSpec, MismatchPolicy};
+
+/// The map entry of a flow: [`crate::flow`] holds the pure description, the layout of the
+/// kernel's entry is this module's.
+impl FlowSpec {
+    fn entry(&self, counter_slot: u32, egress: Option<&Egress>) -> FlowEntry {
+        let mut e = FlowEntry::hold(counter_slot);
+        e.set_state(self.state);
+        if let Some(peer) = self.peer {
+            e.peer = peer;
+            e.flags |= flow_flags::REQUIRE_PEER;
+        }
+        if self.mismatch == MismatchPolicy::Drop {
+            e.flags |= flow_flags::MISMATCH_DROP;
+        }
+        e.out_src = self.out_src;
+        e.out_dst = self.out_dst;
+        e.hint = self.hint.unwrap_or(Endpoint::UNSET);
+        e.hint_ip = self.hint_ip.map_or(Endpoint::UNSET, |ip| {
+            Endpoint::from(std::net::SocketAddr::new(ip, 0))
+        });
+        if let Some(g) = egress {
+            e.flags |= flow_flags::NEXT_HOP;
+            if g.native {
+                e.flags |= flow_flags::NATIVE_TX;
+            }
+            if g.redirect_only {
+                e.flags |= flow_flags::TX_REDIRECT;
+            }
+            e.egress_ifindex = g.hop.ifindex;
+            e.src_mac = g.hop.src_mac;
+            e.dst_mac = g.hop.dst_mac;
+            e.mtu = g.hop.mtu;
+        }
+        e
+    }
+}
+
+#[expect(
+    clippy::missing_errors_doc,
+    reason = "each method fails only when the kernel refuses a bpf() call, and says which"
+)]
+impl Dataplane {
+    /// Creates a flow. Fails if it exists or the table is full; nothing changes then.
+    pub fn add_flow(
+        &mut self,
+        key: FlowKey,
+        spec: &FlowSpec,
+        egress: Option<Egress>,
+    ) -> anyhow::Result<()> {
+        if self.mirror.contains_key(&key) {
+            bail!("flow {:?} exists", key.local);
+        }
+        if let Some(g) = egress {
+            self.ensure_egress(g.hop.ifindex)?;
+        }
+        let slot = self.alloc_slot()?;
+        let entry = spec.entry(slot, egress.as_ref());
+        if let Err(e) = self
+            .flow_counters
+            .set(slot, FlowCounters::default(), 0)
+            .and_then(|()| self.flows.insert(key, entry, 0))
+        {
+            self.free_slots.push(slot);
+            return Err(e).with_context(|| format!("adding flow {:?}", key.local));
+        }
+        self.remember(key, spec, egress, entry);
+        Ok(())
+    }
+
+    /// Userspace's copy of what the kernel now holds for `key`.
+    fn remember(
+        &mut self,
+        key: FlowKey,
+        spec: &FlowSpec,
+        egress: Option<Egress>,
+        entry: FlowEntry,
+    ) {
+        self.mirror.insert(
+            key,
+            Flow {
+                spec: *spec,
+                egress,
+                entry,
+            },
+        );
+    }
+
+    /// Replaces a flow's settings in one map update; its counters carry on.
+    pub fn update_flow(
+        &mut self,
+        key: FlowKey,
+        spec: &FlowSpec,
+        egress: Option<Egress>,
+    ) -> anyhow::Result<()> {
+        let old = *self
+            .mirror
+            .get(&key)
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
+        if let Some(g) = egress {
+            self.ensure_egress(g.hop.ifindex)?;
+        }
+        let entry = spec.entry(old.entry.counter_slot, egress.as_ref());
+        if entry != old.entry {
+            self.flows
+                .insert(key, entry, 0)
+                .with_context(|| format!("updating flow {:?}", key.local))?;
+        }
+        self.remember(key, spec, egress, entry);
+        Ok(())
+    }
+
+    /// Gives a flow a new next hop (or none), keeping what the session logic asked.
+    pub fn set_egress(&mut self, key: FlowKey, egress: Option<Egress>) -> anyhow::Result<()> {
+        let spec = self.flow_spec(key)?;
+        self.update_flow(key, &spec, egress)
+    }
+
+    /// Flips a flow to FORWARD toward `out_dst`, from `out_src`, accepting only `peer`.
+    pub fn set_forward(
+        &mut self,
+        key: FlowKey,
+        peer: Option<Endpoint>,
+        out_src: Endpoint,
+        out_dst: Endpoint,
+        egress: Option<Egress>,
+    ) -> anyhow::Result<()> {
+        let mut spec = self.flow_spec(key)?;
+        spec.state = FlowState::Forward;
+        spec.peer = peer;
+        spec.out_src = out_src;
+        spec.out_dst = out_dst;
+        self.update_flow(key, &spec, egress)
+    }
+
+    /// The settings of a flow as userspace last wrote them.
+    pub fn flow_spec(&self, key: FlowKey) -> anyhow::Result<FlowSpec> {
+        Ok(self
+            .mirror
+            .get(&key)
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?
+            .spec)
+    }
+
+    /// The next hop a flow was given.
+    #[must_use]
+    pub fn flow_egress(&self, key: FlowKey) -> Option<Egress> {
+        self.mirror.get(&key).and_then(|f| f.egress)
+    }
+
+    /// Removes a flow and returns its final counters.
+    pub fn remove_flow(&mut self, key: FlowKey) -> anyhow::Result<FlowCounters> {
+        let flow = self
+            .mirror
+            .remove(&key)
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
+        self.flows
+            .remove(&key)
+            .with_context(|| format!("removing flow {:?}", key.local))?;
+        let counters = self
+            .flow_counters
+            .get(&flow.entry.counter_slot, 0)
+            .unwrap_or_default();
+        self.free_slots.push(flow.entry.counter_slot);
+        Ok(counters)
+    }
+
+    pub fn flow_stats(&self, key: FlowKey) -> anyhow::Result<FlowCounters> {
+        let f = self
+            .mirror
+            .get(&key)
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
+        Ok(self.flow_counters.get(&f.entry.counter_slot, 0)?)
+    }
+
+    #[must_use]
+    pub fn has_flow(&self, key: FlowKey) -> bool {
+        self.mirror.contains_key(&key)
+    }
+
+    #[must_use]
+    pub fn flow_count(&self) -> usize {
+        self.mirror.len()
+    }
+
+    fn alloc_slot(&mut self) -> anyhow::Result<u32> {
+        if let Some(s) = self.free_slots.pop() {
+            return Ok(s);
+        }
+        if self.next_slot >= self.max_flows {
+            bail!("flow table full ({} flows)", self.max_flows);
+        }
+        self.next_slot += 1;
+        Ok(self.next_slot - 1)
+    }
+}
