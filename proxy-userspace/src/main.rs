@@ -175,8 +175,16 @@ struct CtlArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(log::LevelFilter::Info);
+    // The kernel's events are logged at their own level: asking for them lets them through
+    // the default filter too (RUST_LOG, parsed after, still has the last word).
+    if let Cmd::Run(a) = &cli.command {
+        logger.filter_module("mediaproxy::kernel", a.kernel_log.filter());
+    }
+    logger.parse_env(env_logger::Env::default()).init();
+    match cli.command {
         Cmd::Run(a) => run(a),
         Cmd::Check { interfaces } => {
             let missing = proxy_userspace::caps::check();
@@ -226,6 +234,18 @@ enum KernelLog {
 }
 
 impl KernelLog {
+    /// The log filter that lets the asked-for events through.
+    fn filter(self) -> log::LevelFilter {
+        match self {
+            KernelLog::Off => log::LevelFilter::Off,
+            KernelLog::Error => log::LevelFilter::Error,
+            KernelLog::Warn => log::LevelFilter::Warn,
+            KernelLog::Info => log::LevelFilter::Info,
+            KernelLog::Debug => log::LevelFilter::Debug,
+            KernelLog::Trace => log::LevelFilter::Trace,
+        }
+    }
+
     fn level(self) -> Option<aya_log::Level> {
         match self {
             KernelLog::Off => None,
@@ -302,8 +322,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
 /// process (as `git foo` runs `git-foo`). The lab builds namespaces, generators and rtpengine
 /// around a relay; it depends on the relay's library, so the relay cannot link it.
 fn lab(command: &str, args: &[OsString]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let lab = exe.with_file_name("mediaproxy-lab");
+    let lab = match std::env::var_os("MEDIAPROXY_LAB_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("mediaproxy-lab"),
+    };
     let err = std::process::Command::new(&lab)
         .arg(command)
         .args(args)

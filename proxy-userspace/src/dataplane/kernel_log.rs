@@ -36,8 +36,13 @@ impl KernelLog {
                         events: libc::POLLIN,
                         revents: 0,
                     }];
-                    if matches!(crate::sys::poll(&mut fds, KERNEL_LOG_POLL_MS), Ok(n) if n > 0) {
-                        logger.flush();
+                    match crate::sys::poll(&mut fds, KERNEL_LOG_POLL_MS) {
+                        Ok(0) => {}
+                        Ok(_) => logger.flush(),
+                        // Not for a busy loop: wait as long as a quiet poll would.
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(
+                            KERNEL_LOG_POLL_MS.unsigned_abs().into(),
+                        )),
                     }
                 }
             })?;

@@ -180,6 +180,7 @@ pub(super) fn scale_point(
         dst_port: 10_000,
         flows: u32::try_from(n)?,
         ports_per_ip: PER_IP as u32,
+        reverse_ip: [0; 4],
         reverse_port: 0,
         both_ways: false,
     };

@@ -317,7 +317,8 @@ pub(super) struct Target {
     pub(super) dst_port: u16,
     pub(super) flows: u32,
     pub(super) ports_per_ip: u32,
-    /// The relay's port facing the sink, where the reverse generator sends.
+    /// Where the reverse generator sends: the relay's address and port facing the sink.
+    pub(super) reverse_ip: [u8; 4],
     pub(super) reverse_port: u16,
     /// Run the reverse generator too (bidirectional runs; never for the flow scaling).
     pub(super) both_ways: bool,
@@ -401,7 +402,7 @@ impl Harness {
                     src_mac: r.src_mac,
                     dst_mac: r.dst_mac,
                     src_ip: *r.src.addr_v4(),
-                    dst_ip: [10, 0, 2, 1],
+                    dst_ip: target.reverse_ip,
                     _pad: [0; 4],
                 },
             ));

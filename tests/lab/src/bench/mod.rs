@@ -62,8 +62,9 @@ pub struct BenchArgs {
     /// passes on the median window's loss.
     #[arg(long)]
     pub window_ms: Option<u64>,
-    /// Only these modes (comma-separated: `XdpNative`, `XdpSkb`, `UserspaceAfXdp`, `KernelSockets`,
-    /// Rtpengine); the ceiling is always measured. A partial run fails `--check`.
+    /// Only these modes (comma-separated: `XdpNative`, `XdpSkb`, `UserspaceAfXdp`,
+    /// `KernelSockets`, `KernelForward`, `Rtpengine`); the ceiling is always measured. A partial
+    /// run fails `--check`.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<String>,
     /// Traffic both ways: generator → relay → sink and sink → relay → generator, the rate
@@ -83,16 +84,19 @@ pub enum Mode {
     XdpSkb,
     UserspaceAfXdp,
     KernelSockets,
+    /// The kernel's own IPv4 forwarding of the same frames: a router's path, with no rewrite.
+    KernelForward,
     Rtpengine,
     XdpDropCeiling,
 }
 
 impl Mode {
-    const ALL: [Mode; 6] = [
+    const ALL: [Mode; 7] = [
         Mode::XdpNative,
         Mode::XdpSkb,
         Mode::UserspaceAfXdp,
         Mode::KernelSockets,
+        Mode::KernelForward,
         Mode::Rtpengine,
         Mode::XdpDropCeiling,
     ];
@@ -103,6 +107,7 @@ impl Mode {
             Mode::XdpSkb => "XDP FORWARD, SKB (generic)",
             Mode::UserspaceAfXdp => "userspace over AF_XDP",
             Mode::KernelSockets => "kernel sockets (recvmmsg/sendmmsg)",
+            Mode::KernelForward => "kernel IPv4 forwarding (reference, no rewrite)",
             Mode::Rtpengine => "rtpengine 10.5 (userspace)",
             Mode::XdpDropCeiling => "XDP_DROP at ingress (ceiling)",
         }

@@ -20,7 +20,9 @@ use crate::{
 };
 
 use super::Mode;
-use super::harness::{GEN_PORT, Harness, RELAY_CPU, SINK_PORT, Target, pin_napi_threads};
+use super::harness::{
+    GEN_IP, GEN_PORT, Harness, RELAY_CPU, SINK_IP, SINK_PORT, Target, pin_napi_threads,
+};
 
 /// What runs as the relay; dropping it stops it.
 pub(super) enum RelayUnderTest {
@@ -29,6 +31,9 @@ pub(super) enum RelayUnderTest {
     },
     /// `XDP_DROP` counters at the relay's ingress (the ceiling), one per direction.
     Drop(Vec<Ebpf>),
+    /// Nothing runs: the relay namespace routes the frames itself (its interfaces forward, and
+    /// its neighbours are static).
+    Router,
 }
 
 pub(super) fn spawn_pinned(ns: &Netns, args: &[&str], log: &Path) -> anyhow::Result<Guarded> {
@@ -124,6 +129,7 @@ impl Harness {
             dst_port: 30000,
             flows: 1,
             ports_per_ip: 1,
+            reverse_ip: [10, 0, 2, 1],
             reverse_port: 30002,
             both_ways: self.reverse.is_some(),
         };
@@ -200,6 +206,12 @@ impl Harness {
                 )?;
                 std::thread::sleep(Duration::from_millis(300));
                 RelayUnderTest::Process { _child: g }
+            }
+            Mode::KernelForward => {
+                // Addressed to the far end itself, through the relay as a router.
+                (target.dst_ip, target.dst_port) = (SINK_IP, SINK_PORT);
+                (target.reverse_ip, target.reverse_port) = (GEN_IP, GEN_PORT);
+                RelayUnderTest::Router
             }
             Mode::Rtpengine => {
                 let args = rtpengine_args(&dir);

@@ -165,6 +165,10 @@ pub(super) fn compute_ratios(r: &mut Report) {
         div(native, rate_of(r, Mode::KernelSockets)),
     );
     r.ratios.insert(
+        "xdp_native_vs_kernel_forwarding (target >= 3)".into(),
+        div(native, rate_of(r, Mode::KernelForward)),
+    );
+    r.ratios.insert(
         "xdp_native_vs_ceiling (target >= 0.5)".into(),
         div(native, rate_of(r, Mode::XdpDropCeiling)),
     );
