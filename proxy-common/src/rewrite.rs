@@ -207,19 +207,20 @@ mod tests {
     fn random_v4(rng: &mut StdRng, kind: UdpChecksum) -> Vec<u8> {
         let payload_len = rng.random_range(0..1400usize);
         let udp_len = 8 + payload_len;
-        let mut p = vec![0u8; 20 + udp_len];
-        p[0] = 0x45;
-        p[1] = rng.random();
-        p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-        rng.fill(&mut p[4..6]);
-        p[8] = rng.random();
-        p[9] = 17;
-        rng.fill(&mut p[12..20]);
-        rng.fill(&mut p[20..24]);
-        p[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        let mut ip = Ipv4Hdr::udp(
+            rng.random(),
+            rng.random(),
+            rng.random(),
+            rng.random(),
+            0,
+            udp_len,
+        );
+        ip.tos = rng.random();
+        csum::fill_ipv4(&mut ip, &[]);
+        let udp = UdpHdr::new(rng.random(), rng.random(), udp_len as u16, 0);
+        let mut p = [ip.as_bytes(), udp.as_bytes()].concat();
+        p.resize(20 + udp_len, 0);
         rng.fill(&mut p[28..]);
-        let c = csum::of_bytes(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
         let (iph, seg) = p.split_at_mut(20);
         let ip = Ipv4Hdr::view(iph).unwrap();
         let check = match kind {
@@ -311,14 +312,10 @@ mod tests {
         for i in 0..3000 {
             let payload_len = rng.random_range(0..1400usize);
             let udp_len = 8 + payload_len;
-            let mut p = vec![0u8; 40 + udp_len];
-            p[0] = 0x60;
-            p[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-            p[6] = 17;
-            p[7] = 64;
-            rng.fill(&mut p[8..40]);
-            rng.fill(&mut p[40..44]);
-            p[44..46].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            let ip = Ipv6Hdr::udp(rng.random(), rng.random(), 64, udp_len as u16);
+            let udp = UdpHdr::new(rng.random(), rng.random(), udp_len as u16, 0);
+            let mut p = [ip.as_bytes(), udp.as_bytes()].concat();
+            p.resize(40 + udp_len, 0);
             rng.fill(&mut p[48..]);
             let partial = i % 2 == 1;
             {
