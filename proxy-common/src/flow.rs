@@ -239,6 +239,36 @@ pub struct FlowEntry {
     /// out of learning. Unset when unknown.
     pub hint: Endpoint,
     pub hint_ip: Endpoint,
+    /// The slot of the egress interface in the `EGRESS` DEVMAP (valid with `NEXT_HOP`): an
+    /// array index, so the FORWARD path's one hash lookup is the flow's own.
+    pub egress_slot: u32,
+    /// The checksum words of the rewrite that the entry already fixes (see [`CsumDelta`]).
+    pub csum: CsumDelta,
+}
+
+/// The sums behind a flow's checksum updates that do not depend on the packet, computed once
+/// by userspace (`rewrite::CsumDelta::of`) when it writes the entry, so that a FORWARD adds
+/// one precomputed word per checksum instead of summing every address it replaces. The
+/// arriving destination is the flow's key and the new addresses and ports are the entry's;
+/// only the arriving source varies (a flow that accepts any source), so the kernel adds its
+/// words itself.
+///
+/// Each is a one's-complement accumulator of big-endian 16-bit words, not yet folded.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct CsumDelta {
+    /// IPv4 header checksum (RFC 1624): the complemented old destination, the new source and
+    /// destination, and the TTL word's change.
+    pub ip: u32,
+    /// A complete UDP checksum's update: the same addresses, the complemented old destination
+    /// port and the new ports.
+    pub udp: u32,
+    /// The arriving packet's pseudo-header sum without its source and length: what tells a
+    /// partial checksum from a complete one.
+    pub pseudo_in: u32,
+    /// A recomputed UDP checksum's sum without the length and the payload: the new
+    /// pseudo-header's addresses and protocol, and the new ports.
+    pub pseudo_out: u32,
 }
 
 impl FlowEntry {
@@ -258,6 +288,13 @@ impl FlowEntry {
             dst_mac: [0; 6],
             hint: Endpoint::UNSET,
             hint_ip: Endpoint::UNSET,
+            egress_slot: 0,
+            csum: CsumDelta {
+                ip: 0,
+                udp: 0,
+                pseudo_in: 0,
+                pseudo_out: 0,
+            },
         }
     }
 
@@ -290,7 +327,8 @@ impl FlowEntry {
     }
 }
 
-/// Per-flow counters, one slot per flow in an array map. The kernel adds to them atomically;
+/// Per-flow counters, one slot per flow in an array map. The kernel adds to them (see
+/// `relay::add` in the XDP program for why without a lock);
 /// userspace zeroes a slot when it hands it to a new flow and otherwise only reads. Kept apart
 /// from [`FlowEntry`] so that userspace rewriting an entry (the flip to FORWARD) never loses
 /// a count the kernel made at the same moment.

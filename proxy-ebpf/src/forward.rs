@@ -73,32 +73,30 @@ pub fn forward<const SKB: bool>(
 
     let payload_off = pkt.udp_off + core::mem::size_of::<UdpHdr>();
     let payload_len = usize::from(pkt.udp_len) - core::mem::size_of::<UdpHdr>();
-    let finishable = payload_len <= MAX_CSUM_CHUNKS * CSUM_CHUNK;
     // SAFETY (both headers below): ptr_at bounds-checked them; they do not overlap each other
     // or the Ethernet header, and all have alignment 1.
     let udp = unsafe { &mut *ptr_at::<UdpHdr>(ctx, pkt.udp_off)? };
+    // The entry's precomputed sums cover the destination and everything written; only the
+    // arriving source's words are summed here, once, for the classification and both updates.
+    let rewrite = (&entry.out_src, &entry.out_dst, &entry.csum);
     if pkt.family == family::V4 {
         let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, L3_OFF)? };
-        let payload_sum = match rewrite::classify_v4(ip, udp) {
-            // Under generic XDP a partial checksum means an skb in CHECKSUM_PARTIAL state,
-            // which the egress NIC (or skb_checksum_help) will finish from the pseudo-header
-            // sum: a completed field would then be summed twice. TC's checksum helpers know
-            // the skb's state and update it right.
-            UdpChecksum::Partial if SKB => return Ok(Sent::SkbPath),
-            UdpChecksum::Partial if !finishable => return Ok(Sent::NotYet(Counter::PuntOversize)),
-            UdpChecksum::Partial => packet_sum(ctx, payload_off, payload_len)?,
-            _ => 0,
+        let src_sum = csum::add_bytes(0, &ip.src);
+        let kind = entry.csum.classify(udp, src_sum);
+        let sum = match payload_sum::<SKB>(ctx, kind, payload_off, payload_len)? {
+            Ok(sum) => sum,
+            Err(not_sent) => return Ok(not_sent),
         };
-        rewrite::rewrite_v4(ip, udp, &entry.out_src, &entry.out_dst, || payload_sum);
+        rewrite::rewrite_v4_with(ip, udp, rewrite, kind, src_sum, || sum);
     } else {
         let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, L3_OFF)? };
-        let payload_sum = match rewrite::classify_v6(ip, udp) {
-            UdpChecksum::Partial if SKB => return Ok(Sent::SkbPath),
-            UdpChecksum::Partial if !finishable => return Ok(Sent::NotYet(Counter::PuntOversize)),
-            UdpChecksum::Partial => packet_sum(ctx, payload_off, payload_len)?,
-            _ => 0,
+        let src_sum = csum::add_bytes(0, &ip.src);
+        let kind = entry.csum.classify(udp, src_sum);
+        let sum = match payload_sum::<SKB>(ctx, kind, payload_off, payload_len)? {
+            Ok(sum) => sum,
+            Err(not_sent) => return Ok(not_sent),
         };
-        rewrite::rewrite_v6(ip, udp, &entry.out_src, &entry.out_dst, || payload_sum);
+        rewrite::rewrite_v6_with(ip, udp, rewrite, kind, src_sum, || sum);
     }
     // SAFETY: bounds-checked by ptr_at; alignment 1.
     let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0)? };
@@ -114,9 +112,32 @@ pub fn forward<const SKB: bool>(
     if egress == ingress && !entry.has_flag(flow_flags::TX_REDIRECT) {
         return Ok(Sent::Tx);
     }
-    match EGRESS.redirect(egress, 0) {
+    match EGRESS.redirect(entry.egress_slot, 0) {
         Ok(action) if action == xdp_action::XDP_REDIRECT => Ok(Sent::Redirect(action)),
         _ => Err(Error::RedirectFailed),
+    }
+}
+
+/// The payload sum the rewrite needs for a checksum of `kind` (none but for a partial one),
+/// or what becomes of a packet XDP does not finish.
+#[inline(always)]
+fn payload_sum<const SKB: bool>(
+    ctx: &XdpContext,
+    kind: UdpChecksum,
+    off: usize,
+    len: usize,
+) -> Result<Result<u64, Sent>, Error> {
+    match kind {
+        // Under generic XDP a partial checksum means an skb in CHECKSUM_PARTIAL state, which
+        // the egress NIC (or skb_checksum_help) will finish from the pseudo-header sum: a
+        // completed field would then be summed twice. TC's checksum helpers know the skb's
+        // state and update it right.
+        UdpChecksum::Partial if SKB => Ok(Err(Sent::SkbPath)),
+        UdpChecksum::Partial if len > MAX_CSUM_CHUNKS * CSUM_CHUNK => {
+            Ok(Err(Sent::NotYet(Counter::PuntOversize)))
+        }
+        UdpChecksum::Partial => packet_sum(ctx, off, len).map(Ok),
+        UdpChecksum::Absent | UdpChecksum::Complete => Ok(Ok(0)),
     }
 }
 

@@ -6,8 +6,6 @@
 //! and every map in `maps`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 // Every function of the program is inlined into its entry point: the verifier then follows
 // each packet pointer's bounds within one frame, and no BPF-to-BPF call costs a jump.
 #![expect(clippy::inline_always, reason = "BPF: see above")]

@@ -3,12 +3,12 @@
 //! | map             | key                  | written by                                   |
 //! |-----------------|----------------------|----------------------------------------------|
 //! | `FLOWS`         | relay address:port   | userspace control thread (add, flip, remove) |
-//! | `FLOW_COUNTERS` | counter slot         | kernel (atomic adds); userspace zeroes a slot before reuse |
+//! | `FLOW_COUNTERS` | counter slot         | kernel (plain adds, see `relay::add`); userspace zeroes a slot before reuse |
 //! | `COUNTERS`      | `Counter` index      | kernel, per CPU; userspace reads             |
 //! | `CONFIG`        | 0                    | userspace at start-up                        |
 //! | `XSK_BASE`      | ifindex              | userspace: where the interface's sockets start in `XSKS` |
 //! | `XSKS`          | base + rx queue      | userspace, one `AF_XDP` socket per queue       |
-//! | `EGRESS`        | ifindex              | userspace, each egress a next hop uses       |
+//! | `EGRESS`        | egress slot          | userspace, each egress a next hop uses       |
 //! | `SOCKETS`       | 0: IPv4, 1: IPv6     | userspace: the fallback sockets `sk_lookup` assigns |
 //! | `LOCAL_ADDRS`   | address (port 0)     | userspace: the relay's own addresses (probes)|
 //! | `PUNT_TAT`      | `budget::*`          | kernel, per CPU: the global punt budgets     |
@@ -18,7 +18,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, SockMap, XskMap},
+    maps::{Array, DevMap, HashMap, PerCpuArray, SockMap, XskMap},
 };
 use proxy_common::{
     Counter, Endpoint, FlowCounters, FlowEntry, FlowKey, RelayConfig,
@@ -50,8 +50,10 @@ static XSK_BASE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0
 #[map]
 pub static XSKS: XskMap = XskMap::with_max_entries(MAX_INTERFACES * MAX_QUEUES_PER_INTERFACE, 0);
 
+/// An array, indexed by the slot userspace gives each egress device: the FORWARD path's one
+/// hash lookup stays the flow's.
 #[map]
-pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+pub static EGRESS: DevMap = DevMap::with_max_entries(MAX_INTERFACES, 0);
 
 #[map]
 pub static SOCKETS: SockMap = SockMap::with_max_entries(2, 0);

@@ -142,18 +142,29 @@ fn punt(ctx: &XdpContext, why: Counter) -> Result<Verdict, Error> {
     }
 }
 
-/// Records the time of the flow's latest accepted packet.
+/// Records the time of the flow's latest accepted packet. The coarse clock moves once a
+/// jiffy, so the store is skipped while it has not: at thousands of packets a second a flow's
+/// `last_seen_ns` is written a few hundred times a second, not per packet.
 #[inline(always)]
 pub fn touch(counters: Option<*mut FlowCounters>) {
     if let Some(c) = counters {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         // SAFETY: the slot is a valid array element for the life of the program run; a plain
         // store (the latest writer wins, any of them is right).
-        unsafe { (*c).last_seen_ns = bpf_ktime_get_coarse_ns() };
+        unsafe {
+            if (*c).last_seen_ns != now {
+                (*c).last_seen_ns = now;
+            }
+        }
     }
 }
 
-/// Adds to one per-flow counter. Flows share no slot, but a flow's packets can arrive on
-/// several CPUs at once, hence the atomic add.
+/// Adds to one per-flow counter, without a locked instruction. A flow is one 5-tuple, which
+/// the NIC's RSS hashes to one queue, so its packets are counted on one CPU and the slot's
+/// cache line stays there. Should two CPUs ever count the same flow at once (a sender whose
+/// packets reach the relay through several queues), an add can be lost, never corrupted: the
+/// counters are traffic statistics, and the lost fraction is that of the overlap.
 #[inline(always)]
 pub fn add(
     counters: Option<*mut FlowCounters>,
@@ -163,18 +174,6 @@ pub fn add(
     if let Some(c) = counters {
         // SAFETY: a valid array element (see above); the field is 8-byte aligned inside it.
         let field = unsafe { field(&mut *c) };
-        // SAFETY: as above. The BPF target has no stable atomic read-modify-write; this
-        // intrinsic lowers to BPF_ATOMIC_ADD.
-        #[cfg(target_arch = "bpf")]
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                field, n,
-            )
-        };
-        // The host build (unit tests) has stable atomics.
-        #[cfg(not(target_arch = "bpf"))]
-        // SAFETY: as above; `AtomicU64` has the layout of `u64`, and the field is aligned.
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(field) }
-            .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+        *field = field.wrapping_add(n);
     }
 }

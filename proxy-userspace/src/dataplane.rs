@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, SockMap, XskMap},
+    maps::{Array, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, SockMap, XskMap},
     programs::{
         SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode, sk_lookup::SkLookupLinkId,
         tc::SchedClassifierLinkId, xdp::XdpLinkId,
@@ -155,6 +155,22 @@ struct Attachment {
     tc: Option<SchedClassifierLinkId>,
 }
 
+/// A slot of the `EGRESS` DEVMAP: the device it sends into, and how many flow entries name
+/// it. Flows hold slots, not ifindexes, so a slot goes to another device only when no entry
+/// names it any more: a flow is never sent into a device it was not resolved to.
+#[derive(Clone, Copy, Debug, Default)]
+struct EgressSlot {
+    /// 0 once the device went away or was re-attached (or before first use).
+    ifindex: u32,
+    users: u32,
+}
+
+impl EgressSlot {
+    fn is_free(self) -> bool {
+        self.ifindex == 0 && self.users == 0
+    }
+}
+
 /// What userspace wrote for one flow.
 #[derive(Clone, Copy, Debug)]
 struct Flow {
@@ -172,8 +188,9 @@ pub struct Dataplane {
     xsk_base: BpfHashMap<MapData, u32, u32>,
     /// Interfaces with sockets, by XSKS range; 0 marks a free range.
     xsk_bases: Vec<u32>,
-    egress: DevMapHash<MapData>,
-    egress_devices: HashSet<u32>,
+    egress: DevMap<MapData>,
+    /// The `EGRESS` slots, by index (see [`EgressSlot`]).
+    egress_slots: Vec<EgressSlot>,
     sockets: SockMap<MapData>,
     local_addrs: BpfHashMap<MapData, Endpoint, u8>,
     local_set: HashSet<IpAddr>,
@@ -232,7 +249,7 @@ impl Dataplane {
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
         let xsks = XskMap::try_from(take(&mut ebpf, "XSKS")?)?;
         let xsk_base = BpfHashMap::try_from(take(&mut ebpf, "XSK_BASE")?)?;
-        let egress = DevMapHash::try_from(take(&mut ebpf, "EGRESS")?)?;
+        let egress = DevMap::try_from(take(&mut ebpf, "EGRESS")?)?;
         let sockets = SockMap::try_from(take(&mut ebpf, "SOCKETS")?)?;
         let local_addrs = BpfHashMap::try_from(take(&mut ebpf, "LOCAL_ADDRS")?)?;
         let mut config: Array<MapData, RelayConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)?;
@@ -252,7 +269,7 @@ impl Dataplane {
             xsk_base,
             xsk_bases: Vec::new(),
             egress,
-            egress_devices: HashSet::new(),
+            egress_slots: Vec::new(),
             sockets,
             local_addrs,
             local_set: HashSet::new(),
@@ -335,8 +352,12 @@ impl Dataplane {
             self.xsk_bases[slot] = 0;
             let _ = self.xsk_base.remove(&ifindex);
         }
-        if self.egress_devices.remove(&ifindex) {
-            let _ = self.egress.remove(ifindex);
+        // The kernel itself clears an unregistered device out of every DEVMAP; the slot is
+        // given to another device only once no flow names it.
+        for s in &mut self.egress_slots {
+            if s.ifindex == ifindex {
+                s.ifindex = 0;
+            }
         }
     }
 
@@ -410,18 +431,39 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Lets native XDP redirect into `ifindex` (an egress that some next hop uses). The
-    /// kernel resolves the ifindex in the network namespace of the calling thread, so flows
-    /// with a next hop must be written from the relay's namespace.
-    fn ensure_egress(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        if self.egress_devices.insert(ifindex)
-            && let Err(e) = self.egress.insert(ifindex, ifindex, None, 0)
-        {
-            self.egress_devices.remove(&ifindex);
-            return Err(e)
-                .with_context(|| format!("adding ifindex {ifindex} to the EGRESS devmap"));
+    /// Lets native XDP redirect into `ifindex` (an egress that some next hop uses) and returns
+    /// its `EGRESS` slot. The kernel resolves the ifindex in the network namespace of the
+    /// calling thread, so flows with a next hop must be written from the relay's namespace.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "slots are below MAX_INTERFACES (64), checked before they are made"
+    )]
+    fn egress_slot(&mut self, ifindex: u32) -> anyhow::Result<u32> {
+        if let Some(i) = self.egress_slots.iter().position(|s| s.ifindex == ifindex) {
+            return Ok(i as u32);
         }
-        Ok(())
+        let i = match self.egress_slots.iter().position(|s| s.is_free()) {
+            Some(free) => free,
+            None if (self.egress_slots.len() as u32) < MAX_INTERFACES => {
+                self.egress_slots.push(EgressSlot::default());
+                self.egress_slots.len() - 1
+            }
+            None => bail!("more than {MAX_INTERFACES} egress interfaces"),
+        };
+        self.egress
+            .set(i as u32, ifindex, None, 0)
+            .with_context(|| format!("adding ifindex {ifindex} to the EGRESS devmap"))?;
+        self.egress_slots[i].ifindex = ifindex;
+        Ok(i as u32)
+    }
+
+    /// Counts a flow entry in or out of the users of its egress slot.
+    fn use_egress_slot(&mut self, entry: &FlowEntry, users: fn(u32) -> u32) {
+        if entry.has_flag(proxy_common::flow::flow_flags::NEXT_HOP)
+            && let Some(s) = self.egress_slots.get_mut(entry.egress_slot as usize)
+        {
+            s.users = users(s.users);
+        }
     }
 
     /// Routes punted packets of rx queue `queue` of `ifindex` to this `AF_XDP` socket, which

@@ -17,13 +17,14 @@ fn layouts_have_no_padding() {
     assert_packed!(FlowKey, 20, 1, [Endpoint]);
     assert_packed!(
         FlowEntry,
-        124,
+        144,
         4,
         [
             u8, u8, u16, u32, Endpoint, Endpoint, Endpoint, u32, [u8; 6], [u8; 6], Endpoint,
-            Endpoint
+            Endpoint, u32, CsumDelta
         ]
     );
+    assert_packed!(CsumDelta, 16, 4, [u32, u32, u32, u32]);
     assert_packed!(FlowCounters, 56, 8, [u64, u64, u64, u64, u64, u64, u64]);
     assert_packed!(Budget, 16, 8, [u64, u64]);
     assert_packed!(RelayConfig, 72, 8, [[u8; 2], [u8; 6], Budget, [Budget; 3]]);
@@ -38,6 +39,8 @@ fn field_offsets_are_stable() {
     assert_eq!(core::mem::offset_of!(FlowEntry, egress_ifindex), 68);
     assert_eq!(core::mem::offset_of!(FlowEntry, src_mac), 72);
     assert_eq!(core::mem::offset_of!(FlowEntry, dst_mac), 78);
+    assert_eq!(core::mem::offset_of!(FlowEntry, egress_slot), 124);
+    assert_eq!(core::mem::offset_of!(FlowEntry, csum), 128);
     assert_eq!(core::mem::offset_of!(Endpoint, port), 16);
 }
 

@@ -2,14 +2,17 @@
 //! [`FlowSpec`] and the next hop), its counters' slots, and userspace's mirror of it.
 
 use anyhow::{Context as _, anyhow, bail};
-use proxy_common::{Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags};
+use proxy_common::{
+    Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags, rewrite::CsumDelta,
+};
 
 use super::{Dataplane, Egress, Flow, FlowSpec, MismatchPolicy};
 
 /// The map entry of a flow: [`crate::flow`] holds the pure description, the layout of the
 /// kernel's entry is this module's.
 impl FlowSpec {
-    fn entry(&self, counter_slot: u32, egress: Option<&Egress>) -> FlowEntry {
+    /// The entry of flow `key`; `egress` is the next hop and its `EGRESS` slot.
+    fn entry(&self, key: &FlowKey, counter_slot: u32, egress: Option<(&Egress, u32)>) -> FlowEntry {
         let mut e = FlowEntry::hold(counter_slot);
         e.set_state(self.state);
         if let Some(peer) = self.peer {
@@ -21,12 +24,14 @@ impl FlowSpec {
         }
         e.out_src = self.out_src;
         e.out_dst = self.out_dst;
+        e.csum = CsumDelta::of(&key.local, &self.out_src, &self.out_dst);
         e.hint = self.hint.unwrap_or(Endpoint::UNSET);
         e.hint_ip = self.hint_ip.map_or(Endpoint::UNSET, |ip| {
             Endpoint::from(std::net::SocketAddr::new(ip, 0))
         });
-        if let Some(g) = egress {
+        if let Some((g, slot)) = egress {
             e.flags |= flow_flags::NEXT_HOP;
+            e.egress_slot = slot;
             if g.native {
                 e.flags |= flow_flags::NATIVE_TX;
             }
@@ -57,11 +62,11 @@ impl Dataplane {
         if self.mirror.contains_key(&key) {
             bail!("flow {:?} exists", key.local);
         }
-        if let Some(g) = egress {
-            self.ensure_egress(g.hop.ifindex)?;
-        }
+        let egress_slot = egress
+            .map(|g| self.egress_slot(g.hop.ifindex))
+            .transpose()?;
         let slot = self.alloc_slot()?;
-        let entry = spec.entry(slot, egress.as_ref());
+        let entry = spec.entry(&key, slot, egress.as_ref().zip(egress_slot));
         if let Err(e) = self
             .flow_counters
             .set(slot, FlowCounters::default(), 0)
@@ -82,6 +87,10 @@ impl Dataplane {
         egress: Option<Egress>,
         entry: FlowEntry,
     ) {
+        self.use_egress_slot(&entry, |n| n + 1);
+        if let Some(old) = self.mirror.get(&key).map(|f| f.entry) {
+            self.use_egress_slot(&old, |n| n.saturating_sub(1));
+        }
         self.mirror.insert(
             key,
             Flow {
@@ -103,10 +112,14 @@ impl Dataplane {
             .mirror
             .get(&key)
             .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
-        if let Some(g) = egress {
-            self.ensure_egress(g.hop.ifindex)?;
-        }
-        let entry = spec.entry(old.entry.counter_slot, egress.as_ref());
+        let egress_slot = egress
+            .map(|g| self.egress_slot(g.hop.ifindex))
+            .transpose()?;
+        let entry = spec.entry(
+            &key,
+            old.entry.counter_slot,
+            egress.as_ref().zip(egress_slot),
+        );
         if entry != old.entry {
             self.flows
                 .insert(key, entry, 0)
@@ -163,6 +176,7 @@ impl Dataplane {
         self.flows
             .remove(&key)
             .with_context(|| format!("removing flow {:?}", key.local))?;
+        self.use_egress_slot(&flow.entry, |n| n.saturating_sub(1));
         let counters = self
             .flow_counters
             .get(&flow.entry.counter_slot, 0)

@@ -47,6 +47,8 @@ pub(super) struct Harness {
     pub(super) forward: Generator,
     /// Sink → relay → generator, for bidirectional runs.
     pub(super) reverse: Option<Generator>,
+    /// The other `mediaproxy` build measured as [`Mode::XdpNativeBaseline`].
+    pub(super) baseline: Option<std::path::PathBuf>,
 }
 
 /// One traffic source: a generator program sending out of one interface of its namespace.
@@ -207,6 +209,7 @@ impl Harness {
                 sink,
                 forward,
                 reverse,
+                baseline: None,
             },
             sink_prog,
             reverse_sink,
@@ -527,7 +530,7 @@ impl Harness {
     /// the userspace mode does not.
     pub(super) fn check_state(&self, mode: Mode) -> anyhow::Result<String> {
         let want = match mode {
-            Mode::XdpNative | Mode::XdpSkb => "FORWARD",
+            Mode::XdpNative | Mode::XdpNativeBaseline | Mode::XdpSkb => "FORWARD",
             Mode::UserspaceAfXdp => "HOLD",
             _ => return Ok(String::new()),
         };

@@ -11,8 +11,11 @@
 //! - **Sink**: an XDP program that counts the frames and their one-way latency (same clock).
 //!
 //! Each mode's maximum loss-free rate is a binary search for loss below 0.01 % over a fixed
-//! window (RFC 2544 style); latency and CPU per packet are then measured at one offered load
-//! that every mode sustains.
+//! window (RFC 2544 style), run several times (the report gives the median: one search on a
+//! shared machine is jitter-bound); then its rate and relay-core CPU per packet at overload,
+//! the generator flat out, which hold when a loss-free rate does not. Latency and CPU per
+//! packet are then measured at one offered load that every mode sustains. `--baseline` adds
+//! another build of mediaproxy as a row of the same run, for an A/B of a change.
 
 mod flood;
 mod flows;
@@ -24,14 +27,14 @@ mod search;
 mod socket_relay;
 
 pub use flood::Flood;
-use flows::{PROGRAM_FACTS, scale_point};
+use flows::{program_facts, scale_point};
 use harness::{Harness, RELAY_CPU, both, cpu_busy_ns, install_signal_handler, sink_histogram};
 use ngload::{ng_load, percentile_us};
 use relays::{RelayUnderTest, out_dir};
 use report::{
     Latency, ModeResult, Report, check, compute_ratios, kernel, machine, print_table, svg,
 };
-use search::{Plan, Search, loss_free};
+use search::{Overload, Plan, Search, loss_free, median_search, overload};
 pub use socket_relay::socket_relay;
 
 use std::{
@@ -74,6 +77,17 @@ pub struct BenchArgs {
     /// Flow counts for the scaling figures (default: 1,1000,100000,1000000).
     #[arg(long, value_delimiter = ',')]
     pub flows: Vec<u64>,
+    /// Only time the relay's XDP program under `BPF_PROG_TEST_RUN` (seconds, no traffic): for
+    /// an A/B of a change to the program.
+    #[arg(long)]
+    pub program_only: bool,
+    /// Loss-free searches per mode, whose median the report gives (default 3, quick 1).
+    #[arg(long)]
+    pub runs: Option<u32>,
+    /// Also measure this other build of `mediaproxy` as XDP native, beside this one in the same
+    /// run (an A/B of a change: `--baseline /path/to/old/mediaproxy`).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
 }
 
 const LOSS_FREE: f64 = 0.0001; // 0.01 %
@@ -81,6 +95,8 @@ const LOSS_FREE: f64 = 0.0001; // 0.01 %
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Mode {
     XdpNative,
+    /// XDP native, run by the `--baseline` build.
+    XdpNativeBaseline,
     XdpSkb,
     UserspaceAfXdp,
     KernelSockets,
@@ -91,8 +107,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 7] = [
+    const ALL: [Mode; 8] = [
         Mode::XdpNative,
+        Mode::XdpNativeBaseline,
         Mode::XdpSkb,
         Mode::UserspaceAfXdp,
         Mode::KernelSockets,
@@ -104,6 +121,7 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::XdpNative => "XDP FORWARD, native",
+            Mode::XdpNativeBaseline => "XDP FORWARD, native: baseline build",
             Mode::XdpSkb => "XDP FORWARD, SKB (generic)",
             Mode::UserspaceAfXdp => "userspace over AF_XDP",
             Mode::KernelSockets => "kernel sockets (recvmmsg/sendmmsg)",
@@ -121,10 +139,6 @@ impl Mode {
 /// # Errors
 ///
 /// When the testbed cannot be built or a measurement fails.
-#[expect(
-    clippy::missing_panics_doc,
-    reason = "the program facts' lock is only poisoned if a measurement panicked, which ends the run"
-)]
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.check {
         return check(p);
@@ -134,8 +148,6 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         bail!("the benchmark pins the generator and the relay to different CPUs: it needs two");
     }
     install_signal_handler();
-    // Per-program run time and count, while this fd lives.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let plan = Plan::of(a);
     let started = Instant::now();
     eprintln!(
@@ -143,10 +155,22 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         if a.quick { "quick" } else { "full" },
         plan.window.as_millis()
     );
-    let (h, mut sink, mut rsink) = Harness::build(a.bidirectional)?;
+    let (mut h, mut sink, mut rsink) = Harness::build(a.bidirectional)?;
+    h.baseline.clone_from(&a.baseline);
+    // First, while no program's run time is being counted.
     let mut report = Report::new(a, &plan);
+    report.program = program_facts(&h)?;
+    if a.program_only {
+        report::print_program(&report.program);
+        return Ok(());
+    }
+    // Per-program run time and count, while this fd lives.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let ceiling = drop_ceiling(&h, &plan, &mut report)?;
     let wanted = |m: Mode| {
+        if m == Mode::XdpNativeBaseline {
+            return a.baseline.is_some();
+        }
         m == Mode::XdpDropCeiling
             || a.modes.is_empty()
             || a.modes
@@ -171,7 +195,6 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             .push(scale_point(&h, &mut [&mut sink], n, ceiling, &plan)?);
     }
     report.ng = ng_load(&h, if a.quick { 2_000 } else { 30_000 })?;
-    report.program = PROGRAM_FACTS.lock().expect("not poisoned").clone();
     compute_ratios(&mut report);
     print_table(&report);
     write(a, &report)?;
@@ -189,11 +212,16 @@ wrote {} and {} ({:.0} s)",
 impl Plan {
     /// The quick or the full profile, with the command line's overrides.
     fn of(a: &BenchArgs) -> Self {
-        let (window_ms, repeats, bisections) = if a.quick { (200, 3, 3) } else { (400, 5, 7) };
+        let (window_ms, repeats, bisections, runs) = if a.quick {
+            (200, 3, 3, 1)
+        } else {
+            (400, 5, 7, 3)
+        };
         Plan {
             window: Duration::from_millis(a.window_ms.unwrap_or(window_ms)),
             repeats,
             bisections,
+            runs: a.runs.unwrap_or(runs).max(1),
             flows: if a.flows.is_empty() {
                 vec![1, 1_000, 100_000, 1_000_000]
             } else {
@@ -225,18 +253,25 @@ fn drop_ceiling(h: &Harness, plan: &Plan, report: &mut Report) -> anyhow::Result
         ceiling as f64 / 1e6,
         flat.rate() as f64 / 1e6
     );
-    let s = loss_free(
-        h,
-        &mut drop_sinks,
-        drop_target,
-        ceiling,
-        plan,
-        || Ok(None),
-        Mode::XdpDropCeiling.label(),
-    )?;
-    report
-        .modes
-        .push(ModeResult::of(Mode::XdpDropCeiling, &s, String::new()));
+    let mut runs = Vec::new();
+    for _ in 0..plan.runs {
+        runs.push(loss_free(
+            h,
+            &mut drop_sinks,
+            drop_target,
+            ceiling,
+            plan,
+            || Ok(None),
+            Mode::XdpDropCeiling.label(),
+        )?);
+    }
+    let o = overload(h, &mut drop_sinks, drop_target, plan)?;
+    report.modes.push(ModeResult::of(
+        Mode::XdpDropCeiling,
+        median_search(runs),
+        &o,
+        String::new(),
+    ));
     Ok(ceiling)
 }
 
@@ -254,29 +289,36 @@ fn loss_free_of(
     let mut relay = Some(relay);
     h.trial(sinks, target, 1000, Duration::from_millis(200))?;
     let note = h.check_state(mode)?;
-    let s = loss_free(
-        h,
-        sinks,
-        target,
-        ceiling,
-        plan,
-        || {
-            // rtpengine 10.5 stalls a stream for good after an overload: start it afresh,
-            // with its session set up again.
-            if mode != Mode::Rtpengine {
-                return Ok(None);
-            }
-            drop(relay.take());
-            std::thread::sleep(Duration::from_millis(300));
-            let (r, t) = h.start(mode)?;
-            relay = Some(r);
-            Ok(Some(t))
-        },
-        mode.label(),
-    )?;
+    let mut target = target;
+    let mut runs = Vec::new();
+    for _ in 0..plan.runs {
+        runs.push(loss_free(
+            h,
+            sinks,
+            target,
+            ceiling,
+            plan,
+            || {
+                // rtpengine 10.5 stalls a stream for good after an overload: start it afresh,
+                // with its session set up again.
+                if mode != Mode::Rtpengine {
+                    return Ok(None);
+                }
+                drop(relay.take());
+                std::thread::sleep(Duration::from_millis(300));
+                let (r, t) = h.start(mode)?;
+                relay = Some(r);
+                target = t;
+                Ok(Some(t))
+            },
+            mode.label(),
+        )?);
+    }
+    // Last, since rtpengine may not recover from it.
+    let o = overload(h, sinks, target, plan)?;
     drop(relay);
     std::thread::sleep(Duration::from_millis(200));
-    Ok(ModeResult::of(mode, &s, note))
+    Ok(ModeResult::of(mode, median_search(runs), &o, note))
 }
 
 /// Latency and CPU per packet of every mode at one load that every mode sustains: 80 % of
@@ -352,8 +394,17 @@ fn latency_and_cpu(
 }
 
 impl ModeResult {
-    /// `mode`'s row from its loss-free search.
-    fn of(mode: Mode, s: &Search, note: String) -> Self {
+    /// `mode`'s row from the median of its loss-free searches (with every search's rate) and
+    /// its overload trial.
+    fn of(mode: Mode, (s, runs): (Search, Vec<u64>), o: &Overload, note: String) -> Self {
+        // The sink's program runs on the relay core (a veth redirect runs the peer's XDP in
+        // the sender's context) but is no part of the relay; the drop ceiling's counting
+        // program is the relay there.
+        let sink = if mode == Mode::XdpDropCeiling {
+            0.0
+        } else {
+            o.prog_ns[1].unwrap_or(0.0)
+        };
         ModeResult {
             mode: format!("{mode:?}"),
             label: mode.label().into(),
@@ -361,7 +412,13 @@ impl ModeResult {
             cpu_ns_per_packet_at_loss_free: s.cpu_ns,
             xdp_program_ns: s.prog_ns[0],
             sink_program_ns: s.prog_ns[1],
-            trials: s.trials.clone(),
+            trials: s.trials,
+            loss_free_runs: runs,
+            overload_pps: o.rate,
+            cpu_ns_per_packet_at_overload: Some(o.cpu_ns),
+            cpu_ns_per_packet_at_overload_without_sink: Some(o.cpu_ns - sink),
+            xdp_program_ns_at_overload: o.prog_ns[0],
+            sink_program_ns_at_overload: o.prog_ns[1],
             note,
             ..ModeResult::default()
         }

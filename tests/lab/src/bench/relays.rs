@@ -134,7 +134,12 @@ impl Harness {
             both_ways: self.reverse.is_some(),
         };
         let relay = match mode {
-            Mode::XdpNative | Mode::XdpSkb | Mode::UserspaceAfXdp => {
+            Mode::XdpNative | Mode::XdpNativeBaseline | Mode::XdpSkb | Mode::UserspaceAfXdp => {
+                let bin = match (mode, &self.baseline) {
+                    (Mode::XdpNativeBaseline, Some(b)) => b.to_string_lossy().into_owned(),
+                    (Mode::XdpNativeBaseline, None) => bail!("no --baseline build to measure"),
+                    _ => bin.clone(),
+                };
                 let xdp_mode = if mode == Mode::XdpSkb {
                     "skb"
                 } else {

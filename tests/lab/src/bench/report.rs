@@ -36,6 +36,24 @@ pub struct ModeResult {
     pub xdp_program_ns: Option<f64>,
     /// And the sink's counting program, which runs on the relay core too.
     pub sink_program_ns: Option<f64>,
+    /// Every loss-free search's rate; `loss_free_pps` is their median.
+    pub loss_free_runs: Vec<u64>,
+    /// The rate the sink received with the generator flat out (the median window).
+    pub overload_pps: u64,
+    /// Relay core busy time per packet at overload.
+    pub cpu_ns_per_packet_at_overload: Option<f64>,
+    /// The same without the sink's program, which runs on the relay core but is not the
+    /// relay's (for the `XDP_DROP` ceiling, whose counting program is the relay, nothing is
+    /// taken off).
+    pub cpu_ns_per_packet_at_overload_without_sink: Option<f64>,
+    /// The relay's and the sink's XDP program per run at overload.
+    pub xdp_program_ns_at_overload: Option<f64>,
+    pub sink_program_ns_at_overload: Option<f64>,
+    /// Rate ratios in the same run: loss-free rate over the `XDP_DROP` ceiling's, and over
+    /// rtpengine's (loss-free and at overload).
+    pub vs_drop: Option<f64>,
+    pub vs_rtpengine: Option<f64>,
+    pub vs_rtpengine_at_overload: Option<f64>,
     pub note: String,
 }
 
@@ -44,17 +62,36 @@ pub struct ProgramFacts {
     pub xlated_bytes: u32,
     pub jited_bytes: u32,
     pub verified_instructions: u32,
-    /// `BPF_PROG_TEST_RUN`, best of three runs of 10^6 repeats: a packet to no flow (`XDP_PASS`),
-    /// a FORWARD packet (lookup, FIB, rewrite, redirect), and the same with the FIB lookup's
-    /// share estimated by a flow whose next hop the FIB cannot give (no neighbour).
-    pub test_run_ns_no_flow: f64,
-    pub test_run_ns_forward: f64,
+    /// `BPF_PROG_TEST_RUN`, ns per run over 201 calls of 250 repeats: a packet to no flow
+    /// (`XDP_PASS`), a FORWARD of a 214-byte frame with a complete UDP checksum (lookup,
+    /// rewrite, redirect), the same with a partial checksum and a 160-byte payload (summed in
+    /// the program), and an `XDP_PASS` program on the same frame (the harness's own cost).
+    pub test_run_ns_no_flow: Timed,
+    pub test_run_ns_forward: Timed,
+    pub test_run_ns_forward_partial: Timed,
+    pub test_run_ns_floor: Timed,
+}
+
+/// A time per run under `BPF_PROG_TEST_RUN` (see `flows::ProgramTiming`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Timed {
+    pub median_ns: f64,
+    pub fastest_ns: f64,
+}
+
+impl std::fmt::Display for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} / {:.0} ns", self.median_ns, self.fastest_ns)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ScalePoint {
     pub flows: u64,
     pub loss_free_pps: u64,
+    /// Received rate and relay core busy time per packet with the generator flat out.
+    pub overload_pps: u64,
+    pub cpu_ns_per_packet_at_overload: f64,
     /// Kernel memory of the flow table and counters, per flow (from the maps' fdinfo).
     pub map_bytes_per_flow: f64,
     pub install_seconds: f64,
@@ -130,66 +167,108 @@ pub(super) fn kernel() -> String {
         .to_owned()
 }
 
+fn mode_of(r: &Report, m: Mode) -> Option<&ModeResult> {
+    r.modes.iter().find(|x| x.mode == format!("{m:?}"))
+}
+
 #[expect(
     clippy::cast_precision_loss,
     reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
 )]
 pub(super) fn rate_of(r: &Report, m: Mode) -> f64 {
-    r.modes
-        .iter()
-        .find(|x| x.mode == format!("{m:?}"))
-        .map_or(0.0, |x| x.loss_free_pps as f64)
+    mode_of(r, m).map_or(0.0, |x| x.loss_free_pps as f64)
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+fn overload_of(r: &Report, m: Mode) -> f64 {
+    mode_of(r, m).map_or(0.0, |x| x.overload_pps as f64)
 }
 
 pub(super) fn p99_of(r: &Report, m: Mode) -> f64 {
-    r.modes
-        .iter()
-        .find(|x| x.mode == format!("{m:?}"))
+    mode_of(r, m)
         .and_then(|x| x.latency.as_ref())
         .map_or(0.0, |l| l.p99_us)
 }
 
+fn div(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// The ratios the targets are judged by, all between figures of this run; and per mode, its
+/// rates over the drop ceiling's and rtpengine's.
 #[expect(
     clippy::cast_precision_loss,
     reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
 )]
 pub(super) fn compute_ratios(r: &mut Report) {
     let native = rate_of(r, Mode::XdpNative);
-    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    r.ratios.insert(
-        "xdp_native_vs_rtpengine (target >= 10)".into(),
-        div(native, rate_of(r, Mode::Rtpengine)),
+    let native_ol = overload_of(r, Mode::XdpNative);
+    let cpu_ol = |m| {
+        mode_of(r, m)
+            .and_then(|x| x.cpu_ns_per_packet_at_overload_without_sink)
+            .unwrap_or(0.0)
+    };
+    let cpu_ratio = div(cpu_ol(Mode::XdpNative), cpu_ol(Mode::XdpDropCeiling));
+    let scale = |n: u64| r.scaling.iter().find(|s| s.flows == n).cloned();
+    let (one, million) = (
+        scale(1).unwrap_or_default(),
+        scale(1_000_000).unwrap_or_default(),
     );
-    r.ratios.insert(
-        "xdp_native_vs_kernel_sockets (target >= 10)".into(),
-        div(native, rate_of(r, Mode::KernelSockets)),
-    );
-    r.ratios.insert(
-        "xdp_native_vs_kernel_forwarding (target >= 3)".into(),
-        div(native, rate_of(r, Mode::KernelForward)),
-    );
-    r.ratios.insert(
-        "xdp_native_vs_ceiling (target >= 0.5)".into(),
-        div(native, rate_of(r, Mode::XdpDropCeiling)),
-    );
-    r.ratios.insert(
-        "xdp_native_p99_vs_rtpengine_p99 (target <= 0.1)".into(),
-        div(p99_of(r, Mode::XdpNative), p99_of(r, Mode::Rtpengine)),
-    );
-    let one = r
-        .scaling
-        .iter()
-        .find(|s| s.flows == 1)
-        .map_or(0.0, |s| s.loss_free_pps as f64);
-    let million = r
-        .scaling
-        .iter()
-        .find(|s| s.flows == 1_000_000)
-        .map_or(0.0, |s| s.loss_free_pps as f64);
-    r.ratios.insert(
-        "rate_1M_flows_vs_1_flow (target >= 0.8)".into(),
-        div(million, one),
-    );
+    let mut ratios = Vec::new();
+    for (name, m, target) in [
+        ("kernel_forwarding", Mode::KernelForward, 3),
+        ("kernel_sockets", Mode::KernelSockets, 10),
+        ("rtpengine", Mode::Rtpengine, 100),
+    ] {
+        ratios.push((
+            format!("xdp_native_vs_{name} (target >= {target})"),
+            div(native, rate_of(r, m)),
+        ));
+        ratios.push((
+            format!("xdp_native_vs_{name}_at_overload (target >= {target})"),
+            div(native_ol, overload_of(r, m)),
+        ));
+    }
+    ratios.extend([
+        (
+            "xdp_native_vs_ceiling (target >= 0.5)".to_owned(),
+            div(native, rate_of(r, Mode::XdpDropCeiling)),
+        ),
+        (
+            "xdp_native_p99_vs_rtpengine_p99 (target <= 0.1)".to_owned(),
+            div(p99_of(r, Mode::XdpNative), p99_of(r, Mode::Rtpengine)),
+        ),
+        (
+            "xdp_native_cpu_at_overload_vs_drop, sink excluded (target <= 2)".to_owned(),
+            cpu_ratio,
+        ),
+        (
+            "rate_1M_flows_vs_1_flow (target >= 0.8)".to_owned(),
+            div(million.loss_free_pps as f64, one.loss_free_pps as f64),
+        ),
+        (
+            "rate_1M_flows_vs_1_flow_at_overload (target >= 0.8)".to_owned(),
+            div(million.overload_pps as f64, one.overload_pps as f64),
+        ),
+        (
+            "cpu_1_flow_vs_1M_flows_at_overload (target >= 0.8)".to_owned(),
+            div(
+                one.cpu_ns_per_packet_at_overload,
+                million.cpu_ns_per_packet_at_overload,
+            ),
+        ),
+    ]);
+    r.ratios.extend(ratios);
+    let drop = rate_of(r, Mode::XdpDropCeiling);
+    let (rtpe, rtpe_ol) = (rate_of(r, Mode::Rtpengine), overload_of(r, Mode::Rtpengine));
+    for m in &mut r.modes {
+        m.vs_drop = Some(div(m.loss_free_pps as f64, drop));
+        m.vs_rtpengine = Some(div(m.loss_free_pps as f64, rtpe));
+        m.vs_rtpengine_at_overload = Some(div(m.overload_pps as f64, rtpe_ol));
+    }
 }
 
 #[expect(
@@ -197,76 +276,66 @@ pub(super) fn compute_ratios(r: &mut Report) {
     reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
 )]
 pub(super) fn print_table(r: &Report) {
+    println!("\nmachine: {} | kernel {}", r.machine, r.kernel);
     println!(
-        "
-machine: {} | kernel {}",
-        r.machine, r.kernel
-    );
-    println!(
-        "frames: {} bytes (20 ms G.711 RTP); window {} ms; generator ceiling {:.3} Mpps
-",
+        "frames: {} bytes (20 ms G.711 RTP); window {} ms; generator ceiling {:.3} Mpps{}\n",
         r.frame_bytes,
         r.window_ms,
-        r.generator_ceiling_pps as f64 / 1e6
+        r.generator_ceiling_pps as f64 / 1e6,
+        if r.bidirectional {
+            "; both directions at once, rates in total"
+        } else {
+            ""
+        }
     );
     println!(
-        "{:38} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
-        "mode", "loss-free", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "ns/pkt@LF", "ns/pkt@CL"
+        "{:38} {:>10} {:>7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11}",
+        "mode",
+        "loss-free",
+        "x drop",
+        "x rtpe",
+        "overload",
+        "x rtpe OL",
+        "p50 µs",
+        "p99 µs",
+        "ns/pkt@CL",
+        "ns/pkt@OL",
+        "OL-sink"
     );
     for m in &r.modes {
         let l = m.latency.clone().unwrap_or_default();
         println!(
-            "{:38} {:>8.3} Mpps {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>10.0}",
+            "{:38} {:>5.3} Mpps {:>7.2} {:>8.1} {:>5.3} Mpps {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>10.0} {:>11.0}",
             m.label,
             m.loss_free_pps as f64 / 1e6,
+            m.vs_drop.unwrap_or(0.0),
+            m.vs_rtpengine.unwrap_or(0.0),
+            m.overload_pps as f64 / 1e6,
+            m.vs_rtpengine_at_overload.unwrap_or(0.0),
             l.p50_us,
             l.p99_us,
-            l.p999_us,
-            l.max_us,
-            m.cpu_ns_per_packet_at_loss_free.unwrap_or(0.0),
-            m.cpu_ns_per_packet.unwrap_or(0.0)
+            m.cpu_ns_per_packet.unwrap_or(0.0),
+            m.cpu_ns_per_packet_at_overload.unwrap_or(0.0),
+            m.cpu_ns_per_packet_at_overload_without_sink.unwrap_or(0.0),
         );
     }
     if let Some(l) = r.modes.first().and_then(|m| m.latency.as_ref()) {
         println!(
-            "(latency and ns/pkt@CL at the common load, {:.1} kpps offered to every mode; ns/pkt@LF: relay core busy time per packet at the mode's own loss-free rate)",
+            "(loss-free: the median of each mode's searches; x drop, x rtpe: its loss-free rate over the XDP_DROP ceiling's and rtpengine's; overload: the generator flat out; latency and ns/pkt@CL at the common load, {:.1} kpps offered to every mode; ns/pkt@OL: relay core busy time per packet at overload, OL-sink without the sink's program)",
             l.offered_pps as f64 / 1e3
         );
     }
-    println!(
-        "
-{:>10} {:>14} {:>14} {:>12}",
-        "flows", "loss-free", "map B/flow", "install s"
-    );
-    for s in &r.scaling {
-        println!(
-            "{:>10} {:>9.3} Mpps {:>14.0} {:>12.2}",
-            s.flows,
-            s.loss_free_pps as f64 / 1e6,
-            s.map_bytes_per_flow,
-            s.install_seconds
-        );
-    }
-    println!(
-        "\nper packet at the loss-free rate: relay core busy time, of which the relay's XDP program and the sink's"
-    );
+    println!("\nloss-free searches per mode (Mpps):");
     for m in &r.modes {
-        if let (Some(c), Some(x)) = (m.cpu_ns_per_packet_at_loss_free, m.xdp_program_ns) {
-            println!(
-                "  {:38} {c:>7.0} ns, XDP program {x:>5.0} ns, sink program {:>5.0} ns",
-                m.label,
-                m.sink_program_ns.unwrap_or(0.0)
-            );
-        }
+        let runs: Vec<String> = m
+            .loss_free_runs
+            .iter()
+            .map(|x| format!("{:.3}", *x as f64 / 1e6))
+            .collect();
+        println!("  {:38} {}", m.label, runs.join(", "));
     }
-    println!(
-        "relay XDP program: {} B translated, {} B JITed, {} instructions verified",
-        r.program.xlated_bytes, r.program.jited_bytes, r.program.verified_instructions
-    );
-    println!(
-        "BPF_PROG_TEST_RUN, per run: {:.0} ns to pass a packet to no flow, {:.0} ns to FORWARD one",
-        r.program.test_run_ns_no_flow, r.program.test_run_ns_forward
-    );
+    print_scaling(r);
+    print_program(&r.program);
     println!();
     for (k, v) in &r.ratios {
         println!("{k}: {v:.2}");
@@ -282,6 +351,59 @@ machine: {} | kernel {}",
     );
 }
 
+/// The flow scaling, and where each mode's time per packet goes.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+fn print_scaling(r: &Report) {
+    println!(
+        "\n{:>10} {:>14} {:>14} {:>12} {:>14} {:>12}",
+        "flows", "loss-free", "overload", "ns/pkt@OL", "map B/flow", "install s"
+    );
+    for s in &r.scaling {
+        println!(
+            "{:>10} {:>9.3} Mpps {:>9.3} Mpps {:>12.0} {:>14.0} {:>12.2}",
+            s.flows,
+            s.loss_free_pps as f64 / 1e6,
+            s.overload_pps as f64 / 1e6,
+            s.cpu_ns_per_packet_at_overload,
+            s.map_bytes_per_flow,
+            s.install_seconds
+        );
+    }
+    println!(
+        "\nper packet at the loss-free rate and at overload: relay core busy time, of which the relay's XDP program and the sink's"
+    );
+    for m in &r.modes {
+        if let (Some(c), Some(x)) = (m.cpu_ns_per_packet_at_loss_free, m.xdp_program_ns) {
+            println!(
+                "  {:38} loss-free {c:>7.0} ns (XDP program {x:>5.0}, sink {:>5.0}); overload {:>7.0} ns (XDP program {:>5.0}, sink {:>5.0})",
+                m.label,
+                m.sink_program_ns.unwrap_or(0.0),
+                m.cpu_ns_per_packet_at_overload.unwrap_or(0.0),
+                m.xdp_program_ns_at_overload.unwrap_or(0.0),
+                m.sink_program_ns_at_overload.unwrap_or(0.0),
+            );
+        }
+    }
+}
+
+/// The relay program's size and time per packet.
+pub(super) fn print_program(p: &ProgramFacts) {
+    println!(
+        "relay XDP program: {} B translated, {} B JITed, {} instructions verified",
+        p.xlated_bytes, p.jited_bytes, p.verified_instructions
+    );
+    println!(
+        "BPF_PROG_TEST_RUN, ns per run (median / fastest of 201 calls): FORWARD {} (complete UDP checksum), {} (partial, 160-byte payload); no flow {}; an XDP_PASS program {} (the harness's own cost)",
+        p.test_run_ns_forward,
+        p.test_run_ns_forward_partial,
+        p.test_run_ns_no_flow,
+        p.test_run_ns_floor
+    );
+}
+
 /// A plot of loss-free rate and p99 latency per mode.
 #[expect(
     clippy::many_single_char_names,
@@ -293,13 +415,13 @@ machine: {} | kernel {}",
 )]
 #[expect(clippy::format_push_string, reason = "an SVG built element by element")]
 pub(super) fn svg(r: &Report) -> String {
-    let w = 900.0;
+    let w = 1100.0;
     let row = 34.0;
     let h = 120.0 + row * r.modes.len() as f64 * 2.0;
     let max_rate = r
         .modes
         .iter()
-        .map(|m| m.loss_free_pps)
+        .map(|m| m.loss_free_pps.max(m.overload_pps))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
@@ -312,13 +434,26 @@ pub(super) fn svg(r: &Report) -> String {
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    s.push_str(&format!("<text x=\"20\" y=\"28\" font-size=\"16\">mediaproxy bench: loss-free rate (Mpps) and p99 latency (µs) per mode, {} B frames</text>\n", r.frame_bytes));
-    let x0 = 300.0;
-    let bar = w - x0 - 120.0;
+    s.push_str(&format!("<text x=\"20\" y=\"28\" font-size=\"16\">mediaproxy bench: rate per mode (Mpps; loss-free dark, at overload light; its ratio to XDP_DROP and to rtpengine), then p99 latency (µs); {} B frames{}</text>\n", r.frame_bytes, if r.bidirectional { ", both directions" } else { "" }));
+    let x0 = 330.0;
+    let bar = w - x0 - 330.0;
     for (i, m) in r.modes.iter().enumerate() {
         let y = 60.0 + i as f64 * row;
-        let len = bar * m.loss_free_pps as f64 / max_rate;
-        s.push_str(&format!("<text x=\"20\" y=\"{}\">{}</text><rect x=\"{x0}\" y=\"{}\" width=\"{len:.1}\" height=\"20\" fill=\"#3b7dd8\"/><text x=\"{:.1}\" y=\"{}\">{:.3}</text>\n", y + 15.0, m.label, y, x0 + len + 6.0, y + 15.0, m.loss_free_pps as f64 / 1e6));
+        let lf = bar * m.loss_free_pps as f64 / max_rate;
+        let ol = bar * m.overload_pps as f64 / max_rate;
+        s.push_str(&format!(
+            "<text x=\"20\" y=\"{}\">{}</text><rect x=\"{x0}\" y=\"{}\" width=\"{ol:.1}\" height=\"10\" fill=\"#a9c6ef\"/><rect x=\"{x0}\" y=\"{}\" width=\"{lf:.1}\" height=\"12\" fill=\"#3b7dd8\"/><text x=\"{:.1}\" y=\"{}\">{:.3} / {:.3} · {:.2}× drop · {:.0}× rtpengine</text>\n",
+            y + 15.0,
+            m.label,
+            y + 12.0,
+            y,
+            x0 + lf.max(ol) + 6.0,
+            y + 15.0,
+            m.loss_free_pps as f64 / 1e6,
+            m.overload_pps as f64 / 1e6,
+            m.vs_drop.unwrap_or(0.0),
+            m.vs_rtpengine.unwrap_or(0.0),
+        ));
     }
     let off = 80.0 + r.modes.len() as f64 * row;
     for (i, m) in r.modes.iter().enumerate() {
@@ -336,13 +471,19 @@ pub(super) fn check(path: &Path) -> anyhow::Result<()> {
     let r: Report = serde_json::from_str(
         &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
     )?;
-    for m in Mode::ALL {
+    // The baseline is an optional A/B row.
+    for m in Mode::ALL
+        .into_iter()
+        .filter(|m| *m != Mode::XdpNativeBaseline)
+    {
         let Some(x) = r.modes.iter().find(|x| x.mode == format!("{m:?}")) else {
             bail!("no figures for {}", m.label())
         };
         if x.loss_free_pps == 0
+            || x.overload_pps == 0 && m != Mode::Rtpengine
             || x.latency.as_ref().is_none_or(|l| l.samples == 0)
             || x.cpu_ns_per_packet.is_none()
+            || x.cpu_ns_per_packet_at_overload.is_none()
         {
             bail!("incomplete figures for {}: {x:?}", m.label());
         }
@@ -351,11 +492,9 @@ pub(super) fn check(path: &Path) -> anyhow::Result<()> {
         bail!("no ng figures");
     }
     for n in [1u64, 1_000, 100_000, 1_000_000] {
-        if !r
-            .scaling
-            .iter()
-            .any(|s| s.flows == n && s.loss_free_pps > 0 && s.map_bytes_per_flow > 0.0)
-        {
+        if !r.scaling.iter().any(|s| {
+            s.flows == n && s.loss_free_pps > 0 && s.overload_pps > 0 && s.map_bytes_per_flow > 0.0
+        }) {
             bail!("no scaling figure for {n} flows");
         }
     }

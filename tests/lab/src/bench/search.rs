@@ -13,6 +13,9 @@ pub(super) struct Plan {
     pub(super) repeats: u32,
     /// Bisection steps after the halving phase found a loss-free rate.
     pub(super) bisections: u32,
+    /// Loss-free searches per mode; the report gives their median (a single search on a
+    /// shared machine is jitter-bound).
+    pub(super) runs: u32,
     pub(super) flows: Vec<u64>,
 }
 
@@ -143,6 +146,50 @@ pub(super) fn prog_ns(before: [(u64, u64); 2], after: [(u64, u64); 2]) -> [Optio
 
 pub(super) fn snapshot() -> [(u64, u64); 2] {
     [prog_stats("mediaproxy"), prog_stats("bench_sink")]
+}
+
+/// A relay under overload: the generator flat out, `plan.repeats` windows, the median window.
+/// At overload the relay core is saturated, so its busy time per packet is what a packet
+/// costs; unlike a loss-free rate it does not hinge on one stall of a shared core.
+pub(super) struct Overload {
+    pub(super) rate: u64,
+    /// Relay core busy time per packet received by the sink.
+    pub(super) cpu_ns: f64,
+    /// Time per run of the relay's XDP program and of the sink's.
+    pub(super) prog_ns: [Option<f64>; 2],
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
+)]
+pub(super) fn overload(
+    h: &Harness,
+    sinks: &mut [&mut Ebpf],
+    target: Target,
+    plan: &Plan,
+) -> anyhow::Result<Overload> {
+    let before = snapshot();
+    let mut windows = Vec::new();
+    for _ in 0..plan.repeats {
+        windows.push(h.trial(sinks, target, 0, plan.window)?);
+    }
+    let prog_ns = prog_ns(before, snapshot());
+    windows.sort_by_key(super::harness::TrialResult::rate);
+    let m = windows[windows.len() / 2];
+    Ok(Overload {
+        rate: m.rate(),
+        cpu_ns: m.relay_busy_ns as f64 / m.received.max(1) as f64,
+        prog_ns,
+    })
+}
+
+/// The median of `runs` loss-free searches, with every run's rate.
+pub(super) fn median_search(mut runs: Vec<Search>) -> (Search, Vec<u64>) {
+    let rates = runs.iter().map(|s| s.rate).collect();
+    runs.sort_by_key(|s| s.rate);
+    let i = runs.len() / 2;
+    (runs.swap_remove(i), rates)
 }
 
 /// The outcome of a loss-free search.
