@@ -344,10 +344,6 @@ pub struct FlowCounters {
     pub punt_bytes: u64,
     /// Packets whose source was not the latched peer (dropped or punted by policy).
     pub mismatch_packets: u64,
-    /// `bpf_ktime_get_coarse_ns()` (`CLOCK_MONOTONIC` at jiffy resolution, which is all a media
-    /// timeout needs and costs a fraction of the precise clock) of the last accepted packet,
-    /// 0 if none.
-    pub last_seen_ns: u64,
     /// The flow's punt budget: the theoretical arrival time of its next punt (GCRA, in
     /// `bpf_ktime_get_ns` time), written by the kernel only.
     pub punt_tat_ns: u64,

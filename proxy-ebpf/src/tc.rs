@@ -25,7 +25,7 @@ use crate::{
     error::Error,
     maps,
     parse::{self, L3_OFF, Parsed},
-    relay::{add, touch},
+    relay::add,
 };
 
 /// Enough linear bytes for every header the parser reads: Ethernet, IPv4 with the longest
@@ -80,7 +80,6 @@ pub fn handle(ctx: &TcContext) -> Option<(i32, Counter)> {
     if pkt.ttl <= 1 {
         return Some((TC_ACT_SHOT, Counter::DropTtl));
     }
-    touch(counters);
     if rewrite(ctx, &pkt, entry).is_err() {
         // A helper refused (the skb could not be made writable): nothing or part of it was
         // written, so the packet must not go on. The stack would drop it as misaddressed.

@@ -171,12 +171,20 @@ impl EgressSlot {
     }
 }
 
-/// What userspace wrote for one flow.
-#[derive(Clone, Copy, Debug)]
+/// What userspace wrote for one flow, and what it last saw of its forward counter.
+#[derive(Clone, Debug)]
 struct Flow {
     spec: FlowSpec,
     egress: Option<Egress>,
     entry: FlowEntry,
+    seen: std::cell::Cell<Forwarded>,
+}
+
+/// A flow's forward counter at a read, and the time of the read that last saw it move.
+#[derive(Clone, Copy, Debug, Default)]
+struct Forwarded {
+    packets: u64,
+    moved_at: Option<std::time::Instant>,
 }
 
 pub struct Dataplane {

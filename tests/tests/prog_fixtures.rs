@@ -911,6 +911,92 @@ fn ipv6_fixtures() {
 /// milliseconds, a flood's rate): an unsignalled source gets its flow's burst through and no
 /// more, the source that signalling named keeps getting through, and probes to the relay's
 /// address have their own budget.
+/// The kernel keeps no clock per packet: userspace tells when a flow last forwarded from its
+/// forward counter moving between two reads. Never early (no forward, no time), and the time
+/// of the read that saw the counter move, which the next reads keep while the flow is silent.
+#[test]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
+fn last_forwarded_is_the_read_that_saw_the_forward_counter_move() {
+    need_root();
+    let env = Env::fixture("fxl").unwrap();
+    env.enter(|env| {
+        let (relay0, relay1) = (env.ifindex("relay0"), env.ifindex("relay1"));
+        let mut dp = Dataplane::load(&DataplaneConfig {
+            max_flows: 8,
+            probe_port: 0,
+            ..DataplaneConfig::default()
+        })
+        .unwrap();
+        let relay_a = v4([10, 0, 1, 1], 30000);
+        let phone = v4([10, 0, 1, 2], 4000);
+        let key = FlowKey::new(relay_a);
+        let spec = forward_spec(
+            Some(phone),
+            v4([10, 0, 2, 1], 30002),
+            v4([10, 0, 2, 2], 5000),
+        );
+        dp.add_flow(
+            key,
+            &spec,
+            hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, false),
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            dp.last_forwarded(key, t0).unwrap().1,
+            None,
+            "nothing forwarded yet"
+        );
+        let frame = FrameBuilder::udp(phone, relay_a)
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(&rtp_payload(172))
+            .build();
+        let md = XdpMd {
+            ingress_ifindex: relay0,
+            data_end: frame.len() as u32,
+            ..XdpMd::default()
+        };
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = dp
+            .program()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(as_bytes(&md)),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert_eq!(r.return_value, XDP_REDIRECT);
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        let (c, seen) = dp.last_forwarded(key, t1).unwrap();
+        assert_eq!(
+            (c.fwd_packets, seen),
+            (1, Some(t1)),
+            "the read that saw it move"
+        );
+        let t2 = t1 + std::time::Duration::from_secs(1);
+        assert_eq!(
+            dp.last_forwarded(key, t2).unwrap().1,
+            Some(t1),
+            "silent since: the earlier read's time is kept"
+        );
+        // An update (a new next hop, a re-latch) keeps the counters and what was seen of them.
+        dp.update_flow(
+            key,
+            &spec,
+            hop(relay1, RELAY1_MAC, PEER1_MAC, 1400, true, false),
+        )
+        .unwrap();
+        assert_eq!(dp.last_forwarded(key, t2).unwrap().1, Some(t1));
+    })
+    .unwrap();
+}
+
 #[test]
 #[expect(
     clippy::cast_possible_truncation,

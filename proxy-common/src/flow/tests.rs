@@ -25,7 +25,7 @@ fn layouts_have_no_padding() {
         ]
     );
     assert_packed!(CsumDelta, 16, 4, [u32, u32, u32, u32]);
-    assert_packed!(FlowCounters, 56, 8, [u64, u64, u64, u64, u64, u64, u64]);
+    assert_packed!(FlowCounters, 48, 8, [u64, u64, u64, u64, u64, u64]);
     assert_packed!(Budget, 16, 8, [u64, u64]);
     assert_packed!(RelayConfig, 72, 8, [[u8; 2], [u8; 6], Budget, [Budget; 3]]);
 }

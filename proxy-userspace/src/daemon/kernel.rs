@@ -2,15 +2,12 @@
 //! interfaces and addresses, and the network changes the monitor thread reports (links,
 //! routes, neighbours, xdp-features), applied to the next hops and the attachments.
 
-use std::{
-    os::fd::AsRawFd,
-    time::{Duration, Instant},
-};
+use std::{os::fd::AsRawFd, time::Instant};
 
 use anyhow::{Context as _, anyhow};
 use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
-use proxy_common::{Endpoint, FlowCounters, FlowKey};
+use proxy_common::{Endpoint, FlowKey};
 
 use super::{
     DaemonConfig, NETLINK_POLL_MS, RESYNC_DEBOUNCE,
@@ -24,23 +21,10 @@ use crate::{
     ng::calls::KernelFlow,
 };
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the kernel program's clock (`bpf_ktime_get_ns`).
-fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    // Monotonic time is never negative.
-    ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs()
-}
-
-/// A flow's counters from the real maps, its last-seen time turned from `CLOCK_MONOTONIC` ns
-/// (`bpf_ktime_get_ns`) into an `Instant`.
+/// A flow's counters from the real maps, and when the kernel last forwarded one of its
+/// packets (see `Dataplane::last_forwarded` for how late that can be).
 pub(super) fn kernel_flow(dp: &Dataplane, key: &Endpoint) -> Option<KernelFlow> {
-    let counters: FlowCounters = dp.flow_stats(FlowKey::new(*key)).ok()?;
-    let last_seen = if counters.last_seen_ns == 0 {
-        None
-    } else {
-        let ago = monotonic_ns().saturating_sub(counters.last_seen_ns);
-        Instant::now().checked_sub(Duration::from_nanos(ago))
-    };
+    let (counters, last_seen) = dp.last_forwarded(FlowKey::new(*key), Instant::now()).ok()?;
     Some(KernelFlow {
         counters,
         last_seen,

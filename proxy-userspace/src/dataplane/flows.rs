@@ -1,12 +1,14 @@
 //! The flow table: what userspace writes for each flow (the entry from the session's
 //! [`FlowSpec`] and the next hop), its counters' slots, and userspace's mirror of it.
 
+use std::{cell::Cell, time::Instant};
+
 use anyhow::{Context as _, anyhow, bail};
 use proxy_common::{
     Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags, rewrite::CsumDelta,
 };
 
-use super::{Dataplane, Egress, Flow, FlowSpec, MismatchPolicy};
+use super::{Dataplane, Egress, Flow, FlowSpec, Forwarded, MismatchPolicy};
 
 /// The map entry of a flow: [`crate::flow`] holds the pure description, the layout of the
 /// kernel's entry is this module's.
@@ -88,8 +90,11 @@ impl Dataplane {
         entry: FlowEntry,
     ) {
         self.use_egress_slot(&entry, |n| n + 1);
-        if let Some(old) = self.mirror.get(&key).map(|f| f.entry) {
-            self.use_egress_slot(&old, |n| n.saturating_sub(1));
+        let mut seen = Cell::default();
+        if let Some(old) = self.mirror.remove(&key) {
+            self.use_egress_slot(&old.entry, |n| n.saturating_sub(1));
+            // The counters carry on, and so does what was seen of them.
+            seen = old.seen;
         }
         self.mirror.insert(
             key,
@@ -97,6 +102,7 @@ impl Dataplane {
                 spec: *spec,
                 egress,
                 entry,
+                seen,
             },
         );
     }
@@ -108,19 +114,20 @@ impl Dataplane {
         spec: &FlowSpec,
         egress: Option<Egress>,
     ) -> anyhow::Result<()> {
-        let old = *self
+        let old_entry = self
             .mirror
             .get(&key)
-            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?
+            .entry;
         let egress_slot = egress
             .map(|g| self.egress_slot(g.hop.ifindex))
             .transpose()?;
         let entry = spec.entry(
             &key,
-            old.entry.counter_slot,
+            old_entry.counter_slot,
             egress.as_ref().zip(egress_slot),
         );
-        if entry != old.entry {
+        if entry != old_entry {
             self.flows
                 .insert(key, entry, 0)
                 .with_context(|| format!("updating flow {:?}", key.local))?;
@@ -191,6 +198,36 @@ impl Dataplane {
             .get(&key)
             .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
         Ok(self.flow_counters.get(&f.entry.counter_slot, 0)?)
+    }
+
+    /// A flow's counters, and when the kernel last forwarded one of its packets as far as
+    /// userspace can tell (`None`: never).
+    ///
+    /// The kernel reads no clock per packet (a helper call on every FORWARD). Its forward
+    /// counter moving between two reads says the flow forwarded in between, and the time of
+    /// the read that saw it move is kept. So the answer is never early (a forwarding flow is
+    /// never taken for a silent one) and late by at most the time between two reads: the
+    /// control thread reads every call's flows once a second. Punted packets userspace sees
+    /// itself.
+    pub fn last_forwarded(
+        &self,
+        key: FlowKey,
+        now: Instant,
+    ) -> anyhow::Result<(FlowCounters, Option<Instant>)> {
+        let f = self
+            .mirror
+            .get(&key)
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
+        let counters = self.flow_counters.get(&f.entry.counter_slot, 0)?;
+        let mut seen = f.seen.get();
+        if counters.fwd_packets != seen.packets {
+            seen = Forwarded {
+                packets: counters.fwd_packets,
+                moved_at: Some(now),
+            };
+            f.seen.set(seen);
+        }
+        Ok((counters, seen.moved_at))
     }
 
     #[must_use]

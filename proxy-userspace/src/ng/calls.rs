@@ -131,7 +131,8 @@ impl Default for CallsConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelFlow {
     pub counters: FlowCounters,
-    /// When the kernel last accepted a packet on the flow.
+    /// When the kernel last forwarded a packet of the flow, as userspace saw its counter
+    /// move (`Dataplane::last_forwarded`: never early, at most a housekeeping period late).
     pub last_seen: Option<Instant>,
 }
 
