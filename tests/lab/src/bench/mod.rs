@@ -10,7 +10,7 @@
 //!   thread on CPU 1 too, so the relay's cost is CPU 1's busy time.
 //! - **Sink**: an XDP program that counts the frames and their one-way latency (same clock).
 //!
-//! Each mode's maximum loss-free rate is a binary search for loss below 0.01 % over a fixed
+//! Each mode's maximum loss-free rate is a binary search for loss below 0.1 % over a fixed
 //! window (RFC 2544 style), run several times (the report gives the median: one search on a
 //! shared machine is jitter-bound); then its rate and relay-core CPU per packet at overload,
 //! the generator flat out, which hold when a loss-free rate does not. Latency and CPU per
@@ -61,8 +61,8 @@ pub struct BenchArgs {
     /// Only check that this JSON file has a figure for every mode, and exit.
     #[arg(long)]
     pub check: Option<PathBuf>,
-    /// Window in milliseconds (default 400, quick 200); a trial is 5 (quick: 3) windows and
-    /// passes on the median window's loss.
+    /// Window in milliseconds (default 200); a trial is 7 (quick: 3) windows and passes on the
+    /// median window's loss.
     #[arg(long)]
     pub window_ms: Option<u64>,
     /// Only these modes (comma-separated: `XdpNative`, `XdpSkb`, `UserspaceAfXdp`,
@@ -90,7 +90,9 @@ pub struct BenchArgs {
     pub baseline: Option<PathBuf>,
 }
 
-const LOSS_FREE: f64 = 0.0001; // 0.01 %
+/// Loss-free: under 0.1 % lost in the median window of a trial, the definition of the
+/// independent harness the project's performance targets were set on (< 0.1 % over 5 s).
+const LOSS_FREE: f64 = 0.001;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Mode {
@@ -215,7 +217,9 @@ impl Plan {
         let (window_ms, repeats, bisections, runs) = if a.quick {
             (200, 3, 3, 1)
         } else {
-            (400, 5, 7, 3)
+            // Short windows, more of them: a window passes only if no stall of the shared
+            // core fell into it, and the median of seven is robust to three that did not.
+            (200, 7, 7, 3)
         };
         Plan {
             window: Duration::from_millis(a.window_ms.unwrap_or(window_ms)),

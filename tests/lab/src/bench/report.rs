@@ -22,7 +22,7 @@ pub struct Latency {
 pub struct ModeResult {
     pub mode: String,
     pub label: String,
-    /// Highest rate with loss below 0.01 %.
+    /// Highest rate with loss below 0.1 % (the median of the searches).
     pub loss_free_pps: u64,
     /// (offered pps, loss fraction) of every trial of the search.
     pub trials: Vec<(u64, f64)>,
