@@ -306,7 +306,7 @@ pub(super) fn scale_point(
         flows: n,
         loss_free_pps: s.rate,
         overload_pps: o.rate,
-        cpu_ns_per_packet_at_overload: o.cpu_ns,
+        cpu_ns_per_packet_at_overload: o.cpu_ns.unwrap_or(0.0),
         map_bytes_per_flow: bytes as f64 / f64::from(max_flows),
         install_seconds: install,
     })

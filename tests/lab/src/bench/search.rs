@@ -153,8 +153,9 @@ pub(super) fn snapshot() -> [(u64, u64); 2] {
 /// costs; unlike a loss-free rate it does not hinge on one stall of a shared core.
 pub(super) struct Overload {
     pub(super) rate: u64,
-    /// Relay core busy time per packet received by the sink.
-    pub(super) cpu_ns: f64,
+    /// Relay core busy time per packet received by the sink; `None` if none arrived (a
+    /// userspace relay starved by the receive work on its core).
+    pub(super) cpu_ns: Option<f64>,
     /// Time per run of the relay's XDP program and of the sink's.
     pub(super) prog_ns: [Option<f64>; 2],
 }
@@ -179,7 +180,7 @@ pub(super) fn overload(
     let m = windows[windows.len() / 2];
     Ok(Overload {
         rate: m.rate(),
-        cpu_ns: m.relay_busy_ns as f64 / m.received.max(1) as f64,
+        cpu_ns: (m.received > 0).then(|| m.relay_busy_ns as f64 / m.received as f64),
         prog_ns,
     })
 }
