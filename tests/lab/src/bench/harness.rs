@@ -286,6 +286,17 @@ impl TrialResult {
     pub(super) fn rate(&self) -> u64 {
         (self.received as f64 / self.seconds) as u64
     }
+
+    /// The rate the generators really sent.
+    #[expect(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive packet rate far below 2^52"
+    )]
+    pub(super) fn sent_rate(&self) -> u64 {
+        (self.sent as f64 / self.seconds) as u64
+    }
 }
 
 /// Busy jiffies of one CPU from /proc/stat, in ns.

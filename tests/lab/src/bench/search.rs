@@ -36,7 +36,10 @@ pub(super) fn loss_free(
     progress: &str,
 ) -> anyhow::Result<Search> {
     let mut trials = Vec::new();
-    let mut cpu_at: BTreeMap<u64, (f64, [Option<f64>; 2])> = BTreeMap::new();
+    // Per passing rate: CPU per packet, the programs' times, and the rate the generator
+    // really sent (with many flows it may fall short of the rate asked, and a trial it could
+    // not offer must not count as that rate loss-free).
+    let mut cpu_at: BTreeMap<u64, (f64, [Option<f64>; 2], u64)> = BTreeMap::new();
     let mut ok =
         |rate: u64, target: Target, trials: &mut Vec<(u64, f64)>| -> anyhow::Result<bool> {
             eprint!(
@@ -63,6 +66,7 @@ pub(super) fn loss_free(
                     (
                         median.relay_busy_ns as f64 / median.received.max(1) as f64,
                         progs,
+                        median.sent_rate(),
                     ),
                 );
             }
@@ -87,7 +91,7 @@ pub(super) fn loss_free(
         let rate = passed.unwrap_or(0);
         let at = cpu_at.get(&rate).copied();
         return Ok(Search {
-            rate,
+            rate: at.map_or(rate, |a| a.2.min(rate)),
             cpu_ns: at.map(|a| a.0),
             prog_ns: at.map_or([None, None], |a| a.1),
             trials,
@@ -110,7 +114,7 @@ pub(super) fn loss_free(
     eprint!("\r{:80}\r", "");
     let at = cpu_at.get(&lo).copied();
     Ok(Search {
-        rate: lo,
+        rate: at.map_or(lo, |a| a.2.min(lo)),
         cpu_ns: at.map(|a| a.0),
         prog_ns: at.map_or([None, None], |a| a.1),
         trials,
