@@ -141,6 +141,28 @@ struct SkBuffCtx {
     ifindex: u32,
 }
 
+/// One `BPF_PROG_TEST_RUN` of the native XDP program on `frame`, arriving on `ingress`: its
+/// action.
+fn run_xdp_once(dp: &Dataplane, ingress: u32, frame: &[u8]) -> u32 {
+    let md = XdpMd {
+        ingress_ifindex: ingress,
+        data_end: u32::try_from(frame.len()).unwrap(),
+        ..XdpMd::default()
+    };
+    let mut out = vec![0u8; frame.len() + 256];
+    dp.program()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(as_bytes(&md)),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .unwrap()
+        .return_value
+}
+
 fn as_bytes<T>(v: &T) -> &[u8] {
     // SAFETY: the context structs are repr(C) plain data.
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
@@ -915,10 +937,6 @@ fn ipv6_fixtures() {
 /// forward counter moving between two reads. Never early (no forward, no time), and the time
 /// of the read that saw the counter move, which the next reads keep while the flow is silent.
 #[test]
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "test frames far below the fields' limits"
-)]
 fn last_forwarded_is_the_read_that_saw_the_forward_counter_move() {
     need_root();
     let env = Env::fixture("fxl").unwrap();
@@ -954,24 +972,7 @@ fn last_forwarded_is_the_read_that_saw_the_forward_counter_move() {
             .macs(PEER0_MAC, RELAY0_MAC)
             .payload(&rtp_payload(172))
             .build();
-        let md = XdpMd {
-            ingress_ifindex: relay0,
-            data_end: frame.len() as u32,
-            ..XdpMd::default()
-        };
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = dp
-            .program()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(as_bytes(&md)),
-                repeat: 1,
-                ..TestRunOptions::default()
-            })
-            .unwrap();
-        assert_eq!(r.return_value, XDP_REDIRECT);
+        assert_eq!(run_xdp_once(&dp, relay0, &frame), XDP_REDIRECT);
         let t1 = t0 + std::time::Duration::from_secs(1);
         let (c, seen) = dp.last_forwarded(key, t1).unwrap();
         assert_eq!(
@@ -1403,24 +1404,7 @@ fn kernel_events_cost_nothing_when_off_and_reach_the_log_when_asked() {
             .payload(&rtp_payload(172))
             .build();
         frame[38..40].copy_from_slice(&400u16.to_be_bytes()); // UDP length beyond the IP payload
-        let md = XdpMd {
-            ingress_ifindex: relay0,
-            data_end: u32::try_from(frame.len()).unwrap(),
-            ..XdpMd::default()
-        };
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = on
-            .program()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(as_bytes(&md)),
-                repeat: 1,
-                ..TestRunOptions::default()
-            })
-            .unwrap();
-        assert_eq!(r.return_value, XDP_DROP);
+        assert_eq!(run_xdp_once(&on, relay0, &frame), XDP_DROP);
         let want = "mediaproxy::kernel dropped: a flow's packet with inconsistent lengths";
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !CAPTURE.0.lock().unwrap().iter().any(|l| l == want) {
