@@ -13,6 +13,47 @@ pub const MAX_QUEUES_PER_INTERFACE: u32 = 64;
 /// operator's figure; this is also the size the object file declares.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 
+/// Where a flow sits in the flow array, so that the FORWARD path finds its entry with an
+/// array access: no helper call, no hash, no key comparison call, and one cache line pulled
+/// for the entry's place instead of a bucket and an element.
+///
+/// The array has a power of two of blocks of 65,536 places. A key's block is its address
+/// folded to 32 bits, masked; its place in the block is its port. So every port of one
+/// address has its own place, and consecutive addresses (a relay's address pool) get
+/// consecutive blocks. Two keys meet at one place only when two addresses fold to the same
+/// block and use the same port; userspace then puts the second one in the `FLOWS` hash map,
+/// which the program consults when the place holds another key.
+pub mod place {
+    use super::FlowKey;
+
+    /// Places per block: one per port.
+    pub const BLOCK: u32 = 1 << 16;
+    /// At most 2^15 blocks, so the places fit a u32 (the map's `max_entries`).
+    const MAX_BLOCKS: u32 = 1 << 15;
+
+    /// The blocks for `max_flows`: twice the places the flows need, a power of two, so that
+    /// an address pool that fills the table still has a block per address.
+    #[must_use]
+    pub const fn blocks(max_flows: u32) -> u32 {
+        let need = (max_flows as u64 * 2).div_ceil(BLOCK as u64);
+        let mut b = 1u32;
+        while (b as u64) < need && b < MAX_BLOCKS {
+            b <<= 1;
+        }
+        b
+    }
+
+    /// The place of `key` in an array of `mask + 1` blocks.
+    #[inline(always)]
+    #[must_use]
+    pub fn of(key: &FlowKey, mask: u32) -> u32 {
+        let a = key.local.addr_v6();
+        let word = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        let fold = word(0) ^ word(4) ^ word(8) ^ word(12);
+        ((fold & mask) << 16) | u32::from(key.local.port())
+    }
+}
+
 /// Address family tag stored in an [`Endpoint`].
 pub mod family {
     pub const UNSET: u8 = 0;
@@ -213,9 +254,15 @@ pub mod flow_flags {
 /// The next hop lives in the entry, resolved by userspace from the kernel's routes and
 /// neighbours and refreshed when they change, so the fast path needs no FIB lookup (which
 /// would also require `forwarding=1`, turning the relay into a router).
-#[repr(C)]
+/// 8-byte aligned (the kernel aligns map values so): the program copies an entry out of the
+/// flow array in 8-byte words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FlowEntry {
+    /// Written by userspace only in the flow array (see [`place`]): odd while it rewrites the
+    /// entry, advanced by two per rewrite, so the program can tell a copy it took from a torn
+    /// one. Always 0 in the hash map, whose updates replace an element whole.
+    pub seq: u32,
     state: u8,
     pub flags: u8,
     /// The largest IP packet (IP header included) the egress takes; a larger one goes to
@@ -223,6 +270,9 @@ pub struct FlowEntry {
     pub mtu: u16,
     /// Index of this flow's [`FlowCounters`] in the counters array.
     pub counter_slot: u32,
+    /// The flow's own key: in the flow array several keys share a place, and the program
+    /// takes the entry only for the key it holds.
+    pub key: FlowKey,
     /// The latched source of the far peer; checked when `REQUIRE_PEER` is set.
     pub peer: Endpoint,
     /// New source: the relay's address and port facing the destination.
@@ -274,8 +324,10 @@ pub struct CsumDelta {
 impl FlowEntry {
     /// A flow in HOLD, with its rewrite target already known (it may still be unset).
     #[must_use]
-    pub const fn hold(counter_slot: u32) -> Self {
+    pub const fn hold(key: FlowKey, counter_slot: u32) -> Self {
         Self {
+            seq: 0,
+            key,
             state: FlowState::Hold as u8,
             flags: 0,
             mtu: 0,
@@ -417,10 +469,14 @@ pub enum Counter {
     PuntIpOptions,
     /// FORWARD, TTL or hop limit exhausted (a forwarding loop between relays): dropped.
     DropTtl,
+    /// Punted: the flow's entry was being rewritten by userspace as the packet read it (a
+    /// window of microseconds at a flip or a next-hop change); userspace relays it under the
+    /// new settings.
+    PuntChanging,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropTtl as usize + 1;
+    pub const COUNT: usize = Counter::PuntChanging as usize + 1;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Frames,
@@ -451,6 +507,7 @@ impl Counter {
         Counter::DropProbeBudget,
         Counter::PuntIpOptions,
         Counter::DropTtl,
+        Counter::PuntChanging,
     ];
 
     #[must_use]
@@ -484,6 +541,7 @@ impl Counter {
             Counter::DropProbeBudget => "drop_probe_budget",
             Counter::PuntIpOptions => "punt_ip_options",
             Counter::DropTtl => "drop_ttl",
+            Counter::PuntChanging => "punt_changing",
         }
     }
 }
@@ -538,7 +596,9 @@ pub mod budget {
 pub struct RelayConfig {
     /// UDP port on which probes and probe ACKs arrive, network order; 0 disables.
     pub probe_port: [u8; 2],
-    _pad: [u8; 6],
+    _pad: [u8; 2],
+    /// The flow array's blocks less one (see [`place`]).
+    pub place_mask: u32,
     /// Per flow: punts of unsignalled sources.
     pub flow_budget: Budget,
     /// Per CPU, indexed by [`budget`].
@@ -558,10 +618,12 @@ impl RelayConfig {
     ];
 
     #[must_use]
-    pub const fn new(probe_port: u16) -> Self {
+    /// `blocks`: the flow array's, from [`place::blocks`].
+    pub const fn new(probe_port: u16, blocks: u32) -> Self {
         Self {
             probe_port: probe_port.to_be_bytes(),
-            _pad: [0; 6],
+            _pad: [0; 2],
+            place_mask: blocks.saturating_sub(1),
             flow_budget: Self::FLOW_BUDGET,
             cpu_budget: Self::CPU_BUDGET,
         }

@@ -48,8 +48,11 @@ pub fn handle(ctx: &SkLookupContext) -> u32 {
         _ => return sk_action::SK_PASS,
     };
     let probe = maps::probe_port();
-    let ours = maps::flow(&FlowKey::new(local)).is_some()
-        || (probe != [0, 0] && *local.port_be() == probe);
+    let mut copy = maps::EntryCopy::uninit();
+    let ours = !matches!(
+        maps::flow(&FlowKey::new(local), &mut copy),
+        maps::Flow::None
+    ) || (probe != [0, 0] && *local.port_be() == probe);
     if ours && local.family() != family::UNSET {
         // A failed assignment (the socket is gone) falls back to the normal lookup.
         let _ = SOCKETS.redirect_sk_lookup(ctx, index, 0);

@@ -2,7 +2,8 @@
 //!
 //! | map             | key                  | written by                                   |
 //! |-----------------|----------------------|----------------------------------------------|
-//! | `FLOWS`         | relay address:port   | userspace control thread (add, flip, remove) |
+//! | `FLOW_ARRAY`    | place of the key     | userspace control thread (add, flip, remove) |
+//! | `FLOWS`         | relay address:port   | userspace: the flows whose place is taken     |
 //! | `FLOW_COUNTERS` | counter slot         | kernel (plain adds, see `relay::add`); userspace zeroes a slot before reuse |
 //! | `COUNTERS`      | `Counter` index      | kernel, per CPU; userspace reads             |
 //! | `CONFIG`        | 0                    | userspace at start-up                        |
@@ -13,7 +14,7 @@
 //! | `LOCAL_ADDRS`   | address (port 0)     | userspace: the relay's own addresses (probes)|
 //! | `PUNT_TAT`      | `budget::*`          | kernel, per CPU: the global punt budgets     |
 //!
-//! Userspace may resize `FLOWS` and `FLOW_COUNTERS` at load time (`--max-flows`).
+//! Userspace resizes `FLOW_ARRAY`, `FLOWS` and `FLOW_COUNTERS` at load time (`--max-flows`).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
@@ -22,7 +23,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Counter, Endpoint, FlowCounters, FlowEntry, FlowKey, RelayConfig,
-    flow::{Budget, budget},
+    flow::{Budget, budget, place},
 };
 
 /// Resized by the loader to `--max-flows`.
@@ -31,8 +32,18 @@ const MAX_FLOWS: u32 = proxy_common::flow::DEFAULT_MAX_FLOWS;
 pub use proxy_common::flow::MAX_QUEUES_PER_INTERFACE;
 const MAX_INTERFACES: u32 = proxy_common::flow::MAX_INTERFACES;
 
+/// Most flows: the entry at the key's place (see `proxy_common::flow::place`), found by an
+/// array access that the verifier inlines. Resized by the loader with `--max-flows`.
 #[map]
-pub static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(MAX_FLOWS, 0);
+static FLOW_ARRAY: Array<FlowEntry> =
+    Array::with_max_entries(place::blocks(MAX_FLOWS) * place::BLOCK, 0);
+
+/// The flows whose place another key holds. Allocated as they come (`BPF_F_NO_PREALLOC`):
+/// it is sized for every flow, so an unlucky address pool can never fill it, and most of it
+/// stays empty.
+#[map]
+static FLOWS: HashMap<FlowKey, FlowEntry> =
+    HashMap::with_max_entries(MAX_FLOWS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 #[map]
 pub static FLOW_COUNTERS: Array<FlowCounters> = Array::with_max_entries(MAX_FLOWS, 0);
@@ -121,11 +132,75 @@ pub fn take_budget(which: u32, counters: Option<*mut FlowCounters>) -> bool {
     b.take(unsafe { &mut *tat }, now)
 }
 
+/// Room on the program's stack for a copy of an entry out of the flow array (8-byte
+/// aligned, as the verifier wants the copy's word stores).
+pub type EntryCopy = core::mem::MaybeUninit<FlowEntry>;
+const ENTRY_WORDS: usize = core::mem::size_of::<FlowEntry>() / 8;
+
+/// What the flow table holds for a key.
+pub enum Flow<'a> {
+    /// The flow's entry: a hash map element, or a copy of its place taken whole (never part
+    /// old and part new).
+    Entry(&'a FlowEntry),
+    /// Userspace is rewriting the flow's entry right now.
+    Changing,
+    None,
+}
+
+/// The flow of `key`: at its place in the array (copied into `copy`), else in the hash map.
 #[inline(always)]
-pub fn flow(key: &FlowKey) -> Option<&'static FlowEntry> {
-    // SAFETY: entries are only replaced whole by userspace (BPF_MAP_UPDATE_ELEM), and a
+pub fn flow<'a>(key: &FlowKey, copy: &'a mut EntryCopy) -> Flow<'a> {
+    let mask = CONFIG.get(0).map_or(0, |c| c.place_mask);
+    if let Some(p) = FLOW_ARRAY.get_ptr(place::of(key, mask)) {
+        // SAFETY: a live element of FLOW_ARRAY for the program run.
+        match unsafe { read_place(p, key, copy) } {
+            Flow::None => {}
+            found => return found,
+        }
+    }
+    // SAFETY: hash entries are only replaced whole by userspace (BPF_MAP_UPDATE_ELEM), and a
     // replaced element stays valid for the rest of this program run (RCU).
-    unsafe { FLOWS.get(key) }
+    match unsafe { FLOWS.get(key) } {
+        Some(e) => Flow::Entry(e),
+        None => Flow::None,
+    }
+}
+
+/// Copies the entry at `p` if it is `key`'s, as a seqlock reader: userspace writes an array
+/// element in place (an array map update is a `memcpy` into the live element), so the copy
+/// counts only if `seq` was even before it and unchanged after it. Userspace makes `seq` odd
+/// in one update, writes the fields in the next and makes `seq` even in a third, each a
+/// separate system call (`Dataplane::write_place`), so any field it changes is written
+/// while `seq` is odd. The loads are volatile, in program order, and x86 does not reorder
+/// loads with loads: a copy that saw a new field sees the odd or the advanced `seq` after it.
+///
+/// SAFETY: `p` must point at a live element of `FLOW_ARRAY`, whose values the kernel aligns
+/// to 8 bytes.
+#[inline(always)]
+unsafe fn read_place<'a>(p: *const FlowEntry, key: &FlowKey, copy: &'a mut EntryCopy) -> Flow<'a> {
+    // SAFETY (all reads): within the element, as the caller promises.
+    let seq = unsafe { core::ptr::read_volatile(&raw const (*p).seq) };
+    // A filter before the copy: a place mostly holds no key, or another address's.
+    if unsafe { (*p).key } != *key {
+        return Flow::None;
+    }
+    if seq & 1 != 0 {
+        return Flow::Changing;
+    }
+    let src = p.cast::<u64>();
+    let dst = copy.as_mut_ptr().cast::<u64>();
+    for i in 0..ENTRY_WORDS {
+        // SAFETY: word i of the element and of the copy.
+        unsafe { dst.add(i).write(core::ptr::read_volatile(src.add(i))) };
+    }
+    let again = unsafe { core::ptr::read_volatile(&raw const (*p).seq) };
+    // SAFETY: every word was written above; an entry is plain data of exactly ENTRY_WORDS
+    // words (the layout tests), and any bit pattern is a valid one.
+    let entry = unsafe { copy.assume_init_ref() };
+    if again != seq || entry.key != *key {
+        return Flow::Changing;
+    }
+    Flow::Entry(entry)
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@ use proxy_common::{
 use crate::{
     error::Error,
     forward,
-    maps::{self, XSKS},
+    maps::{self, Flow, XSKS},
     parse::{self, Parsed},
 };
 
@@ -36,7 +36,18 @@ pub fn handle<const SKB: bool>(ctx: &XdpContext) -> Result<Verdict, Error> {
         return punt(ctx, Counter::PuntProbe);
     }
 
-    let entry = maps::flow(&FlowKey::new(pkt.dst)).ok_or(Error::NoFlow)?;
+    let mut copy = maps::EntryCopy::uninit();
+    let entry = match maps::flow(&FlowKey::new(pkt.dst), &mut copy) {
+        Flow::Entry(e) => e,
+        Flow::None => return Err(Error::NoFlow),
+        // Userspace relays it under whatever it is writing.
+        Flow::Changing => {
+            if !maps::take_budget(budget::MEDIA, None) {
+                return Err(Error::PuntBudget);
+            }
+            return punt(ctx, Counter::PuntChanging);
+        }
+    };
     if !pkt.lengths_ok() {
         return Err(Error::Malformed);
     }

@@ -23,7 +23,7 @@ use proxy_common::{
 
 use crate::{
     error::Error,
-    maps,
+    maps::{self, Flow},
     parse::{self, L3_OFF, Parsed},
     relay::add,
 };
@@ -52,12 +52,18 @@ pub fn handle(ctx: &TcContext) -> Option<(i32, Counter)> {
         }
         Err(_) => return None,
     };
-    let entry = maps::flow(&FlowKey::new(pkt.dst))?;
+    let to_userspace = Some((TC_ACT_OK, Counter::TcToUserspace));
+    let mut copy = maps::EntryCopy::uninit();
+    let entry = match maps::flow(&FlowKey::new(pkt.dst), &mut copy) {
+        Flow::Entry(e) => e,
+        Flow::None => return None,
+        // Up the stack to the fallback socket: userspace relays it under the new entry.
+        Flow::Changing => return to_userspace,
+    };
     if !pkt.lengths_ok() {
         return None;
     }
     let counters = maps::flow_counters(entry.counter_slot);
-    let to_userspace = Some((TC_ACT_OK, Counter::TcToUserspace));
     if entry.has_flag(flow_flags::REQUIRE_PEER) && pkt.src != entry.peer {
         if entry.has_flag(flow_flags::MISMATCH_DROP) {
             add(counters, |c| &mut c.mismatch_packets, 1);

@@ -26,7 +26,7 @@ use aya::{
 };
 use proxy_common::{
     Counter, Endpoint, FlowCounters, FlowEntry, FlowKey, RelayConfig,
-    flow::{MAX_INTERFACES, MAX_QUEUES_PER_INTERFACE},
+    flow::{MAX_INTERFACES, MAX_QUEUES_PER_INTERFACE, place},
 };
 
 use crate::nexthop::NextHop;
@@ -171,12 +171,23 @@ impl EgressSlot {
     }
 }
 
+/// A place of the flow array (see `proxy_common::flow::place`): whether a flow holds it, and
+/// the `seq` its element now has.
+#[derive(Clone, Copy, Debug, Default)]
+struct Place {
+    taken: bool,
+    seq: u32,
+}
+
 /// What userspace wrote for one flow, and what it last saw of its forward counter.
 #[derive(Clone, Debug)]
 struct Flow {
     spec: FlowSpec,
     egress: Option<Egress>,
+    /// As written, with `seq` 0 (the element's own is in its [`Place`]).
     entry: FlowEntry,
+    /// Its place in the flow array, or `None`: in the `FLOWS` hash map.
+    place: Option<u32>,
     seen: std::cell::Cell<Forwarded>,
 }
 
@@ -189,6 +200,10 @@ struct Forwarded {
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    flow_array: Array<MapData, FlowEntry>,
+    /// The flow array's places, by index.
+    places: Vec<Place>,
+    place_mask: u32,
     flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
     flow_counters: Array<MapData, FlowCounters>,
     counters: PerCpuArray<MapData, u64>,
@@ -204,7 +219,7 @@ pub struct Dataplane {
     local_set: HashSet<IpAddr>,
     attachments: Vec<Attachment>,
     lookup: Option<SkLookupLinkId>,
-    /// Userspace's copy of every entry in `FLOWS`.
+    /// Userspace's copy of every flow entry, in the array or in `FLOWS`.
     mirror: HashMap<FlowKey, Flow>,
     free_slots: Vec<u32>,
     next_slot: u32,
@@ -234,7 +249,10 @@ impl Dataplane {
         // 0 turns every event off; the verifier then drops their code (the level is read-only
         // data of the program).
         let level = cfg.kernel_log.map_or(0u8, |l| l as u8);
+        let blocks = place::blocks(cfg.max_flows);
+        let places = blocks * place::BLOCK;
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("FLOW_ARRAY", places)
             .map_max_entries("FLOWS", cfg.max_flows)
             .map_max_entries("FLOW_COUNTERS", cfg.max_flows)
             .override_global(aya_log::LEVEL, &level, true)
@@ -252,6 +270,7 @@ impl Dataplane {
             .load()
             .map_err(|e| crate::caps::explain_program_error(&e))?;
 
+        let flow_array = Array::try_from(take(&mut ebpf, "FLOW_ARRAY")?)?;
         let flows = BpfHashMap::try_from(take(&mut ebpf, "FLOWS")?)?;
         let flow_counters = Array::try_from(take(&mut ebpf, "FLOW_COUNTERS")?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
@@ -262,7 +281,7 @@ impl Dataplane {
         let local_addrs = BpfHashMap::try_from(take(&mut ebpf, "LOCAL_ADDRS")?)?;
         let mut config: Array<MapData, RelayConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)?;
         config
-            .set(0, RelayConfig::new(cfg.probe_port), 0)
+            .set(0, RelayConfig::new(cfg.probe_port, blocks), 0)
             .context("writing CONFIG")?;
         let kernel_log = cfg
             .kernel_log
@@ -270,6 +289,9 @@ impl Dataplane {
             .transpose()?;
         Ok(Self {
             ebpf,
+            flow_array,
+            places: vec![Place::default(); places as usize],
+            place_mask: blocks - 1,
             flows,
             flow_counters,
             counters,

@@ -144,13 +144,19 @@ struct SkBuffCtx {
 /// One `BPF_PROG_TEST_RUN` of the native XDP program on `frame`, arriving on `ingress`: its
 /// action.
 fn run_xdp_once(dp: &Dataplane, ingress: u32, frame: &[u8]) -> u32 {
+    run_xdp_out(dp, ingress, frame).0
+}
+
+/// As [`run_xdp_once`], with the frame as the program left it.
+fn run_xdp_out(dp: &Dataplane, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
     let md = XdpMd {
         ingress_ifindex: ingress,
         data_end: u32::try_from(frame.len()).unwrap(),
         ..XdpMd::default()
     };
     let mut out = vec![0u8; frame.len() + 256];
-    dp.program()
+    let r = dp
+        .program()
         .unwrap()
         .test_run(TestRunOptions {
             data_in: Some(frame),
@@ -159,8 +165,9 @@ fn run_xdp_once(dp: &Dataplane, ingress: u32, frame: &[u8]) -> u32 {
             repeat: 1,
             ..TestRunOptions::default()
         })
-        .unwrap()
-        .return_value
+        .unwrap();
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
 }
 
 fn as_bytes<T>(v: &T) -> &[u8] {
@@ -168,24 +175,15 @@ fn as_bytes<T>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "test frames far below the fields' limits"
-)]
-fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
-    let relay0 = env.ifindex("relay0");
+/// The programs loaded with room for `max_flows`, and an `AF_XDP` socket on `relay0`'s queue 0
+/// for what they punt.
+fn dataplane_with_socket(relay0: u32, max_flows: u32, probe_port: u16) -> (Dataplane, XskSocket) {
     let mut dp = Dataplane::load(&DataplaneConfig {
-        max_flows: 64,
-        probe_port: PROBE_PORT,
+        max_flows,
+        probe_port,
         ..DataplaneConfig::default()
     })
     .expect("load the programs");
-    let own: std::collections::HashSet<std::net::IpAddr> =
-        ["10.0.1.1", "10.0.2.1", "fd00:1::1", "fd00:2::1"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-    dp.set_local_addresses(&own).unwrap();
     let xsk = XskSocket::bind(
         relay0,
         0,
@@ -197,6 +195,22 @@ fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
     )
     .expect("AF_XDP socket on relay0");
     dp.register_socket(relay0, 0, &xsk).unwrap();
+    (dp, xsk)
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames far below the fields' limits"
+)]
+fn run_table(env: &Env, prog: Prog, cases: Vec<Case>) {
+    let relay0 = env.ifindex("relay0");
+    let (mut dp, _xsk) = dataplane_with_socket(relay0, 64, PROBE_PORT);
+    let own: std::collections::HashSet<std::net::IpAddr> =
+        ["10.0.1.1", "10.0.2.1", "fd00:1::1", "fd00:2::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+    dp.set_local_addresses(&own).unwrap();
 
     let mut failures = Vec::new();
     for case in cases {
@@ -998,6 +1012,176 @@ fn last_forwarded_is_the_read_that_saw_the_forward_counter_move() {
     .unwrap();
 }
 
+/// The flow array of this dataplane's program (another test's, in this process, has the same
+/// name): to write an element as a userspace rewrite in progress leaves it.
+fn flow_array(dp: &Dataplane) -> aya::maps::Array<aya::maps::MapData, proxy_common::FlowEntry> {
+    let ids = dp
+        .program()
+        .unwrap()
+        .info()
+        .unwrap()
+        .map_ids()
+        .unwrap()
+        .unwrap();
+    let id = ids
+        .into_iter()
+        .find(|id| {
+            aya::maps::MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some("FLOW_ARRAY"))
+        })
+        .expect("the program uses FLOW_ARRAY");
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
+    aya::maps::Array::try_from(map).unwrap()
+}
+
+/// A dataplane of one block (8 flows: a key's place is its port alone) with a socket for
+/// punts, and FORWARD flows from the phone toward side B, flow `n` from relay port 30000 + n
+/// to side B's port 5000 + n.
+struct PlaceRig {
+    dp: Dataplane,
+    _xsk: XskSocket,
+    relay0: u32,
+    to_b: Option<Egress>,
+}
+
+const PHONE: Endpoint = Endpoint::v4([10, 0, 1, 2], 4000);
+const FIRST: Endpoint = Endpoint::v4([10, 0, 1, 1], 30000);
+/// Another relay address with the same port: the same place as [`FIRST`].
+const SECOND: Endpoint = Endpoint::v4([10, 0, 1, 9], 30000);
+const THIRD: Endpoint = Endpoint::v4([10, 0, 1, 5], 30000);
+
+impl PlaceRig {
+    fn new(env: &Env) -> Self {
+        let (relay0, relay1) = (env.ifindex("relay0"), env.ifindex("relay1"));
+        let (dp, xsk) = dataplane_with_socket(relay0, 8, 0);
+        Self {
+            dp,
+            _xsk: xsk,
+            relay0,
+            to_b: hop(relay1, RELAY1_MAC, PEER1_MAC, 1500, true, true),
+        }
+    }
+
+    fn out(n: u16) -> (Endpoint, Endpoint) {
+        (v4([10, 0, 2, 1], 30000 + n), v4([10, 0, 2, 2], 5000 + n))
+    }
+
+    fn add(&mut self, key: Endpoint, n: u16) {
+        let (src, dst) = Self::out(n);
+        self.dp
+            .add_flow(
+                FlowKey::new(key),
+                &forward_spec(Some(PHONE), src, dst),
+                self.to_b,
+            )
+            .unwrap();
+    }
+
+    fn input(to: Endpoint) -> Vec<u8> {
+        FrameBuilder::udp(PHONE, to)
+            .macs(PEER0_MAC, RELAY0_MAC)
+            .payload(&rtp_payload(172))
+            .build()
+    }
+
+    /// What flow `n` sends: the action, the frame and the counter of a forward.
+    fn forwarded(n: u16) -> (u32, Vec<u8>, Option<&'static str>) {
+        let (src, dst) = Self::out(n);
+        let frame = FrameBuilder::udp(src, dst)
+            .macs(RELAY1_MAC, PEER1_MAC)
+            .ttl(63)
+            .payload(&rtp_payload(172))
+            .build();
+        (XDP_REDIRECT, frame, Some(Counter::FwdRedirect.name()))
+    }
+
+    /// A packet from the phone to `to`: the action, the frame and the one counter besides
+    /// `frames`.
+    fn run(&self, to: Endpoint) -> (u32, Vec<u8>, Option<&'static str>) {
+        let before = self.dp.global_counters().unwrap();
+        let (action, bytes) = run_xdp_out(&self.dp, self.relay0, &Self::input(to));
+        let delta = self.dp.global_counters().unwrap().delta(&before);
+        let counter = delta.iter().find(|(c, _)| *c != "frames").map(|(c, _)| *c);
+        (action, bytes, counter)
+    }
+
+    fn verdict(&self, to: Endpoint) -> (u32, Option<&'static str>) {
+        let (action, _, counter) = self.run(to);
+        (action, counter)
+    }
+}
+
+/// Two relay addresses whose keys share a place of the flow array: the first flow takes the
+/// place, the second goes to the hash map, and each packet is rewritten for its own flow.
+/// Once the first leaves, its place is free for the next.
+#[test]
+fn keys_that_share_a_place_each_forward_from_their_own_entry() {
+    use proxy_common::flow::place;
+    need_root();
+    let env = Env::fixture("fxp").unwrap();
+    env.enter(|env| {
+        let mut rig = PlaceRig::new(env);
+        let at = place::of(&FlowKey::new(FIRST), 0);
+        assert_eq!(at, place::of(&FlowKey::new(SECOND), 0));
+        rig.add(FIRST, 2);
+        rig.add(SECOND, 4);
+        assert_eq!(rig.run(FIRST), PlaceRig::forwarded(2), "array");
+        assert_eq!(rig.run(SECOND), PlaceRig::forwarded(4), "hash map");
+        let no_flow = (XDP_PASS, Some(Counter::PassNoFlow.name()));
+        assert_eq!(rig.verdict(THIRD), no_flow, "its place holds another key");
+
+        rig.dp.remove_flow(FlowKey::new(FIRST)).unwrap();
+        assert_eq!(rig.verdict(FIRST), no_flow);
+        assert_eq!(rig.run(SECOND), PlaceRig::forwarded(4));
+        rig.add(THIRD, 6);
+        assert_eq!(rig.run(THIRD), PlaceRig::forwarded(6), "the freed place");
+        assert_eq!(
+            flow_array(&rig.dp).get(&at, 0).unwrap().key,
+            FlowKey::new(THIRD)
+        );
+        // Back to HOLD at its place: every write leaves `seq` even.
+        rig.dp
+            .update_flow(FlowKey::new(THIRD), &FlowSpec::hold(), None)
+            .unwrap();
+        assert_eq!(
+            rig.verdict(THIRD),
+            (XDP_REDIRECT, Some(Counter::PuntHold.name()))
+        );
+        assert_eq!(flow_array(&rig.dp).get(&at, 0).unwrap().seq % 2, 0);
+    })
+    .unwrap();
+}
+
+/// A place that userspace is rewriting (odd `seq`: the state its first update leaves) is
+/// never forwarded from: its packets go to userspace untouched. Other keys are not held up.
+#[test]
+fn a_place_being_rewritten_is_punted_never_forwarded() {
+    use proxy_common::flow::place;
+    need_root();
+    let env = Env::fixture("fxw").unwrap();
+    env.enter(|env| {
+        let mut rig = PlaceRig::new(env);
+        rig.add(FIRST, 2);
+        rig.add(SECOND, 4);
+        let mut array = flow_array(&rig.dp);
+        let at = place::of(&FlowKey::new(FIRST), 0);
+        let entry = array.get(&at, 0).unwrap();
+        assert_eq!(entry.key, FlowKey::new(FIRST));
+        let mut odd = entry;
+        odd.seq = entry.seq.wrapping_add(1);
+        array.set(at, odd, 0).unwrap();
+        let punted = (
+            XDP_REDIRECT,
+            PlaceRig::input(FIRST),
+            Some(Counter::PuntChanging.name()),
+        );
+        assert_eq!(rig.run(FIRST), punted, "seq odd");
+        assert_eq!(rig.run(SECOND), PlaceRig::forwarded(4), "not its place's");
+        array.set(at, entry, 0).unwrap();
+        assert_eq!(rig.run(FIRST), PlaceRig::forwarded(2), "written back");
+    })
+    .unwrap();
+}
+
 #[test]
 #[expect(
     clippy::cast_possible_truncation,
@@ -1212,23 +1396,7 @@ fn userspace_parser_agrees_with_the_xdp_program() {
     let env = Env::fixture("fxdiff").unwrap();
     env.enter(|env| {
         let relay0 = env.ifindex("relay0");
-        let mut dp = Dataplane::load(&DataplaneConfig {
-            max_flows: 64,
-            probe_port: PROBE_PORT,
-            ..DataplaneConfig::default()
-        })
-        .unwrap();
-        let xsk = XskSocket::bind(
-            relay0,
-            0,
-            XskConfig {
-                frames: 64,
-                frame_size: 2048,
-                ring_size: 32,
-            },
-        )
-        .unwrap();
-        dp.register_socket(relay0, 0, &xsk).unwrap();
+        let (mut dp, _xsk) = dataplane_with_socket(relay0, 64, PROBE_PORT);
         let flow4 = v4([10, 0, 1, 1], 30000);
         let flow6 = v6(1, 1, 30000);
         for f in [flow4, flow6] {

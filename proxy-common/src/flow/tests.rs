@@ -17,30 +17,39 @@ fn layouts_have_no_padding() {
     assert_packed!(FlowKey, 20, 1, [Endpoint]);
     assert_packed!(
         FlowEntry,
-        144,
-        4,
+        168,
+        8,
         [
-            u8, u8, u16, u32, Endpoint, Endpoint, Endpoint, u32, [u8; 6], [u8; 6], Endpoint,
-            Endpoint, u32, CsumDelta
+            u32, u8, u8, u16, u32, FlowKey, Endpoint, Endpoint, Endpoint, u32, [u8; 6], [u8; 6],
+            Endpoint, Endpoint, u32, CsumDelta
         ]
     );
     assert_packed!(CsumDelta, 16, 4, [u32, u32, u32, u32]);
     assert_packed!(FlowCounters, 48, 8, [u64, u64, u64, u64, u64, u64]);
     assert_packed!(Budget, 16, 8, [u64, u64]);
-    assert_packed!(RelayConfig, 72, 8, [[u8; 2], [u8; 6], Budget, [Budget; 3]]);
+    assert_packed!(
+        RelayConfig,
+        72,
+        8,
+        [[u8; 2], [u8; 2], u32, Budget, [Budget; 3]]
+    );
 }
 
 #[test]
 fn field_offsets_are_stable() {
-    assert_eq!(core::mem::offset_of!(FlowEntry, counter_slot), 4);
-    assert_eq!(core::mem::offset_of!(FlowEntry, peer), 8);
-    assert_eq!(core::mem::offset_of!(FlowEntry, out_src), 28);
-    assert_eq!(core::mem::offset_of!(FlowEntry, out_dst), 48);
-    assert_eq!(core::mem::offset_of!(FlowEntry, egress_ifindex), 68);
-    assert_eq!(core::mem::offset_of!(FlowEntry, src_mac), 72);
-    assert_eq!(core::mem::offset_of!(FlowEntry, dst_mac), 78);
-    assert_eq!(core::mem::offset_of!(FlowEntry, egress_slot), 124);
-    assert_eq!(core::mem::offset_of!(FlowEntry, csum), 128);
+    assert_eq!(core::mem::offset_of!(FlowEntry, seq), 0);
+    assert_eq!(core::mem::offset_of!(FlowEntry, counter_slot), 8);
+    assert_eq!(core::mem::offset_of!(FlowEntry, key), 12);
+    assert_eq!(core::mem::offset_of!(FlowEntry, peer), 32);
+    assert_eq!(core::mem::offset_of!(FlowEntry, out_src), 52);
+    assert_eq!(core::mem::offset_of!(FlowEntry, out_dst), 72);
+    assert_eq!(core::mem::offset_of!(FlowEntry, egress_ifindex), 92);
+    assert_eq!(core::mem::offset_of!(FlowEntry, src_mac), 96);
+    assert_eq!(core::mem::offset_of!(FlowEntry, dst_mac), 102);
+    assert_eq!(core::mem::offset_of!(FlowEntry, egress_slot), 148);
+    assert_eq!(core::mem::offset_of!(FlowEntry, csum), 152);
+    // The program copies an entry out of the flow array in 8-byte words.
+    assert_eq!(size_of::<FlowEntry>() % 8, 0);
     assert_eq!(core::mem::offset_of!(Endpoint, port), 16);
 }
 
@@ -61,7 +70,7 @@ fn endpoint_roundtrips_and_stores_network_order() {
 
 #[test]
 fn unknown_state_bytes_read_as_hold() {
-    let mut e = FlowEntry::hold(3);
+    let mut e = FlowEntry::hold(FlowKey::new(Endpoint::UNSET), 3);
     assert_eq!(e.state(), FlowState::Hold);
     e.set_state(FlowState::Forward);
     assert_eq!(e.state(), FlowState::Forward);
@@ -94,7 +103,7 @@ fn budgets_pass_their_rate_and_bursts_and_no_more() {
 
 #[test]
 fn hints_match_the_endpoint_or_the_address() {
-    let mut e = FlowEntry::hold(0);
+    let mut e = FlowEntry::hold(FlowKey::new(Endpoint::UNSET), 0);
     let phone = Endpoint::v4([192, 0, 2, 1], 4000);
     assert!(!e.hinted(&phone));
     e.hint = phone;
@@ -109,4 +118,39 @@ fn counter_table_is_complete() {
     for (i, c) in Counter::ALL.iter().enumerate() {
         assert_eq!(*c as usize, i, "{} out of order", c.name());
     }
+}
+
+#[test]
+fn places_give_every_port_of_an_address_its_own_and_consecutive_addresses_their_own_block() {
+    assert_eq!(place::blocks(1), 1);
+    assert_eq!(place::blocks(DEFAULT_MAX_FLOWS), 2);
+    assert_eq!(place::blocks(1_000_002), 32);
+    assert_eq!(place::blocks(u32::MAX), 1 << 15);
+    let mask = place::blocks(1_000_002) - 1;
+    let mut seen = std::collections::HashSet::new();
+    for ip in 0..20u8 {
+        for port in [0, 1, 5004, 40_000, u16::MAX] {
+            let key = FlowKey::new(Endpoint::v4([10, 0, 1, 10 + ip], port));
+            let p = place::of(&key, mask);
+            assert!(p < (mask + 1) * place::BLOCK);
+            assert_eq!(p & 0xffff, u32::from(port));
+            assert!(seen.insert(p), "{key:?} shares place {p}");
+        }
+    }
+    // IPv6: the fold takes every word, so addresses that differ anywhere spread.
+    let a = place::of(
+        &FlowKey::new(Endpoint::v6(
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            7,
+        )),
+        1,
+    );
+    let b = place::of(
+        &FlowKey::new(Endpoint::v6(
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            7,
+        )),
+        1,
+    );
+    assert_ne!(a, b);
 }

@@ -5,17 +5,23 @@ use std::{cell::Cell, time::Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use proxy_common::{
-    Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags, rewrite::CsumDelta,
+    Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState,
+    flow::{flow_flags, place},
+    rewrite::CsumDelta,
 };
 
 use super::{Dataplane, Egress, Flow, FlowSpec, Forwarded, MismatchPolicy};
+
+/// What a free place of the flow array holds: all zero, as the kernel created it. Its key is
+/// unset, so no packet's key ever matches it.
+const EMPTY: FlowEntry = FlowEntry::hold(FlowKey::new(Endpoint::UNSET), 0);
 
 /// The map entry of a flow: [`crate::flow`] holds the pure description, the layout of the
 /// kernel's entry is this module's.
 impl FlowSpec {
     /// The entry of flow `key`; `egress` is the next hop and its `EGRESS` slot.
     fn entry(&self, key: &FlowKey, counter_slot: u32, egress: Option<(&Egress, u32)>) -> FlowEntry {
-        let mut e = FlowEntry::hold(counter_slot);
+        let mut e = FlowEntry::hold(*key, counter_slot);
         e.set_state(self.state);
         if let Some(peer) = self.peer {
             e.peer = peer;
@@ -69,16 +75,55 @@ impl Dataplane {
             .transpose()?;
         let slot = self.alloc_slot()?;
         let entry = spec.entry(&key, slot, egress.as_ref().zip(egress_slot));
-        if let Err(e) = self
+        let i = place::of(&key, self.place_mask);
+        let place = self
+            .places
+            .get(i as usize)
+            .is_some_and(|p| !p.taken)
+            .then_some(i);
+        let written = self
             .flow_counters
             .set(slot, FlowCounters::default(), 0)
-            .and_then(|()| self.flows.insert(key, entry, 0))
-        {
+            .map_err(anyhow::Error::from)
+            .and_then(|()| match place {
+                Some(i) => self.write_place(i, &EMPTY, &entry),
+                None => Ok(self.flows.insert(key, entry, 0)?),
+            });
+        if let Err(e) = written {
             self.free_slots.push(slot);
             return Err(e).with_context(|| format!("adding flow {:?}", key.local));
         }
-        self.remember(key, spec, egress, entry);
+        if let Some(i) = place {
+            self.places[i as usize].taken = true;
+        }
+        self.remember(key, spec, egress, entry, place);
         Ok(())
+    }
+
+    /// Writes `new` over `old` at place `i` of the flow array, in the three updates the
+    /// program's seqlock reader relies on (`maps::read_place` in proxy-ebpf): `seq` made odd
+    /// alone, then the fields with `seq` still odd, then `seq` made even. A program run that
+    /// copies the element meanwhile sees `seq` odd or moved and punts the packet to
+    /// userspace, never a mix of two entries. Should an update fail, the old entry goes back;
+    /// should that fail too, the place reads as changing and its packets come to userspace.
+    fn write_place(&mut self, i: u32, old: &FlowEntry, new: &FlowEntry) -> anyhow::Result<()> {
+        let seq = self.places[i as usize].seq;
+        let (odd, even) = (seq.wrapping_add(1), seq.wrapping_add(2));
+        let at = |e: &FlowEntry, seq| {
+            let mut e = *e;
+            e.seq = seq;
+            e
+        };
+        self.flow_array.set(i, at(old, odd), 0)?;
+        let written = self
+            .flow_array
+            .set(i, at(new, odd), 0)
+            .and_then(|()| self.flow_array.set(i, at(new, even), 0));
+        if written.is_err() {
+            let _ = self.flow_array.set(i, at(old, even), 0);
+        }
+        self.places[i as usize].seq = even;
+        Ok(written?)
     }
 
     /// Userspace's copy of what the kernel now holds for `key`.
@@ -88,6 +133,7 @@ impl Dataplane {
         spec: &FlowSpec,
         egress: Option<Egress>,
         entry: FlowEntry,
+        place: Option<u32>,
     ) {
         self.use_egress_slot(&entry, |n| n + 1);
         let mut seen = Cell::default();
@@ -102,23 +148,24 @@ impl Dataplane {
                 spec: *spec,
                 egress,
                 entry,
+                place,
                 seen,
             },
         );
     }
 
-    /// Replaces a flow's settings in one map update; its counters carry on.
+    /// Replaces a flow's settings; its counters carry on.
     pub fn update_flow(
         &mut self,
         key: FlowKey,
         spec: &FlowSpec,
         egress: Option<Egress>,
     ) -> anyhow::Result<()> {
-        let old_entry = self
+        let (old_entry, place) = self
             .mirror
             .get(&key)
-            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?
-            .entry;
+            .map(|f| (f.entry, f.place))
+            .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
         let egress_slot = egress
             .map(|g| self.egress_slot(g.hop.ifindex))
             .transpose()?;
@@ -128,11 +175,13 @@ impl Dataplane {
             egress.as_ref().zip(egress_slot),
         );
         if entry != old_entry {
-            self.flows
-                .insert(key, entry, 0)
-                .with_context(|| format!("updating flow {:?}", key.local))?;
+            match place {
+                Some(i) => self.write_place(i, &old_entry, &entry),
+                None => Ok(self.flows.insert(key, entry, 0)?),
+            }
+            .with_context(|| format!("updating flow {:?}", key.local))?;
         }
-        self.remember(key, spec, egress, entry);
+        self.remember(key, spec, egress, entry, place);
         Ok(())
     }
 
@@ -180,9 +229,23 @@ impl Dataplane {
             .mirror
             .remove(&key)
             .ok_or_else(|| anyhow!("no flow {:?}", key.local))?;
-        self.flows
-            .remove(&key)
-            .with_context(|| format!("removing flow {:?}", key.local))?;
+        match flow.place {
+            Some(i) => {
+                if let Err(e) = self.write_place(i, &flow.entry, &EMPTY) {
+                    // Still the flow's (the old entry went back): keep it, so that a retry
+                    // can remove it.
+                    self.mirror.insert(key, flow);
+                    return Err(e).with_context(|| format!("removing flow {:?}", key.local));
+                }
+                self.places[i as usize].taken = false;
+            }
+            None => {
+                if let Err(e) = self.flows.remove(&key) {
+                    self.mirror.insert(key, flow);
+                    return Err(e).with_context(|| format!("removing flow {:?}", key.local));
+                }
+            }
+        }
         self.use_egress_slot(&flow.entry, |n| n.saturating_sub(1));
         let counters = self
             .flow_counters

@@ -281,7 +281,9 @@ pub(super) fn scale_point(
     })??;
     let install = t0.elapsed().as_secs_f64();
     pin_napi_threads("r0", RELAY_CPU);
-    let bytes = map_memory(u64::from(max_flows));
+    // The flow array is sized by its places, the other flow maps by the flows.
+    let places = proxy_common::flow::place::blocks(max_flows) * proxy_common::flow::place::BLOCK;
+    let bytes = map_memory(u64::from(max_flows)) + map_memory(u64::from(places));
     let target = Target {
         dst_ip: [10, 0, 1, 10],
         dst_port: 10_000,
