@@ -63,7 +63,12 @@ pub mod family {
 
 /// An IP address and UDP port in network order. IPv4 uses the first four address bytes and
 /// leaves the rest zero, so that equal endpoints are equal byte for byte.
-#[repr(C)]
+///
+/// 4-byte aligned: the BPF target never loads a wider word than the data's known alignment,
+/// so an align-1 endpoint is compared, copied and folded byte by byte; aligned, in 32-bit
+/// words. Every place that holds one (the flow entry, the key, the parsed packet) keeps it at
+/// a multiple of 4.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Endpoint {
     addr: [u8; 16],

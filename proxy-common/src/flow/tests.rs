@@ -13,8 +13,8 @@ macro_rules! assert_packed {
 
 #[test]
 fn layouts_have_no_padding() {
-    assert_packed!(Endpoint, 20, 1, [[u8; 16], [u8; 2], u8, u8]);
-    assert_packed!(FlowKey, 20, 1, [Endpoint]);
+    assert_packed!(Endpoint, 20, 4, [[u8; 16], [u8; 2], u8, u8]);
+    assert_packed!(FlowKey, 20, 4, [Endpoint]);
     assert_packed!(
         FlowEntry,
         168,
