@@ -9,7 +9,8 @@ pub const MAX_INTERFACES: u32 = 64;
 /// Rx queues per interface with an `AF_XDP` socket.
 pub const MAX_QUEUES_PER_INTERFACE: u32 = 64;
 /// The flow table's default capacity (`--max-flows`): 16,384 calls of one audio stream with
-/// RTCP (four flows each), about 14 MiB of kernel memory. The loader resizes the map to the
+/// RTCP (four flows each), about 25 MiB of kernel memory (the flow array's 131,072 places of
+/// 168 bytes, and the counters). The loader resizes the map to the
 /// operator's figure; this is also the size the object file declares.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 

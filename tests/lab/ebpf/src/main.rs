@@ -72,8 +72,14 @@ mod programs {
         let Some(f) = bytes::<FRAME_LEN>(&ctx, 0) else {
             return xdp_action::XDP_ABORTED;
         };
+        // Every flow once per cycle, in a scattered order (a stride that is a prime above any
+        // flow count, so a permutation): a relay's packets arrive from its flows interleaved,
+        // not in the order of its tables, and in table order the CPU's prefetcher would hide
+        // every cache miss the table's size causes.
+        const STRIDE: u64 = 1_000_003;
         let flow = if cfg.flows > 1 {
-            (st.sent % u64::from(cfg.flows)) as u32
+            let n = u64::from(cfg.flows);
+            ((st.sent % n) * STRIDE % n) as u32
         } else {
             0
         };

@@ -19,7 +19,7 @@ use super::harness::{
     GEN_IP, GEN_PORT, Harness, RELAY_CPU, SINK_IP, SINK_PORT, Target, pin_napi_threads,
 };
 use super::report::{ProgramFacts, ScalePoint, Timed};
-use super::search::{Plan, loss_free, overload};
+use super::search::{Plan, loss_free, overload, paired_overload};
 
 /// Memory of the maps with `max_entries` entries, from /proc/self/fdinfo.
 pub(super) fn map_memory(max_entries: u64) -> u64 {
@@ -303,6 +303,13 @@ pub(super) fn scale_point(
         &format!("{n} flows"),
     )?;
     let o = overload(h, sinks, target, plan)?;
+    // The largest table also against one of its own flows, side by side: the figure the
+    // 1M-flow target is judged by.
+    let paired = if n >= 1_000_000 {
+        paired_overload(h, sinks, target, plan, 5)?
+    } else {
+        None
+    };
     drop(dp);
     Ok(ScalePoint {
         flows: n,
@@ -311,5 +318,6 @@ pub(super) fn scale_point(
         cpu_ns_per_packet_at_overload: o.cpu_ns.unwrap_or(0.0),
         map_bytes_per_flow: bytes as f64 / f64::from(max_flows),
         install_seconds: install,
+        paired_cpu_ns_at_overload: paired,
     })
 }

@@ -189,6 +189,29 @@ pub(super) fn overload(
     })
 }
 
+/// Relay core busy time per packet at overload with traffic to every flow of `target` and to
+/// its first flow only, in `rounds` alternating pairs on the same table: the medians,
+/// `[every flow, one flow]`.
+pub(super) fn paired_overload(
+    h: &Harness,
+    sinks: &mut [&mut Ebpf],
+    target: Target,
+    plan: &Plan,
+    rounds: usize,
+) -> anyhow::Result<Option<[f64; 2]>> {
+    let one = Target { flows: 1, ..target };
+    let (mut all_ns, mut one_ns) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        all_ns.extend(overload(h, sinks, target, plan)?.cpu_ns);
+        one_ns.extend(overload(h, sinks, one, plan)?.cpu_ns);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    Ok(median(all_ns).zip(median(one_ns)).map(|(a, o)| [a, o]))
+}
+
 /// The median of `runs` loss-free searches, with every run's rate.
 pub(super) fn median_search(mut runs: Vec<Search>) -> (Search, Vec<u64>) {
     let rates = runs.iter().map(|s| s.rate).collect();
