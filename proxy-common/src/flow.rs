@@ -296,7 +296,7 @@ pub struct FlowEntry {
     pub hint: Endpoint,
     pub hint_ip: Endpoint,
     /// The slot of the egress interface in the `EGRESS` DEVMAP (valid with `NEXT_HOP`): an
-    /// array index, so the FORWARD path's one hash lookup is the flow's own.
+    /// array index, so the FORWARD path takes no hash lookup for it.
     pub egress_slot: u32,
     /// The checksum words of the rewrite that the entry already fixes (see [`CsumDelta`]).
     pub csum: CsumDelta,

@@ -61,8 +61,8 @@ static XSK_BASE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0
 #[map]
 pub static XSKS: XskMap = XskMap::with_max_entries(MAX_INTERFACES * MAX_QUEUES_PER_INTERFACE, 0);
 
-/// An array, indexed by the slot userspace gives each egress device: the FORWARD path's one
-/// hash lookup stays the flow's.
+/// An array, indexed by the slot userspace gives each egress device: the FORWARD path takes no
+/// hash lookup for it.
 #[map]
 pub static EGRESS: DevMap = DevMap::with_max_entries(MAX_INTERFACES, 0);
 

@@ -120,8 +120,19 @@ pub struct Report {
     pub scaling: Vec<ScalePoint>,
     /// The relay's XDP program: translated and `JITed` size, instructions the verifier walked.
     pub program: ProgramFacts,
+    /// An infinite ratio (a figure over a 0) is null in JSON, and infinite again when read.
+    #[serde(deserialize_with = "ratios_from_json")]
     pub ratios: BTreeMap<String, f64>,
     pub ng: NgFigures,
+}
+
+fn ratios_from_json<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, f64>, D::Error> {
+    let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::INFINITY)))
+        .collect())
 }
 
 /// The call-server interface under load: offer/answer pairs per second, and how many calls
@@ -536,4 +547,22 @@ pub(super) fn check(path: &Path) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Report;
+
+    /// A ratio over a 0 (rtpengine forwarding nothing at overload) is written as null and
+    /// read back as infinite, so that `--check` reads every report the bench writes.
+    #[test]
+    fn an_infinite_ratio_survives_the_json() {
+        let mut r = Report::default();
+        r.ratios.insert("over nothing".into(), f64::INFINITY);
+        r.ratios.insert("plain".into(), 2.5);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""over nothing":null"#), "{json}");
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.ratios, r.ratios);
+    }
 }
