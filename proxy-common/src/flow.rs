@@ -10,20 +10,22 @@ pub const MAX_INTERFACES: u32 = 64;
 pub const MAX_QUEUES_PER_INTERFACE: u32 = 64;
 /// The flow table's default capacity (`--max-flows`): 16,384 calls of one audio stream with
 /// RTCP (four flows each), about 25 MiB of kernel memory (the flow array's 131,072 places of
-/// 168 bytes, and the counters). The loader resizes the map to the
-/// operator's figure; this is also the size the object file declares.
+/// 168 bytes, and the counters). The loader resizes the maps to the operator's figure; this
+/// is also the size the object file declares.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 
 /// Where a flow sits in the flow array, so that the FORWARD path finds its entry with an
-/// array access: no helper call, no hash, no key comparison call, and one cache line pulled
-/// for the entry's place instead of a bucket and an element.
+/// array access: no helper call, no hash, no key comparison call, and no bucket to pull into
+/// the cache before the entry (168 bytes, three or four cache lines).
 ///
 /// The array has a power of two of blocks of 65,536 places. A key's block is its address
 /// folded to 32 bits, masked; its place in the block is its port. So every port of one
 /// address has its own place, and consecutive addresses (a relay's address pool) get
-/// consecutive blocks. Two keys meet at one place only when two addresses fold to the same
-/// block and use the same port; userspace then puts the second one in the `FLOWS` hash map,
-/// which the program consults when the place holds another key.
+/// consecutive blocks, up to the number of blocks. Two keys meet at one place when their
+/// addresses fold to the same block and they use the same port: at the default two blocks,
+/// two addresses whose folds have the same lowest bit. Userspace then puts the second one in
+/// the `FLOWS` hash map, which the program consults when the place holds another key: correct,
+/// at the hash map's cost.
 pub mod place {
     use super::FlowKey;
 

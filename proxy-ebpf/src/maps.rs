@@ -158,8 +158,11 @@ pub fn flow<'a>(key: &FlowKey, copy: &'a mut EntryCopy) -> Flow<'a> {
             found => return found,
         }
     }
-    // SAFETY: hash entries are only replaced whole by userspace (BPF_MAP_UPDATE_ELEM), and a
-    // replaced element stays valid for the rest of this program run (RCU).
+    // SAFETY: hash entries are only replaced whole by userspace (BPF_MAP_UPDATE_ELEM), and the
+    // memory stays mapped for the program run. The kernel may hand a replaced element to the
+    // next update at once, so a run reading one exactly then could mix two entries of this
+    // map: the window the array's seqlock closes, left open for the flows whose place another
+    // address holds (and the rare update of one).
     match unsafe { FLOWS.get(key) } {
         Some(e) => Flow::Entry(e),
         None => Flow::None,

@@ -37,10 +37,16 @@ pub fn handle<const SKB: bool>(ctx: &XdpContext) -> Result<Verdict, Error> {
     }
 
     let mut copy = maps::EntryCopy::uninit();
-    let entry = match maps::flow(&FlowKey::new(pkt.dst), &mut copy) {
+    let found = maps::flow(&FlowKey::new(pkt.dst), &mut copy);
+    // Judged only for a flow's packets: the host's other traffic is not ours to judge.
+    if !matches!(found, Flow::None) && !pkt.lengths_ok() {
+        return Err(Error::Malformed);
+    }
+    let entry = match found {
         Flow::Entry(e) => e,
         Flow::None => return Err(Error::NoFlow),
-        // Userspace relays it under whatever it is writing.
+        // Userspace relays it under whatever it is writing; the CPU's budget holds a flood
+        // back (the flow's own is in the entry being written).
         Flow::Changing => {
             if !maps::take_budget(budget::MEDIA, None) {
                 return Err(Error::PuntBudget);
@@ -48,9 +54,6 @@ pub fn handle<const SKB: bool>(ctx: &XdpContext) -> Result<Verdict, Error> {
             return punt(ctx, Counter::PuntChanging);
         }
     };
-    if !pkt.lengths_ok() {
-        return Err(Error::Malformed);
-    }
     let counters = maps::flow_counters(entry.counter_slot);
     let payload = u64::from(pkt.udp_len) - 8;
 

@@ -146,9 +146,10 @@ struct RunArgs {
     /// Default for `delete` without `delete-delay`.
     #[arg(long, default_value_t = CallsConfig::default().delete_delay.as_secs())]
     delete_delay_secs: u64,
-    /// Flow table capacity (two flows per RTP or RTCP stream). Kernel memory: a 168-byte place
-    /// in the flow array for twice as many flows (in blocks of 65,536), and 48 bytes of
-    /// counters per flow; about 25 MiB at the default, 400 MiB at 1,000,000.
+    /// Flow table capacity (two flows per RTP or RTCP stream). Kernel memory: 168-byte places
+    /// in the flow array for two to four times as many flows (a power of two of 65,536-place
+    /// blocks), and 48 bytes of counters per flow; about 25 MiB at the default, 400 MiB at
+    /// 1,000,000.
     #[arg(long, default_value_t = proxy_common::flow::DEFAULT_MAX_FLOWS)]
     max_flows: u32,
     /// Log the XDP program's events up to this level, under the target `mediaproxy::kernel`

@@ -75,12 +75,13 @@ impl Dataplane {
             .transpose()?;
         let slot = self.alloc_slot()?;
         let entry = spec.entry(&key, slot, egress.as_ref().zip(egress_slot));
+        // The program's seqlock copy of a place relies on x86's load ordering (see
+        // `maps::read_place` in proxy-ebpf); elsewhere every flow goes to the hash map, whose
+        // elements userspace replaces whole.
         let i = place::of(&key, self.place_mask);
-        let place = self
-            .places
-            .get(i as usize)
-            .is_some_and(|p| !p.taken)
-            .then_some(i);
+        let place = (cfg!(target_arch = "x86_64")
+            && self.places.get(i as usize).is_some_and(|p| !p.taken))
+        .then_some(i);
         let written = self
             .flow_counters
             .set(slot, FlowCounters::default(), 0)

@@ -188,26 +188,9 @@ fn mode_of(r: &Report, m: Mode) -> Option<&ModeResult> {
     r.modes.iter().find(|x| x.mode == format!("{m:?}"))
 }
 
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
-)]
-pub(super) fn rate_of(r: &Report, m: Mode) -> f64 {
-    mode_of(r, m).map_or(0.0, |x| x.loss_free_pps as f64)
-}
-
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
-)]
-fn overload_of(r: &Report, m: Mode) -> f64 {
-    mode_of(r, m).map_or(0.0, |x| x.overload_pps as f64)
-}
-
-pub(super) fn p99_of(r: &Report, m: Mode) -> f64 {
-    mode_of(r, m)
-        .and_then(|x| x.latency.as_ref())
-        .map_or(0.0, |l| l.p99_us)
+/// [`div`] of two figures of the run, 0 when either was not measured.
+fn ratio(a: Option<f64>, b: Option<f64>) -> f64 {
+    a.zip(b).map_or(0.0, |(a, b)| div(a, b))
 }
 
 /// `a / b`; infinite when only `b` is 0 (rtpengine forwarding nothing at overload), so the
@@ -229,19 +212,18 @@ fn div(a: f64, b: f64) -> f64 {
     reason = "benchmark statistics: counts and durations far below 2^52, where f64 is exact"
 )]
 pub(super) fn compute_ratios(r: &mut Report) {
-    let native = rate_of(r, Mode::XdpNative);
-    let native_ol = overload_of(r, Mode::XdpNative);
-    let cpu_ol = |m| {
+    // `None`: not measured in this run (a mode or a flow count left out); its ratios are 0.
+    let rate = |m| mode_of(r, m).map(|x| x.loss_free_pps as f64);
+    let over = |m| mode_of(r, m).map(|x| x.overload_pps as f64);
+    let p99 = |m| {
         mode_of(r, m)
-            .and_then(|x| x.cpu_ns_per_packet_at_overload_without_sink)
-            .unwrap_or(0.0)
+            .and_then(|x| x.latency.as_ref())
+            .map(|l| l.p99_us)
     };
-    let cpu_ratio = div(cpu_ol(Mode::XdpNative), cpu_ol(Mode::XdpDropCeiling));
+    let cpu_ol = |m| mode_of(r, m).and_then(|x| x.cpu_ns_per_packet_at_overload_without_sink);
     let scale = |n: u64| r.scaling.iter().find(|s| s.flows == n).cloned();
-    let (one, million) = (
-        scale(1).unwrap_or_default(),
-        scale(1_000_000).unwrap_or_default(),
-    );
+    let (one, million) = (scale(1), scale(1_000_000));
+    let (native, native_ol) = (rate(Mode::XdpNative), over(Mode::XdpNative));
     let mut ratios = Vec::new();
     for (name, m, target) in [
         ("kernel_forwarding", Mode::KernelForward, 3),
@@ -250,55 +232,58 @@ pub(super) fn compute_ratios(r: &mut Report) {
     ] {
         ratios.push((
             format!("xdp_native_vs_{name} (target >= {target})"),
-            div(native, rate_of(r, m)),
+            ratio(native, rate(m)),
         ));
         ratios.push((
             format!("xdp_native_vs_{name}_at_overload (target >= {target})"),
-            div(native_ol, overload_of(r, m)),
+            ratio(native_ol, over(m)),
         ));
     }
+    let both = |f: fn(&ScalePoint) -> f64| ratio(million.as_ref().map(f), one.as_ref().map(f));
     ratios.extend([
         (
             "xdp_native_vs_ceiling (target >= 0.5)".to_owned(),
-            div(native, rate_of(r, Mode::XdpDropCeiling)),
+            ratio(native, rate(Mode::XdpDropCeiling)),
         ),
         (
             "xdp_native_p99_vs_rtpengine_p99 (target <= 0.1)".to_owned(),
-            div(p99_of(r, Mode::XdpNative), p99_of(r, Mode::Rtpengine)),
+            ratio(p99(Mode::XdpNative), p99(Mode::Rtpengine)),
         ),
         (
             "xdp_native_cpu_at_overload_vs_drop, sink excluded (target <= 2)".to_owned(),
-            cpu_ratio,
+            ratio(cpu_ol(Mode::XdpNative), cpu_ol(Mode::XdpDropCeiling)),
         ),
         (
             "rate_1M_flows_vs_1_flow (target >= 0.8)".to_owned(),
-            div(million.loss_free_pps as f64, one.loss_free_pps as f64),
+            both(|s| s.loss_free_pps as f64),
         ),
         (
             "rate_1M_flows_vs_1_flow_at_overload (target >= 0.8)".to_owned(),
-            div(million.overload_pps as f64, one.overload_pps as f64),
+            both(|s| s.overload_pps as f64),
         ),
         (
             "cpu_1_flow_vs_1M_flows_at_overload (target >= 0.8)".to_owned(),
-            div(
-                one.cpu_ns_per_packet_at_overload,
-                million.cpu_ns_per_packet_at_overload,
+            // Time per packet: one flow's over the million's.
+            ratio(
+                one.as_ref().map(|s| s.cpu_ns_per_packet_at_overload),
+                million.as_ref().map(|s| s.cpu_ns_per_packet_at_overload),
             ),
         ),
         (
             "cpu_1_flow_vs_1M_flows_at_overload, paired on the 1M table (target >= 0.8)".to_owned(),
             million
-                .paired_cpu_ns_at_overload
+                .as_ref()
+                .and_then(|m| m.paired_cpu_ns_at_overload)
                 .map_or(0.0, |[all, one]| div(one, all)),
         ),
     ]);
+    let drop = rate(Mode::XdpDropCeiling);
+    let (rtpe, rtpe_ol) = (rate(Mode::Rtpengine), over(Mode::Rtpengine));
     r.ratios.extend(ratios);
-    let drop = rate_of(r, Mode::XdpDropCeiling);
-    let (rtpe, rtpe_ol) = (rate_of(r, Mode::Rtpengine), overload_of(r, Mode::Rtpengine));
     for m in &mut r.modes {
-        m.vs_drop = Some(div(m.loss_free_pps as f64, drop));
-        m.vs_rtpengine = Some(div(m.loss_free_pps as f64, rtpe));
-        m.vs_rtpengine_at_overload = Some(div(m.overload_pps as f64, rtpe_ol));
+        m.vs_drop = Some(ratio(Some(m.loss_free_pps as f64), drop));
+        m.vs_rtpengine = Some(ratio(Some(m.loss_free_pps as f64), rtpe));
+        m.vs_rtpengine_at_overload = Some(ratio(Some(m.overload_pps as f64), rtpe_ol));
     }
 }
 
@@ -551,7 +536,33 @@ pub(super) fn check(path: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Report;
+    use super::{ModeResult, Report, compute_ratios};
+    use crate::bench::Mode;
+
+    /// Over a measured 0 a ratio is infinite; over a figure the run did not measure (a mode
+    /// left out with `--modes`, a flow count left out) it is 0, never infinitely good.
+    #[test]
+    #[expect(clippy::float_cmp, reason = "0.0 is written, not computed")]
+    fn a_ratio_is_infinite_only_over_a_measured_zero() {
+        let mode = |m: Mode, pps: u64| ModeResult {
+            mode: format!("{m:?}"),
+            loss_free_pps: pps,
+            overload_pps: pps,
+            ..ModeResult::default()
+        };
+        let mut r = Report {
+            modes: vec![mode(Mode::XdpNative, 1000), mode(Mode::Rtpengine, 0)],
+            ..Report::default()
+        };
+        compute_ratios(&mut r);
+        let at = |k: &str| r.ratios[k];
+        assert!(at("xdp_native_vs_rtpengine (target >= 100)").is_infinite());
+        assert_eq!(at("xdp_native_vs_kernel_sockets (target >= 10)"), 0.0);
+        assert_eq!(
+            at("cpu_1_flow_vs_1M_flows_at_overload (target >= 0.8)"),
+            0.0
+        );
+    }
 
     /// A ratio over a 0 (rtpengine forwarding nothing at overload) is written as null and
     /// read back as infinite, so that `--check` reads every report the bench writes.
