@@ -318,6 +318,10 @@ fn hostile_probes_change_nothing_and_the_call_still_unblocks() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: its topology, call set-up, media and checks"
+)]
 fn a_vpn_leg_unblocks_the_same_way() {
     need_root();
     // A — MP1 ~(TAP "VPN" 10.9.0.0/24)~ MP2 — B; no NAT, but the same deadlock.
@@ -418,8 +422,19 @@ fn a_vpn_leg_unblocks_the_same_way() {
     );
     assert!(d1 <= Duration::from_millis(400) && d2 <= Duration::from_millis(400));
     assert!(ab.lost() <= 2 && ba.lost() <= 2);
+    // Both relays hold toward each other and both probe; whichever probe lands first is
+    // ACKed and confirms the leg for both, so the other relay's may never complete. One of
+    // the two exchanges did the unblocking.
     let q1 = query(&r1, &mp1, "vpn");
-    assert_eq!(query_text(&q1, "tag-b", "probe").as_deref(), Some("acked"));
+    let q2 = query(&r2, &mp2, "vpn");
+    let probes = (
+        query_text(&q1, "tag-b", "probe"),
+        query_text(&q2, "tag-a", "probe"),
+    );
+    assert!(
+        probes.0.as_deref() == Some("acked") || probes.1.as_deref() == Some("acked"),
+        "neither MP1's probe toward MP2 nor MP2's toward MP1 was ACKed: {probes:?}"
+    );
 }
 
 #[test]
