@@ -90,13 +90,12 @@ impl Endpoint {
 
     #[must_use]
     pub const fn v4(addr: [u8; 4], port: u16) -> Self {
-        let mut a = [0u8; 16];
-        a[0] = addr[0];
-        a[1] = addr[1];
-        a[2] = addr[2];
-        a[3] = addr[3];
+        // Built from 32-bit words: a zeroed byte array here became a call to a `memset`
+        // subprogram in the BPF program, for every packet it parses (see `wire::copy_bytes`).
+        let words = [u32::from_ne_bytes(addr), 0, 0, 0];
         Self {
-            addr: a,
+            // SAFETY: [u32; 4] and [u8; 16] have the same size, and any bytes are valid.
+            addr: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) },
             port: port.to_be_bytes(),
             family: family::V4,
             _pad: 0,

@@ -26,7 +26,7 @@ pub use crate::flow::CsumDelta;
 use crate::{
     csum::{self, Incremental},
     flow::{Endpoint, family},
-    wire::{Ipv4Hdr, Ipv6Hdr, UdpHdr, ip_proto},
+    wire::{self, Ipv4Hdr, Ipv6Hdr, UdpHdr, ip_proto},
 };
 
 /// What the sender left in the UDP checksum field.
@@ -297,8 +297,8 @@ pub fn rewrite_v6_with(
         payload_sum,
     );
     set_ports(udp, src, dst);
-    ip.src = *src.addr_v6();
-    ip.dst = *dst.addr_v6();
+    wire::copy_bytes(&mut ip.src, src.addr_v6());
+    wire::copy_bytes(&mut ip.dst, dst.addr_v6());
     ip.hop_limit = ip.hop_limit.saturating_sub(1);
 }
 

@@ -39,6 +39,18 @@ pub unsafe trait Header: Sized {
     }
 }
 
+/// Copies `src` into `dst`, byte by byte. For the BPF programs: there an array assignment
+/// into packet memory became a call to a `memmove` subprogram, and every BPF-to-BPF call
+/// returns through the kernel's return-thunk mitigation (about 20 ns on these machines, a
+/// fifth of a FORWARD). Volatile stores keep LLVM from turning the loop back into a copy.
+#[inline(always)]
+pub fn copy_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        // SAFETY: `d` is a valid, exclusively borrowed byte.
+        unsafe { core::ptr::write_volatile(d, *s) };
+    }
+}
+
 /// EtherType values the relay looks at.
 pub mod ether_type {
     pub const IPV4: u16 = 0x0800;

@@ -14,7 +14,7 @@ use proxy_common::{
     Counter, FlowEntry, csum,
     flow::{family, flow_flags},
     rewrite::{self, UdpChecksum},
-    wire::{EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
+    wire::{self, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
 };
 
 use crate::{
@@ -100,8 +100,8 @@ pub fn forward<const SKB: bool>(
     }
     // SAFETY: bounds-checked by ptr_at; alignment 1.
     let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0)? };
-    eth.dst = entry.dst_mac;
-    eth.src = entry.src_mac;
+    wire::copy_bytes(&mut eth.dst, &entry.dst_mac);
+    wire::copy_bytes(&mut eth.src, &entry.src_mac);
 
     let egress = entry.egress_ifindex;
     #[expect(
@@ -151,27 +151,39 @@ fn payload_sum<const SKB: bool>(
 /// loop's exit states instead of walking the rest of the program from each of them.
 #[inline(always)]
 fn packet_sum(ctx: &XdpContext, off: usize, len: usize) -> Result<u64, Error> {
-    let mut buf = [0u64; CSUM_CHUNK / 8];
+    // Zeroed by volatile stores: a zeroed array literal became a call to a `memset`
+    // subprogram (see `wire::copy_bytes`).
+    let mut raw = core::mem::MaybeUninit::<[u64; CSUM_CHUNK / 8]>::uninit();
+    zero_words(raw.as_mut_ptr());
+    // SAFETY: every word was written just above.
+    let buf = unsafe { raw.assume_init_mut() };
     let mut sum = 0u64;
     let full = len / CSUM_CHUNK;
     for i in 0..MAX_CSUM_CHUNKS {
         if i >= full {
             break;
         }
-        sum += load_and_sum(ctx, off + i * CSUM_CHUNK, &mut buf, CSUM_CHUNK)?;
+        sum += load_and_sum(ctx, off + i * CSUM_CHUNK, buf, CSUM_CHUNK)?;
     }
     let tail = len % CSUM_CHUNK;
     if tail > 0 {
         // Zero bytes do not change the sum, so the tail is summed as a whole zero-padded
-        // buffer; that also pads an odd last byte as RFC 1071 says. Volatile stores stop
-        // LLVM from calling a byte-wise memset, which the verifier would walk byte by byte.
-        for w in &mut buf {
-            // SAFETY: w is a valid, aligned u64.
-            unsafe { core::ptr::write_volatile(w, 0) };
-        }
-        sum += load_and_sum(ctx, off + full * CSUM_CHUNK, &mut buf, tail)?;
+        // buffer; that also pads an odd last byte as RFC 1071 says.
+        zero_words(buf);
+        sum += load_and_sum(ctx, off + full * CSUM_CHUNK, buf, tail)?;
     }
     Ok(sum)
+}
+
+/// Zeroes `buf` with volatile stores, which LLVM cannot turn into a call to a byte-wise
+/// `memset` (a subprogram call, and a loop the verifier walks byte by byte).
+#[inline(always)]
+fn zero_words(buf: *mut [u64; CSUM_CHUNK / 8]) {
+    let words = buf.cast::<u64>();
+    for i in 0..CSUM_CHUNK / 8 {
+        // SAFETY: word i of a buffer the caller owns (initialised or not), aligned.
+        unsafe { words.add(i).write_volatile(0) };
+    }
 }
 
 /// Copies `n` (`1..=CSUM_CHUNK`) packet bytes at `off` into `buf` and sums all of `buf`.
