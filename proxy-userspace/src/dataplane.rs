@@ -583,8 +583,9 @@ mod tests {
 
     /// No program calls a `memset` or `memmove` subprogram. LLVM emits one for a zeroed or
     /// copied byte array (an endpoint, a MAC address), and each is a BPF-to-BPF call whose
-    /// return pays the kernel's return-thunk mitigation: three of them made a third of a
-    /// FORWARD's time (see `proxy_common::wire::copy_bytes`). `memcpy` is inlined.
+    /// return pays the kernel's return-thunk mitigation: three of them took about 30 ns of an
+    /// IPv4 FORWARD's 100 (see `proxy_common::wire::copy_bytes`). A `memcpy` call is left
+    /// only in aya-log's event path, which is dead code unless `--kernel-log` turns it on.
     #[test]
     fn the_programs_call_no_memory_subprograms() {
         let elf = object::File::parse(super::XDP_OBJECT).expect("the embedded ELF");
