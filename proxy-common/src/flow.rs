@@ -22,12 +22,17 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// folded to 32 bits, masked; its place in the block is its port. So every port of one
 /// address has its own place, and consecutive addresses (a relay's address pool) get
 /// consecutive blocks, up to the number of blocks. Two keys meet at one place when their
-/// addresses fold to the same block and they use the same port: at the default two blocks,
-/// two addresses whose folds have the same lowest bit. Userspace then puts the second one in
-/// the `FLOWS` hash map, which the program consults when the place holds another key: correct,
-/// at the hash map's cost.
+/// addresses fold to the same block and they use the same port. Userspace then puts the second
+/// one in the `FLOWS` hash map, which the program consults when the place holds another key:
+/// correct, at the hash map's cost.
+///
+/// The keys are the relay's own media addresses, which userspace knows before it loads the
+/// program, so it lays the array out for them ([`place::layout`]): the fold is rotated so that
+/// each address gets a block of its own (a relay with a public and a private address, or an
+/// IPv4 and an IPv6 one, would otherwise share its blocks half the time at the default two),
+/// with more blocks if there are more addresses than blocks.
 pub mod place {
-    use super::FlowKey;
+    use super::{Endpoint, FlowKey};
 
     /// Places per block: one per port.
     pub const BLOCK: u32 = 1 << 16;
@@ -46,14 +51,82 @@ pub mod place {
         b
     }
 
-    /// The place of `key` in an array of `mask + 1` blocks.
+    /// The place of `key` in an array of `mask + 1` blocks whose layout rotates the address's
+    /// fold right by `shift` bits.
     #[inline(always)]
     #[must_use]
-    pub fn of(key: &FlowKey, mask: u32) -> u32 {
-        let a = key.local.addr_v6();
+    pub fn of(key: &FlowKey, mask: u32, shift: u32) -> u32 {
+        (block(&key.local, mask, shift) << 16) | u32::from(key.local.port())
+    }
+
+    /// The block of an address: its four 32-bit words combined by XOR (an IPv4 address is its
+    /// first word, the rest zero), rotated, masked.
+    #[inline(always)]
+    fn block(addr: &Endpoint, mask: u32, shift: u32) -> u32 {
+        let a = addr.addr_v6();
         let word = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        let fold = word(0) ^ word(4) ^ word(8) ^ word(12);
-        ((fold & mask) << 16) | u32::from(key.local.port())
+        (word(0) ^ word(4) ^ word(8) ^ word(12)).rotate_right(shift) & mask
+    }
+
+    /// How the flow array is laid out: its blocks and the fold's rotation.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Layout {
+        pub blocks: u32,
+        pub shift: u32,
+        /// Pairs of the media addresses that still share a block.
+        pub shared: usize,
+    }
+
+    /// The layout for `max_flows` flows keyed on the media addresses `addrs` (any ports): the
+    /// fewest blocks, from [`blocks`]`(max_flows)` and at most eight times that, and then the
+    /// smallest rotation, that give every address a block of its own. Rotation 0 comes first,
+    /// so that consecutive addresses of a pool keep consecutive blocks. If no layout in that
+    /// range separates them all (more addresses than eight times the blocks, or two whose folds
+    /// are equal), the fewest blocks with the rotation that leaves the fewest pairs sharing.
+    #[must_use]
+    pub fn layout(max_flows: u32, addrs: &[Endpoint]) -> Layout {
+        let base = blocks(max_flows);
+        let most = base.saturating_mul(8).min(MAX_BLOCKS);
+        let mut best: Option<Layout> = None;
+        let mut b = base;
+        while b <= most {
+            for shift in 0..32 {
+                let shared = sharing(addrs, b - 1, shift);
+                if shared == 0 {
+                    return Layout {
+                        blocks: b,
+                        shift,
+                        shared,
+                    };
+                }
+                if b == base && best.is_none_or(|l| shared < l.shared) {
+                    best = Some(Layout {
+                        blocks: b,
+                        shift,
+                        shared,
+                    });
+                }
+            }
+            b <<= 1;
+        }
+        best.unwrap_or(Layout {
+            blocks: base,
+            shift: 0,
+            shared: 0,
+        })
+    }
+
+    /// Pairs of distinct addresses in `addrs` that share a block.
+    fn sharing(addrs: &[Endpoint], mask: u32, shift: u32) -> usize {
+        let mut n = 0;
+        for (i, a) in addrs.iter().enumerate() {
+            for b in &addrs[..i] {
+                if a != b && block(a, mask, shift) == block(b, mask, shift) {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 }
 
@@ -603,7 +676,9 @@ pub mod budget {
 pub struct RelayConfig {
     /// UDP port on which probes and probe ACKs arrive, network order; 0 disables.
     pub probe_port: [u8; 2],
-    _pad: [u8; 2],
+    /// The rotation of an address's fold in the flow array's layout (see [`place::layout`]).
+    pub place_shift: u8,
+    _pad: u8,
     /// The flow array's blocks less one (see [`place`]).
     pub place_mask: u32,
     /// Per flow: punts of unsignalled sources.
@@ -625,12 +700,14 @@ impl RelayConfig {
     ];
 
     #[must_use]
-    /// `blocks`: the flow array's, from [`place::blocks`].
-    pub const fn new(probe_port: u16, blocks: u32) -> Self {
+    /// `layout`: the flow array's, from [`place::layout`].
+    pub const fn new(probe_port: u16, layout: place::Layout) -> Self {
         Self {
             probe_port: probe_port.to_be_bytes(),
-            _pad: [0; 2],
-            place_mask: blocks.saturating_sub(1),
+            #[expect(clippy::cast_possible_truncation, reason = "a rotation, below 32")]
+            place_shift: layout.shift as u8,
+            _pad: 0,
+            place_mask: layout.blocks.saturating_sub(1),
             flow_budget: Self::FLOW_BUDGET,
             cpu_budget: Self::CPU_BUDGET,
         }

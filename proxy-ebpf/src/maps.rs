@@ -150,8 +150,10 @@ pub enum Flow<'a> {
 /// The flow of `key`: at its place in the array (copied into `copy`), else in the hash map.
 #[inline(always)]
 pub fn flow<'a>(key: &FlowKey, copy: &'a mut EntryCopy) -> Flow<'a> {
-    let mask = CONFIG.get(0).map_or(0, |c| c.place_mask);
-    if let Some(p) = FLOW_ARRAY.get_ptr(place::of(key, mask)) {
+    let (mask, shift) = CONFIG
+        .get(0)
+        .map_or((0, 0), |c| (c.place_mask, u32::from(c.place_shift)));
+    if let Some(p) = FLOW_ARRAY.get_ptr(place::of(key, mask, shift)) {
         // SAFETY: a live element of FLOW_ARRAY for the program run.
         match unsafe { read_place(p, key, copy) } {
             Flow::None => {}

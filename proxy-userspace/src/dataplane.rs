@@ -103,10 +103,14 @@ impl AttachMode {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DataplaneConfig {
     /// Capacity of the flow table (two flows per relayed stream).
     pub max_flows: u32,
+    /// The relay's media addresses, which key its flows: the flow array is laid out so that
+    /// each gets blocks of its own (`proxy_common::flow::place::layout`). Flows keyed on other
+    /// addresses work too, at the hash map's cost where their places are taken.
+    pub media_addrs: Vec<IpAddr>,
     /// Probe port, 0 for none.
     pub probe_port: u16,
     /// The kernel program's events (aya-log) up to this level, logged under the target
@@ -118,6 +122,7 @@ impl Default for DataplaneConfig {
     fn default() -> Self {
         Self {
             max_flows: proxy_common::flow::DEFAULT_MAX_FLOWS,
+            media_addrs: Vec::new(),
             probe_port: 0,
             kernel_log: None,
         }
@@ -203,7 +208,7 @@ pub struct Dataplane {
     flow_array: Array<MapData, FlowEntry>,
     /// The flow array's places, by index.
     places: Vec<Place>,
-    place_mask: u32,
+    layout: place::Layout,
     flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
     flow_counters: Array<MapData, FlowCounters>,
     counters: PerCpuArray<MapData, u64>,
@@ -249,8 +254,20 @@ impl Dataplane {
         // 0 turns every event off; the verifier then drops their code (the level is read-only
         // data of the program).
         let level = cfg.kernel_log.map_or(0u8, |l| l as u8);
-        let blocks = place::blocks(cfg.max_flows);
-        let places = blocks * place::BLOCK;
+        let addrs: Vec<Endpoint> = cfg
+            .media_addrs
+            .iter()
+            .map(|ip| Endpoint::from(std::net::SocketAddr::new(*ip, 0)))
+            .collect();
+        let layout = place::layout(cfg.max_flows, &addrs);
+        if layout.shared > 0 {
+            log::warn!(
+                "{} pairs of the media addresses share blocks of the flow array at every layout tried ({} blocks): a flow of the second address on a port the first one's flow uses goes to the hash map, a hash lookup per packet",
+                layout.shared,
+                layout.blocks
+            );
+        }
+        let places = layout.blocks * place::BLOCK;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOW_ARRAY", places)
             .map_max_entries("FLOWS", cfg.max_flows)
@@ -281,7 +298,7 @@ impl Dataplane {
         let local_addrs = BpfHashMap::try_from(take(&mut ebpf, "LOCAL_ADDRS")?)?;
         let mut config: Array<MapData, RelayConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)?;
         config
-            .set(0, RelayConfig::new(cfg.probe_port, blocks), 0)
+            .set(0, RelayConfig::new(cfg.probe_port, layout), 0)
             .context("writing CONFIG")?;
         let kernel_log = cfg
             .kernel_log
@@ -291,7 +308,7 @@ impl Dataplane {
             ebpf,
             flow_array,
             places: vec![Place::default(); places as usize],
-            place_mask: blocks - 1,
+            layout,
             flows,
             flow_counters,
             counters,

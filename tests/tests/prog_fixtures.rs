@@ -178,12 +178,18 @@ fn as_bytes<T>(v: &T) -> &[u8] {
 /// The programs loaded with room for `max_flows`, and an `AF_XDP` socket on `relay0`'s queue 0
 /// for what they punt.
 fn dataplane_with_socket(relay0: u32, max_flows: u32, probe_port: u16) -> (Dataplane, XskSocket) {
-    let mut dp = Dataplane::load(&DataplaneConfig {
-        max_flows,
-        probe_port,
-        ..DataplaneConfig::default()
-    })
-    .expect("load the programs");
+    dataplane_with_socket_for(
+        relay0,
+        &DataplaneConfig {
+            max_flows,
+            probe_port,
+            ..DataplaneConfig::default()
+        },
+    )
+}
+
+fn dataplane_with_socket_for(relay0: u32, cfg: &DataplaneConfig) -> (Dataplane, XskSocket) {
+    let mut dp = Dataplane::load(cfg).expect("load the programs");
     let xsk = XskSocket::bind(
         relay0,
         0,
@@ -1051,8 +1057,21 @@ const THIRD: Endpoint = Endpoint::v4([10, 0, 1, 5], 30000);
 
 impl PlaceRig {
     fn new(env: &Env) -> Self {
+        Self::with_media(env, &[])
+    }
+
+    /// With `media` given to the dataplane as the relay's media addresses.
+    fn with_media(env: &Env, media: &[Endpoint]) -> Self {
         let (relay0, relay1) = (env.ifindex("relay0"), env.ifindex("relay1"));
-        let (dp, xsk) = dataplane_with_socket(relay0, 8, 0);
+        let (dp, xsk) = dataplane_with_socket_for(
+            relay0,
+            &DataplaneConfig {
+                max_flows: 8,
+                probe_port: 0,
+                media_addrs: media.iter().filter_map(Endpoint::ip).collect(),
+                ..DataplaneConfig::default()
+            },
+        );
         Self {
             dp,
             _xsk: xsk,
@@ -1120,8 +1139,8 @@ fn keys_that_share_a_place_each_forward_from_their_own_entry() {
     let env = Env::fixture("fxp").unwrap();
     env.enter(|env| {
         let mut rig = PlaceRig::new(env);
-        let at = place::of(&FlowKey::new(FIRST), 0);
-        assert_eq!(at, place::of(&FlowKey::new(SECOND), 0));
+        let at = place::of(&FlowKey::new(FIRST), 0, 0);
+        assert_eq!(at, place::of(&FlowKey::new(SECOND), 0, 0));
         rig.add(FIRST, 2);
         rig.add(SECOND, 4);
         assert_eq!(rig.run(FIRST), PlaceRig::forwarded(2), "array");
@@ -1152,6 +1171,33 @@ fn keys_that_share_a_place_each_forward_from_their_own_entry() {
     .unwrap();
 }
 
+/// The relay's media addresses get blocks of their own: [`FIRST`] and [`SECOND`], which share a
+/// place in the plain layout, both sit in the flow array, at the places the layout gives them,
+/// and each forwards from its own entry.
+#[test]
+fn media_addresses_get_blocks_of_their_own() {
+    use proxy_common::flow::place;
+    need_root();
+    let env = Env::fixture("fxm").unwrap();
+    env.enter(|env| {
+        let media = [FIRST.with_port(0), SECOND.with_port(0)];
+        let mut rig = PlaceRig::with_media(env, &media);
+        let layout = place::layout(8, &media);
+        assert_eq!((layout.blocks, layout.shared), (2, 0));
+        let at = |key: Endpoint| place::of(&FlowKey::new(key), layout.blocks - 1, layout.shift);
+        assert_ne!(at(FIRST), at(SECOND));
+        rig.add(FIRST, 2);
+        rig.add(SECOND, 4);
+        assert_eq!(rig.run(FIRST), PlaceRig::forwarded(2));
+        assert_eq!(rig.run(SECOND), PlaceRig::forwarded(4));
+        let array = flow_array(&rig.dp);
+        for key in [FIRST, SECOND] {
+            assert_eq!(array.get(&at(key), 0).unwrap().key, FlowKey::new(key));
+        }
+    })
+    .unwrap();
+}
+
 /// A place that userspace is rewriting (odd `seq`: the state its first update leaves) is
 /// never forwarded from: its packets go to userspace untouched. Other keys are not held up.
 #[test]
@@ -1164,7 +1210,7 @@ fn a_place_being_rewritten_is_punted_never_forwarded() {
         rig.add(FIRST, 2);
         rig.add(SECOND, 4);
         let mut array = flow_array(&rig.dp);
-        let at = place::of(&FlowKey::new(FIRST), 0);
+        let at = place::of(&FlowKey::new(FIRST), 0, 0);
         let entry = array.get(&at, 0).unwrap();
         assert_eq!(entry.key, FlowKey::new(FIRST));
         let mut odd = entry;
@@ -1554,6 +1600,7 @@ fn kernel_events_cost_nothing_when_off_and_reach_the_log_when_asked() {
                 max_flows: 8,
                 probe_port: PROBE_PORT,
                 kernel_log: level,
+                ..DataplaneConfig::default()
             })
             .unwrap()
         };

@@ -31,7 +31,7 @@ fn layouts_have_no_padding() {
         RelayConfig,
         72,
         8,
-        [[u8; 2], [u8; 2], u32, Budget, [Budget; 3]]
+        [[u8; 2], u8, u8, u32, Budget, [Budget; 3]]
     );
 }
 
@@ -131,7 +131,7 @@ fn places_give_every_port_of_an_address_its_own_and_consecutive_addresses_their_
     for ip in 0..20u8 {
         for port in [0, 1, 5004, 40_000, u16::MAX] {
             let key = FlowKey::new(Endpoint::v4([10, 0, 1, 10 + ip], port));
-            let p = place::of(&key, mask);
+            let p = place::of(&key, mask, 0);
             assert!(p < (mask + 1) * place::BLOCK);
             assert_eq!(p & 0xffff, u32::from(port));
             assert!(seen.insert(p), "{key:?} shares place {p}");
@@ -144,6 +144,7 @@ fn places_give_every_port_of_an_address_its_own_and_consecutive_addresses_their_
             7,
         )),
         1,
+        0,
     );
     let b = place::of(
         &FlowKey::new(Endpoint::v6(
@@ -151,6 +152,77 @@ fn places_give_every_port_of_an_address_its_own_and_consecutive_addresses_their_
             7,
         )),
         1,
+        0,
     );
     assert_ne!(a, b);
+}
+
+/// The layout gives each media address a block of its own: by rotating the fold where the
+/// addresses differ, and with more blocks where there are more addresses than blocks.
+#[test]
+fn the_layout_gives_each_media_address_its_own_block() {
+    let ip = |a: [u8; 4]| Endpoint::v4(a, 0);
+    let blocks_of = |l: place::Layout, addrs: &[Endpoint]| {
+        let set: std::collections::HashSet<u32> = addrs
+            .iter()
+            .map(|a| place::of(&FlowKey::new(a.with_port(30_000)), l.blocks - 1, l.shift) >> 16)
+            .collect();
+        set.len()
+    };
+    // A public and a private address ending alike: the same block at rotation 0 for any
+    // number of blocks up to 256, separated at the default two by a rotation.
+    let two = [ip([203, 0, 113, 5]), ip([10, 1, 2, 5])];
+    let l = place::layout(DEFAULT_MAX_FLOWS, &two);
+    assert_eq!((l.blocks, l.shared), (2, 0));
+    assert_ne!(l.shift, 0);
+    assert_eq!(blocks_of(l, &two), 2);
+    // An IPv4 and an IPv6 address.
+    let mixed = [
+        ip([192, 0, 2, 1]),
+        Endpoint::v6(
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0xc0, 0, 2, 1],
+            0,
+        ),
+    ];
+    assert_eq!(
+        blocks_of(place::layout(DEFAULT_MAX_FLOWS, &mixed), &mixed),
+        2
+    );
+    // A pool of consecutive addresses keeps rotation 0 and the blocks it needs anyway.
+    let pool: Vec<Endpoint> = (0..20).map(|i| ip([10, 0, 1, 10 + i])).collect();
+    assert_eq!(
+        place::layout(1_000_002, &pool),
+        place::Layout {
+            blocks: 32,
+            shift: 0,
+            shared: 0
+        }
+    );
+    // Three addresses: four blocks.
+    let three = [ip([10, 0, 0, 1]), ip([10, 0, 0, 3]), ip([10, 0, 0, 5])];
+    let l = place::layout(DEFAULT_MAX_FLOWS, &three);
+    assert_eq!((l.blocks, l.shared), (4, 0));
+    assert_eq!(blocks_of(l, &three), 3);
+    // None, one, or the same address twice: the blocks the flows need, no rotation.
+    let plain = place::Layout {
+        blocks: 2,
+        shift: 0,
+        shared: 0,
+    };
+    assert_eq!(place::layout(DEFAULT_MAX_FLOWS, &[]), plain);
+    assert_eq!(place::layout(DEFAULT_MAX_FLOWS, &two[..1]), plain);
+    assert_eq!(place::layout(DEFAULT_MAX_FLOWS, &[two[0], two[0]]), plain);
+    // An IPv6 address whose words fold to an IPv4 address's: no layout separates them; the
+    // fewest blocks, and the pair reported.
+    let same_fold = [
+        ip([10, 0, 0, 1]),
+        Endpoint::v6([10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 0),
+    ];
+    let l = place::layout(DEFAULT_MAX_FLOWS, &same_fold);
+    assert_eq!((l.blocks, l.shared), (2, 1));
+    // More addresses than eight times the blocks: the fewest blocks, the fewest pairs.
+    let many: Vec<Endpoint> = (0..40).map(|i| ip([10, 0, 1, i])).collect();
+    let l = place::layout(1, &many);
+    assert_eq!(l.blocks, 1);
+    assert!(l.shared > 0);
 }

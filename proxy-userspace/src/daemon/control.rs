@@ -76,6 +76,7 @@ impl Control {
         let probe_port = cfg.calls.probe_port;
         let mut dp = Dataplane::load(&DataplaneConfig {
             max_flows: cfg.max_flows,
+            media_addrs: cfg.calls.interfaces.iter().map(|i| i.addr).collect(),
             probe_port,
             kernel_log: cfg.kernel_log,
         })?;

@@ -78,7 +78,7 @@ impl Dataplane {
         // The program's seqlock copy of a place relies on x86's load ordering (see
         // `maps::read_place` in proxy-ebpf); elsewhere every flow goes to the hash map, whose
         // elements userspace replaces whole.
-        let i = place::of(&key, self.place_mask);
+        let i = place::of(&key, self.layout.blocks - 1, self.layout.shift);
         let place = (cfg!(target_arch = "x86_64")
             && self.places.get(i as usize).is_some_and(|p| !p.taken))
         .then_some(i);
