@@ -4,7 +4,7 @@
 //! |-----------------|----------------------|----------------------------------------------|
 //! | `FLOW_ARRAY`    | place of the key     | userspace control thread (add, flip, remove) |
 //! | `FLOWS`         | relay address:port   | userspace: the flows whose place is taken     |
-//! | `FLOW_COUNTERS` | counter slot         | kernel (plain adds, see `relay::add`); userspace zeroes a slot before reuse |
+//! | `FLOW_COUNTERS` | counter slot: a place's index, then the hash map's flows | kernel (plain adds, see `relay::add`); userspace zeroes a slot before reuse |
 //! | `COUNTERS`      | `Counter` index      | kernel, per CPU; userspace reads             |
 //! | `CONFIG`        | 0                    | userspace at start-up                        |
 //! | `XSK_BASE`      | ifindex              | userspace: where the interface's sockets start in `XSKS` |
@@ -45,8 +45,11 @@ static FLOW_ARRAY: Array<FlowEntry> =
 static FLOWS: HashMap<FlowKey, FlowEntry> =
     HashMap::with_max_entries(MAX_FLOWS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+/// A slot per place of `FLOW_ARRAY` (the flow there counts in the slot of the same index),
+/// then one per flow for those in `FLOWS`. Resized by the loader.
 #[map]
-pub static FLOW_COUNTERS: Array<FlowCounters> = Array::with_max_entries(MAX_FLOWS, 0);
+pub static FLOW_COUNTERS: Array<FlowCounters> =
+    Array::with_max_entries(place::blocks(MAX_FLOWS) * place::BLOCK + MAX_FLOWS, 0);
 
 #[map]
 #[expect(clippy::cast_possible_truncation, reason = "a few dozen counters")]
@@ -153,7 +156,17 @@ pub fn flow<'a>(key: &FlowKey, copy: &'a mut EntryCopy) -> Flow<'a> {
     let (mask, shift) = CONFIG
         .get(0)
         .map_or((0, 0), |c| (c.place_mask, u32::from(c.place_shift)));
-    if let Some(p) = FLOW_ARRAY.get_ptr(place::of(key, mask, shift)) {
+    let at = place::of(key, mask, shift);
+    // With many flows both the entry and its counters are cache misses (and TLB misses: the
+    // maps have 4 KiB pages), each as long as the rest of a FORWARD. The counters of the flow
+    // at a place are in the slot of the same index (userspace gives it), so their load can
+    // start now, beside the entry's, instead of after it: it is the entry's slot that the
+    // packet counts in later. For a flow in the hash map it is a wasted load, not a wrong one.
+    if let Some(c) = FLOW_COUNTERS.get_ptr(at) {
+        // SAFETY: a live element of FLOW_COUNTERS; the value is not used.
+        unsafe { core::ptr::read_volatile(&raw const (*c).fwd_packets) };
+    }
+    if let Some(p) = FLOW_ARRAY.get_ptr(at) {
         // SAFETY: a live element of FLOW_ARRAY for the program run.
         match unsafe { read_place(p, key, copy) } {
             Flow::None => {}

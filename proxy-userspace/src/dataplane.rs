@@ -226,7 +226,10 @@ pub struct Dataplane {
     lookup: Option<SkLookupLinkId>,
     /// Userspace's copy of every flow entry, in the array or in `FLOWS`.
     mirror: HashMap<FlowKey, Flow>,
+    /// Counter slots of flows in the hash map, freed; a flow at a place counts in the slot
+    /// of its place's index.
     free_slots: Vec<u32>,
+    /// Hash-map counter slots handed out so far, after the places' own.
     next_slot: u32,
     max_flows: u32,
     _kernel_log: Option<KernelLog>,
@@ -271,7 +274,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOW_ARRAY", places)
             .map_max_entries("FLOWS", cfg.max_flows)
-            .map_max_entries("FLOW_COUNTERS", cfg.max_flows)
+            .map_max_entries("FLOW_COUNTERS", places.saturating_add(cfg.max_flows))
             .override_global(aya_log::LEVEL, &level, true)
             .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;

@@ -1147,6 +1147,15 @@ fn keys_that_share_a_place_each_forward_from_their_own_entry() {
         assert_eq!(rig.run(SECOND), PlaceRig::forwarded(4), "hash map");
         let no_flow = (XDP_PASS, Some(Counter::PassNoFlow.name()));
         assert_eq!(rig.verdict(THIRD), no_flow, "its place holds another key");
+        // The flow at the place counts in the slot of the place's index (the program starts
+        // loading it beside the entry), the hash map's flow in a slot after the places; each
+        // counts its own packets.
+        assert_eq!(flow_array(&rig.dp).get(&at, 0).unwrap().counter_slot, at);
+        let forwarded =
+            |rig: &PlaceRig, key| rig.dp.flow_stats(FlowKey::new(key)).unwrap().fwd_packets;
+        assert_eq!((forwarded(&rig, FIRST), forwarded(&rig, SECOND)), (1, 1));
+        assert_eq!(rig.run(SECOND), PlaceRig::forwarded(4));
+        assert_eq!((forwarded(&rig, FIRST), forwarded(&rig, SECOND)), (1, 2));
 
         rig.dp.remove_flow(FlowKey::new(FIRST)).unwrap();
         assert_eq!(rig.verdict(FIRST), no_flow);
@@ -1157,6 +1166,8 @@ fn keys_that_share_a_place_each_forward_from_their_own_entry() {
             flow_array(&rig.dp).get(&at, 0).unwrap().key,
             FlowKey::new(THIRD)
         );
+        // The place's slot was zeroed for its new flow.
+        assert_eq!((forwarded(&rig, THIRD), forwarded(&rig, SECOND)), (1, 3));
         // Back to HOLD at its place. Each write advances `seq` by two (odd while it writes):
         // FIRST's add and removal, THIRD's add and this update.
         rig.dp
@@ -1194,6 +1205,41 @@ fn media_addresses_get_blocks_of_their_own() {
         for key in [FIRST, SECOND] {
             assert_eq!(array.get(&at(key), 0).unwrap().key, FlowKey::new(key));
         }
+    })
+    .unwrap();
+}
+
+/// The table holds `--max-flows` flows, whether at places or in the hash map, and refuses the
+/// next with an error that changes nothing; a removed flow makes room. Flows at places count
+/// in their places' slots, so only the hash map's flows draw on the slots after them.
+#[test]
+fn the_table_holds_max_flows_and_refuses_the_next() {
+    need_root();
+    let env = Env::fixture("fxf").unwrap();
+    env.enter(|env| {
+        let mut rig = PlaceRig::new(env);
+        // Eight flows: four ports of one address (each at its place), and four on the same
+        // port of other addresses (its place is taken: the hash map).
+        let keys: Vec<Endpoint> = (0..4u8)
+            .map(|i| FIRST.with_port(30000 + u16::from(i)))
+            .chain((0..4u8).map(|i| Endpoint::v4([10, 0, 1, 20 + i], 30000)))
+            .collect();
+        for (n, key) in (1..).zip(&keys) {
+            rig.add(*key, n);
+        }
+        let spec = forward_spec(Some(PHONE), PlaceRig::out(9).0, PlaceRig::out(9).1);
+        let ninth = FlowKey::new(Endpoint::v4([10, 0, 1, 30], 30001));
+        let err = rig.dp.add_flow(ninth, &spec, rig.to_b).unwrap_err();
+        assert!(format!("{err:#}").contains("flow table full"), "{err:#}");
+        assert!(!rig.dp.has_flow(ninth));
+        assert_eq!(rig.dp.flow_count(), 8);
+        for (n, key) in (1..).zip(&keys) {
+            assert_eq!(rig.run(*key), PlaceRig::forwarded(n), "{key:?}");
+        }
+        rig.dp.remove_flow(FlowKey::new(keys[7])).unwrap();
+        rig.dp.add_flow(ninth, &spec, rig.to_b).unwrap();
+        assert_eq!(rig.run(ninth.local), PlaceRig::forwarded(9));
+        assert_eq!(rig.dp.flow_stats(ninth).unwrap().fwd_packets, 1);
     })
     .unwrap();
 }

@@ -73,8 +73,9 @@ impl Dataplane {
         let egress_slot = egress
             .map(|g| self.egress_slot(g.hop.ifindex))
             .transpose()?;
-        let slot = self.alloc_slot()?;
-        let entry = spec.entry(&key, slot, egress.as_ref().zip(egress_slot));
+        if self.mirror.len() >= self.max_flows as usize {
+            bail!("flow table full ({} flows)", self.max_flows);
+        }
         // The program's seqlock copy of a place relies on x86's load ordering (see
         // `maps::read_place` in proxy-ebpf); elsewhere every flow goes to the hash map, whose
         // elements userspace replaces whole.
@@ -82,6 +83,14 @@ impl Dataplane {
         let place = (cfg!(target_arch = "x86_64")
             && self.places.get(i as usize).is_some_and(|p| !p.taken))
         .then_some(i);
+        // A flow at a place counts in the slot of the same index, which the program starts
+        // fetching beside the entry (`maps::flow` in proxy-ebpf); the others in the slots
+        // after the places.
+        let slot = match place {
+            Some(i) => i,
+            None => self.alloc_slot()?,
+        };
+        let entry = spec.entry(&key, slot, egress.as_ref().zip(egress_slot));
         let written = self
             .flow_counters
             .set(slot, FlowCounters::default(), 0)
@@ -91,7 +100,9 @@ impl Dataplane {
                 None => Ok(self.flows.insert(key, entry, 0)?),
             });
         if let Err(e) = written {
-            self.free_slots.push(slot);
+            if place.is_none() {
+                self.free_slots.push(slot);
+            }
             return Err(e).with_context(|| format!("adding flow {:?}", key.local));
         }
         if let Some(i) = place {
@@ -252,7 +263,9 @@ impl Dataplane {
             .flow_counters
             .get(&flow.entry.counter_slot, 0)
             .unwrap_or_default();
-        self.free_slots.push(flow.entry.counter_slot);
+        if flow.place.is_none() {
+            self.free_slots.push(flow.entry.counter_slot);
+        }
         Ok(counters)
     }
 
@@ -304,6 +317,7 @@ impl Dataplane {
         self.mirror.len()
     }
 
+    /// A counter slot for a flow in the hash map: after the places' own slots.
     fn alloc_slot(&mut self) -> anyhow::Result<u32> {
         if let Some(s) = self.free_slots.pop() {
             return Ok(s);
@@ -312,6 +326,14 @@ impl Dataplane {
             bail!("flow table full ({} flows)", self.max_flows);
         }
         self.next_slot += 1;
-        Ok(self.next_slot - 1)
+        Ok(self.places_len() + self.next_slot - 1)
+    }
+
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the places are the map's max_entries, a u32"
+    )]
+    fn places_len(&self) -> u32 {
+        self.places.len() as u32
     }
 }

@@ -281,9 +281,12 @@ pub(super) fn scale_point(
     })??;
     let install = t0.elapsed().as_secs_f64();
     pin_napi_threads("r0", RELAY_CPU);
-    // The flow array is sized by its places, the other flow maps by the flows.
-    let places = proxy_common::flow::place::blocks(max_flows) * proxy_common::flow::place::BLOCK;
-    let bytes = map_memory(u64::from(max_flows)) + map_memory(u64::from(places));
+    // The flow array is sized by its places, the hash map by the flows, the counters by both
+    // (a slot per place, then one per flow for the hash map's).
+    let places =
+        u64::from(proxy_common::flow::place::blocks(max_flows) * proxy_common::flow::place::BLOCK);
+    let flows = u64::from(max_flows);
+    let bytes = map_memory(flows) + map_memory(places) + map_memory(places + flows);
     let target = Target {
         dst_ip: [10, 0, 1, 10],
         dst_port: 10_000,
