@@ -20,6 +20,7 @@
 mod flood;
 mod flows;
 mod harness;
+mod memory;
 mod ngload;
 mod relays;
 mod report;
@@ -195,6 +196,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         report
             .scaling
             .push(scale_point(&h, &mut [&mut sink], n, ceiling, &plan)?);
+    }
+    // What one read of memory costs at the largest table's size: the floor under its figure.
+    if let Some(&most) = plan.flows.iter().max() {
+        let places = proxy_common::flow::place::blocks(u32::try_from(most)?)
+            * proxy_common::flow::place::BLOCK;
+        let bytes = places as usize * size_of::<proxy_common::FlowEntry>();
+        eprintln!("  memory latency over {} MiB ...", bytes >> 20);
+        report.memory = Some(memory::measure(bytes)?);
     }
     report.ng = ng_load(&h, if a.quick { 2_000 } else { 30_000 })?;
     compute_ratios(&mut report);

@@ -118,6 +118,9 @@ pub struct Report {
     pub generator_ceiling_pps: u64,
     pub modes: Vec<ModeResult>,
     pub scaling: Vec<ScalePoint>,
+    /// The memory system's latency at the largest table's size (see `memory`).
+    #[serde(default)]
+    pub memory: Option<super::memory::MemoryLatency>,
     /// The relay's XDP program: translated and `JITed` size, instructions the verifier walked.
     pub program: ProgramFacts,
     /// An infinite ratio (a figure over a 0) is null in JSON, and infinite again when read.
@@ -394,6 +397,20 @@ fn print_scaling(r: &Report) {
                 div(one, all)
             );
         }
+    }
+    if let Some(m) = &r.memory {
+        println!(
+            "{:>10} memory: a dependent read in random order over {} MiB (the largest table's flow array) takes {:.0} ns with 4 KiB pages, as BPF maps are mapped; {}; within {} KiB, {:.0} ns",
+            "",
+            m.table_bytes >> 20,
+            m.small_pages_ns,
+            m.huge_pages_ns.map_or_else(
+                || "no huge pages given here".to_string(),
+                |h| format!("{h:.0} ns with 2 MiB pages")
+            ),
+            m.cached_bytes >> 10,
+            m.cached_ns
+        );
     }
     println!(
         "\nper packet at the loss-free rate and at overload: relay core busy time, of which the relay's XDP program and the sink's"
