@@ -77,6 +77,14 @@ pub mod place {
         pub shared: usize,
     }
 
+    impl Layout {
+        /// The place of `key` in this layout.
+        #[must_use]
+        pub fn place(&self, key: &FlowKey) -> u32 {
+            of(key, self.blocks - 1, self.shift)
+        }
+    }
+
     /// The layout for `max_flows` flows keyed on the media addresses `addrs` (any ports): the
     /// fewest blocks, from [`blocks`]`(max_flows)` and at most eight times that, and then the
     /// smallest rotation, that give every address a block of its own. Rotation 0 comes first,

@@ -1195,7 +1195,7 @@ fn media_addresses_get_blocks_of_their_own() {
         let mut rig = PlaceRig::with_media(env, &media);
         let layout = place::layout(8, &media);
         assert_eq!((layout.blocks, layout.shared), (2, 0));
-        let at = |key: Endpoint| place::of(&FlowKey::new(key), layout.blocks - 1, layout.shift);
+        let at = |key: Endpoint| layout.place(&FlowKey::new(key));
         assert_ne!(at(FIRST), at(SECOND));
         rig.add(FIRST, 2);
         rig.add(SECOND, 4);

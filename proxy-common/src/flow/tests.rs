@@ -165,7 +165,7 @@ fn the_layout_gives_each_media_address_its_own_block() {
     let blocks_of = |l: place::Layout, addrs: &[Endpoint]| {
         let set: std::collections::HashSet<u32> = addrs
             .iter()
-            .map(|a| place::of(&FlowKey::new(a.with_port(30_000)), l.blocks - 1, l.shift) >> 16)
+            .map(|a| l.place(&FlowKey::new(a.with_port(30_000))) >> 16)
             .collect();
         set.len()
     };

@@ -5,9 +5,7 @@ use std::{cell::Cell, time::Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use proxy_common::{
-    Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState,
-    flow::{flow_flags, place},
-    rewrite::CsumDelta,
+    Endpoint, FlowCounters, FlowEntry, FlowKey, FlowState, flow::flow_flags, rewrite::CsumDelta,
 };
 
 use super::{Dataplane, Egress, Flow, FlowSpec, Forwarded, MismatchPolicy};
@@ -79,7 +77,7 @@ impl Dataplane {
         // The program's seqlock copy of a place relies on x86's load ordering (see
         // `maps::read_place` in proxy-ebpf); elsewhere every flow goes to the hash map, whose
         // elements userspace replaces whole.
-        let i = place::of(&key, self.layout.blocks - 1, self.layout.shift);
+        let i = self.layout.place(&key);
         let place = (cfg!(target_arch = "x86_64")
             && self.places.get(i as usize).is_some_and(|p| !p.taken))
         .then_some(i);
