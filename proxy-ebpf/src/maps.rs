@@ -4,7 +4,7 @@
 //! |-----------------|----------------------|----------------------------------------------|
 //! | `FLOW_ARRAY`    | place of the key     | userspace control thread (add, flip, remove) |
 //! | `FLOWS`         | relay address:port   | userspace: the flows whose place is taken     |
-//! | `FLOW_COUNTERS` | counter slot: a place's index, then the hash map's flows | kernel (plain adds, see `relay::add`); userspace zeroes a slot before reuse |
+//! | `FLOW_COUNTERS` | counter slot (a place's index; after the places, a hash-map flow's) | kernel (plain adds, see `relay::add`); userspace zeroes a slot before reuse |
 //! | `COUNTERS`      | `Counter` index      | kernel, per CPU; userspace reads             |
 //! | `CONFIG`        | 0                    | userspace at start-up                        |
 //! | `XSK_BASE`      | ifindex              | userspace: where the interface's sockets start in `XSKS` |

@@ -271,10 +271,17 @@ impl Dataplane {
             );
         }
         let places = layout.blocks * place::BLOCK;
+        // A counter slot per place, then one per flow for the hash map's.
+        let slots = places.checked_add(cfg.max_flows).ok_or_else(|| {
+            anyhow!(
+                "--max-flows {} is too large: the flow array's {places} places and the flows' counters exceed 2^32 slots",
+                cfg.max_flows
+            )
+        })?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOW_ARRAY", places)
             .map_max_entries("FLOWS", cfg.max_flows)
-            .map_max_entries("FLOW_COUNTERS", places.saturating_add(cfg.max_flows))
+            .map_max_entries("FLOW_COUNTERS", slots)
             .override_global(aya_log::LEVEL, &level, true)
             .load(object()?)
             .map_err(|e| crate::caps::explain_load_error(&e))?;

@@ -148,8 +148,8 @@ struct RunArgs {
     delete_delay_secs: u64,
     /// Flow table capacity (two flows per RTP or RTCP stream). Kernel memory: 168-byte places
     /// in the flow array for two to four times as many flows (a power of two of 65,536-place
-    /// blocks), and 48 bytes of counters per flow; about 25 MiB at the default, 400 MiB at
-    /// 1,000,000.
+    /// blocks), and 48 bytes of counters per place and per flow; about 31 MiB at the default,
+    /// 500 MiB at 1,000,000.
     #[arg(long, default_value_t = proxy_common::flow::DEFAULT_MAX_FLOWS)]
     max_flows: u32,
     /// Log the XDP program's events up to this level, under the target `mediaproxy::kernel`

@@ -98,7 +98,8 @@ impl Region {
         // SAFETY: the mapping above. Advice only: without it the pages are what the system's
         // default gives, which `has_huge_pages` reports.
         unsafe { libc::madvise(base, bytes, advice) };
-        // Sattolo's shuffle: a single cycle through every line, in a random order.
+        // A random order of the lines (Sattolo's shuffle), each line linked to the next in it:
+        // one cycle through every line.
         let mut order: Vec<u32> = (0..u32::try_from(lines)?).collect();
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         for i in (1..lines).rev() {
@@ -148,7 +149,9 @@ impl Region {
         rounds[ROUNDS / 2]
     }
 
-    /// Whether the kernel backs the region with huge pages (its `AnonHugePages` in smaps).
+    /// Whether the kernel backs (nearly) all of the region with huge pages (its
+    /// `AnonHugePages` in smaps): the ends of an unaligned mapping, or a fragmented memory,
+    /// leave some of it in small pages, and a region mostly so is not reported as huge.
     fn has_huge_pages(&self) -> bool {
         let start = format!("{:x}-", self.base as usize);
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
@@ -168,7 +171,7 @@ impl Region {
             .take_while(|l| !header(l))
             .find_map(|l| l.strip_prefix("AnonHugePages:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .is_some_and(|kb| kb > 0)
+            .is_some_and(|kb| kb.saturating_mul(1024) >= self.bytes as u64 / 10 * 9)
     }
 }
 

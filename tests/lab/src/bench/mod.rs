@@ -203,7 +203,10 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             * proxy_common::flow::place::BLOCK;
         let bytes = places as usize * size_of::<proxy_common::FlowEntry>();
         eprintln!("  memory latency over {} MiB ...", bytes >> 20);
-        report.memory = Some(memory::measure(bytes)?);
+        // A reference, not a figure of the relay: without it the run still reports.
+        report.memory = memory::measure(bytes)
+            .inspect_err(|e| eprintln!("  memory latency not measured: {e:#}"))
+            .ok();
     }
     report.ng = ng_load(&h, if a.quick { 2_000 } else { 30_000 })?;
     compute_ratios(&mut report);
