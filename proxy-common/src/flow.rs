@@ -10,8 +10,8 @@ pub const MAX_INTERFACES: u32 = 64;
 pub const MAX_QUEUES_PER_INTERFACE: u32 = 64;
 /// The flow table's default capacity (`--max-flows`): 16,384 calls of one audio stream with
 /// RTCP (four flows each), about 31 MiB of kernel memory (the flow array's 131,072 places of
-/// 168 bytes, and 48 bytes of counters for each place and each flow). The loader resizes the maps to the operator's figure; this
-/// is also the size the object file declares.
+/// 168 bytes, and 48 bytes of counters for each place and each flow). The loader resizes the
+/// maps to the operator's figure; this is also the size the object file declares.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 
 /// Where a flow sits in the flow array, so that the FORWARD path finds its entry with an
@@ -469,11 +469,10 @@ impl FlowEntry {
 
 /// Per-flow counters, in an array map: a flow at a place of the flow array counts in the slot
 /// of the place's index, one in the hash map in a slot after the places. The kernel adds to
-/// them (see
-/// `relay::add` in the XDP program for why without a lock);
-/// userspace zeroes a slot when it hands it to a new flow and otherwise only reads. Kept apart
-/// from [`FlowEntry`] so that userspace rewriting an entry (the flip to FORWARD) never loses
-/// a count the kernel made at the same moment.
+/// them (see `relay::add` in the XDP program for why without a lock); userspace zeroes a slot
+/// when it hands it to a new flow and otherwise only reads. Kept apart from [`FlowEntry`] so
+/// that userspace rewriting an entry (the flip to FORWARD) never loses a count the kernel made
+/// at the same moment.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct FlowCounters {
