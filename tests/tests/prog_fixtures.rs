@@ -1085,14 +1085,17 @@ impl PlaceRig {
     }
 
     fn add(&mut self, key: Endpoint, n: u16) {
+        self.try_add(key, n).unwrap();
+    }
+
+    /// Flow `n` from the phone to `key`, as the dataplane answers it.
+    fn try_add(&mut self, key: Endpoint, n: u16) -> anyhow::Result<()> {
         let (src, dst) = Self::out(n);
-        self.dp
-            .add_flow(
-                FlowKey::new(key),
-                &forward_spec(Some(PHONE), src, dst),
-                self.to_b,
-            )
-            .unwrap();
+        self.dp.add_flow(
+            FlowKey::new(key),
+            &forward_spec(Some(PHONE), src, dst),
+            self.to_b,
+        )
     }
 
     fn input(to: Endpoint) -> Vec<u8> {
@@ -1227,9 +1230,8 @@ fn the_table_holds_max_flows_and_refuses_the_next() {
         for (n, key) in (1..).zip(&keys) {
             rig.add(*key, n);
         }
-        let spec = forward_spec(Some(PHONE), PlaceRig::out(9).0, PlaceRig::out(9).1);
         let ninth = FlowKey::new(Endpoint::v4([10, 0, 1, 30], 30001));
-        let err = rig.dp.add_flow(ninth, &spec, rig.to_b).unwrap_err();
+        let err = rig.try_add(ninth.local, 9).unwrap_err();
         assert!(format!("{err:#}").contains("flow table full"), "{err:#}");
         assert!(!rig.dp.has_flow(ninth));
         assert_eq!(rig.dp.flow_count(), 8);
@@ -1237,7 +1239,7 @@ fn the_table_holds_max_flows_and_refuses_the_next() {
             assert_eq!(rig.run(*key), PlaceRig::forwarded(n), "{key:?}");
         }
         rig.dp.remove_flow(FlowKey::new(keys[7])).unwrap();
-        rig.dp.add_flow(ninth, &spec, rig.to_b).unwrap();
+        rig.add(ninth.local, 9);
         assert_eq!(rig.run(ninth.local), PlaceRig::forwarded(9));
         assert_eq!(rig.dp.flow_stats(ninth).unwrap().fwd_packets, 1);
     })
